@@ -1,0 +1,298 @@
+//! The `echo-server` command line: parsing, logging to stderr, signals, exit
+//! statuses. `main.rs` only calls [`main`].
+//!
+//! Exit statuses: 0 after a clean shutdown (or `--help`), 1 when the server
+//! cannot run (such as a port in use), 2 for a usage error.
+
+use crate::{Server, ServerBuilder, DEFAULT_MAX_CONNECTIONS};
+use clap::Parser;
+use std::ffi::OsString;
+use std::io::Write as _;
+use std::net::{IpAddr, SocketAddr};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+/// Command-line options. Build with [`Args::try_parse_from`] (from `clap`).
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "echo-server",
+    version,
+    about = "Echo server (RFC 862): every byte a client sends comes back.",
+    long_about = "Echo server (RFC 862): every byte a client sends comes back.\n\n\
+        Each TCP connection is served by its own thread. Logs go to stderr; for each \
+        listener one line says `listening on tcp ADDR:PORT`. SIGINT or SIGTERM stops \
+        accepting, lets connections finish echoing what they sent, and exits 0.",
+    after_help = "Examples:\n  echo-server 7007                  # 127.0.0.1:7007\n  \
+        echo-server --bind :: 7007        # every interface, IPv4 and IPv6\n  \
+        echo-server 0                     # a free port, printed at start-up"
+)]
+pub struct Args {
+    /// TCP port to listen on, 0-65535; 0 lets the OS pick a free port.
+    #[arg(value_name = "PORT")]
+    pub port: u16,
+
+    /// IP address to listen on. The default accepts only local clients; `::`
+    /// accepts every interface over IPv4 and IPv6, `0.0.0.0` every IPv4 one,
+    /// `::1` IPv6 loopback.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1")]
+    pub bind: IpAddr,
+
+    /// Serve at most N connections at once. Further clients are not refused:
+    /// they wait in the listen backlog until a connection ends.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CONNECTIONS,
+          value_parser = parse_max_connections)]
+    pub max_connections: usize,
+
+    /// Close a connection whose client has sent nothing for SECS seconds
+    /// (fractions allowed, e.g. 0.5) [default: off]
+    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    pub idle_timeout: Option<Duration>,
+
+    /// Log every chunk received, with the client's address, as escaped text
+    /// (control bytes and non-ASCII shown as \xNN).
+    #[arg(long)]
+    pub log_data: bool,
+
+    /// Log each connection too (repeat for more detail).
+    #[arg(short, long, action = clap::ArgAction::Count, conflicts_with = "quiet")]
+    pub verbose: u8,
+
+    /// Log only warnings and errors (the listening lines are always shown).
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+fn parse_max_connections(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".to_owned()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Parses a positive, finite number of seconds, such as `30` or `0.5`.
+fn parse_secs(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s
+        .parse()
+        .map_err(|_| format!("`{s}` is not a number of seconds"))?;
+    if secs.is_nan() || secs <= 0.0 {
+        return Err("must be more than 0 seconds".to_owned());
+    }
+    Duration::try_from_secs_f64(secs).map_err(|_| format!("{s} seconds is too long"))
+}
+
+impl Args {
+    /// The server these options describe (not yet bound).
+    pub fn builder(&self) -> ServerBuilder {
+        Server::builder()
+            .tcp(SocketAddr::new(self.bind, self.port))
+            .max_connections(self.max_connections)
+            .idle_timeout(self.idle_timeout)
+            .log_data(self.log_data)
+    }
+
+    fn log_level(&self) -> log::LevelFilter {
+        match (self.quiet, self.verbose) {
+            (true, _) => log::LevelFilter::Warn,
+            (false, 0) => log::LevelFilter::Info,
+            (false, 1) => log::LevelFilter::Debug,
+            (false, _) => log::LevelFilter::Trace,
+        }
+    }
+}
+
+/// Runs the command with the process's arguments; returns its exit status.
+pub fn main() -> ExitCode {
+    run(std::env::args_os())
+}
+
+/// Runs the command with `args` (the first is the program name).
+pub fn run<I, T>(args: I) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let args = match Args::try_parse_from(args) {
+        Ok(args) => args,
+        Err(e) => {
+            // clap prints help/version to stdout and errors to stderr.
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    Logger::install(args.log_level());
+    match serve(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("{e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn serve(args: &Args) -> std::io::Result<()> {
+    raise_fd_limit();
+    let server = args.builder().build()?;
+    for addr in server.listen_addrs() {
+        // Not through the logger: this line is the start-up contract and is
+        // printed even with --quiet.
+        eprintln!("listening on {addr}");
+    }
+    if args.bind.is_loopback() {
+        log::info!(
+            "only this machine can connect; use --bind :: (IPv4 and IPv6) or \
+             --bind 0.0.0.0 (IPv4) to accept remote clients"
+        );
+    }
+    let handle = server.handle();
+    let signals = AtomicUsize::new(0);
+    ctrlc::set_handler(move || {
+        if signals.fetch_add(1, Ordering::SeqCst) == 0 {
+            log::info!("shutting down: finishing open connections (signal again to force)");
+            handle.shutdown();
+        } else {
+            log::warn!("second signal: exiting at once");
+            std::process::exit(130);
+        }
+    })
+    .map_err(|e| std::io::Error::other(format!("cannot install signal handler: {e}")))?;
+    let stats = server.run()?;
+    log::info!("shut down: {stats}");
+    Ok(())
+}
+
+/// Thread-per-connection needs one descriptor per client: lift the soft
+/// `RLIMIT_NOFILE` (often 1024) to the hard limit, as most servers do.
+#[cfg(unix)]
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read or write the struct passed in.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            let wanted = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) != 0 {
+                log::debug!("could not raise the file descriptor limit");
+            }
+        }
+    }
+}
+
+#[cfg(not(unix))]
+fn raise_fd_limit() {}
+
+/// Plain lines on stderr: messages at info level as they are, others prefixed
+/// with their level. Each line is written whole, so lines from connection
+/// threads never interleave.
+#[derive(Debug)]
+struct Logger;
+
+impl Logger {
+    fn install(level: log::LevelFilter) {
+        static LOGGER: Logger = Logger;
+        // Fails only if a logger is already set (tests calling `run` twice).
+        if log::set_logger(&LOGGER).is_ok() {
+            log::set_max_level(level);
+        }
+    }
+}
+
+impl log::Log for Logger {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        metadata.level() <= log::max_level()
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        let line = match record.level() {
+            log::Level::Info => format!("{}\n", record.args()),
+            level => format!("{}: {}\n", level.as_str().to_lowercase(), record.args()),
+        };
+        let _ = std::io::stderr().lock().write_all(line.as_bytes());
+    }
+
+    fn flush(&self) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Args, clap::Error> {
+        Args::try_parse_from(std::iter::once("echo-server").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn defaults() {
+        let a = parse(&["7007"]).unwrap();
+        assert_eq!(a.port, 7007);
+        assert_eq!(a.bind, IpAddr::from([127, 0, 0, 1]));
+        assert_eq!(a.max_connections, DEFAULT_MAX_CONNECTIONS);
+        assert_eq!(a.idle_timeout, None);
+        assert!(!a.log_data);
+        assert_eq!(a.log_level(), log::LevelFilter::Info);
+    }
+
+    #[test]
+    fn options() {
+        let a = parse(&[
+            "--bind",
+            "::",
+            "--max-connections",
+            "3",
+            "--idle-timeout",
+            "0.5",
+            "--log-data",
+            "-v",
+            "0",
+        ])
+        .unwrap();
+        assert_eq!(a.port, 0);
+        assert_eq!(a.bind, "::".parse::<IpAddr>().unwrap());
+        assert_eq!(a.max_connections, 3);
+        assert_eq!(a.idle_timeout, Some(Duration::from_millis(500)));
+        assert!(a.log_data);
+        assert_eq!(a.log_level(), log::LevelFilter::Debug);
+    }
+
+    #[test]
+    fn usage_errors() {
+        for bad in [
+            &["abc"][..],
+            &["70000"],
+            &[],
+            &["-1"],
+            &["--bind", "localhost", "7"],
+            &["--max-connections", "0", "7"],
+            &["--idle-timeout", "0", "7"],
+            &["--idle-timeout", "nan", "7"],
+            &["--idle-timeout", "-3", "7"],
+            &["--frobnicate", "7"],
+            &["-q", "-v", "7"],
+        ] {
+            let err = parse(bad).unwrap_err();
+            assert!(err.use_stderr(), "{bad:?} should be a usage error");
+        }
+    }
+
+    #[test]
+    fn seconds() {
+        assert_eq!(parse_secs("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_secs("0.25"), Ok(Duration::from_millis(250)));
+        assert!(parse_secs("inf").is_err());
+        assert!(parse_secs("1e300").is_err());
+        assert!(parse_secs("").is_err());
+    }
+}

@@ -1,0 +1,271 @@
+//! One connection, one thread: the stream type every stream transport (TCP,
+//! Unix) is served through, the thread that serves it, and the table of live
+//! connections that shutdown works through.
+
+use crate::escape::escape;
+use crate::limit::Permit;
+use crate::server::Context;
+use crate::stats::Counters;
+use socket2::{SockAddr, Socket};
+use std::collections::HashMap;
+use std::fmt;
+use std::io::{self, ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+/// Stack size of connection threads. The echo buffer lives on the heap, so a
+/// connection needs little stack; measured with `tests/stack.rs` style probes
+/// (see ARCHITECTURE.md), debug builds with `--log-data` stay well under it.
+pub(crate) const STACK_SIZE: usize = 128 * 1024;
+
+/// `send(2)` flags: never raise SIGPIPE when the client has gone, so a library
+/// user that did not ignore SIGPIPE is not killed by a vanished client. (On
+/// Apple platforms socket2 sets `SO_NOSIGPIPE` on the socket instead.)
+#[cfg(any(target_os = "linux", target_os = "android"))]
+const SEND_FLAGS: i32 = libc::MSG_NOSIGNAL;
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+const SEND_FLAGS: i32 = 0;
+
+/// An accepted stream socket, TCP or Unix.
+#[derive(Debug)]
+pub(crate) struct Stream(Socket);
+
+impl Read for &Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        (&self.0).read(buf)
+    }
+}
+
+impl Write for &Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.send_with_flags(buf, SEND_FLAGS)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Who is on the other end, for logs.
+#[derive(Debug, Clone)]
+pub(crate) enum Peer {
+    Ip(SocketAddr),
+    Local(String),
+}
+
+impl Peer {
+    pub(crate) fn from_sockaddr(addr: &SockAddr) -> Peer {
+        if let Some(ip) = addr.as_socket() {
+            return Peer::Ip(ip);
+        }
+        #[cfg(unix)]
+        if let Some(path) = addr.as_pathname() {
+            return Peer::Local(path.display().to_string());
+        }
+        Peer::Local("unix client".to_owned())
+    }
+}
+
+impl fmt::Display for Peer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Peer::Ip(addr) => addr.fmt(f),
+            Peer::Local(name) => f.write_str(name),
+        }
+    }
+}
+
+/// Live connections, so that shutdown can reach each one. Holding an `Arc`
+/// (not a raw fd) means a socket cannot be closed and its fd reused while
+/// shutdown is working on it.
+#[derive(Debug, Default)]
+pub(crate) struct ConnectionTable {
+    streams: Mutex<Table>,
+    emptied: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    next_id: u64,
+    live: HashMap<u64, Arc<Stream>>,
+}
+
+impl ConnectionTable {
+    fn lock(&self) -> MutexGuard<'_, Table> {
+        // Insert and remove leave the map consistent at every step.
+        self.streams.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn insert(&self, stream: Arc<Stream>, counters: &Counters) -> u64 {
+        let mut table = self.lock();
+        let id = table.next_id;
+        table.next_id += 1;
+        table.live.insert(id, stream);
+        // Updated under the lock so that `active` is 0 exactly when the table
+        // is empty.
+        Counters::add(&counters.active, 1);
+        id
+    }
+
+    fn remove(&self, id: u64, counters: &Counters) {
+        let mut table = self.lock();
+        if table.live.remove(&id).is_some() {
+            counters
+                .active
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        if table.live.is_empty() {
+            self.emptied.notify_all();
+        }
+    }
+
+    /// Shuts down `how` on every live connection. `Read` makes each blocked
+    /// `read` return end of file, so its thread echoes what it already has
+    /// and closes; `Both` also fails pending writes.
+    pub(crate) fn shutdown_all(&self, how: Shutdown) {
+        for stream in self.lock().live.values() {
+            // Fails only if the peer is already gone, which is the goal anyway.
+            let _ = stream.0.shutdown(how);
+        }
+    }
+
+    /// Waits until no connection is left, at most `timeout`. Returns whether
+    /// the table is empty.
+    pub(crate) fn wait_until_empty(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut table = self.lock();
+        while !table.live.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            table = self
+                .emptied
+                .wait_timeout(table, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        true
+    }
+}
+
+/// Starts a thread that serves `socket` until the client is done. On error
+/// (the OS refused a thread) the connection has been closed and its slot
+/// freed.
+pub(crate) fn spawn(
+    socket: Socket,
+    peer: Peer,
+    ctx: &Arc<Context>,
+    permit: Permit,
+) -> io::Result<()> {
+    let stream = Arc::new(Stream(socket));
+    let id = ctx.table.insert(Arc::clone(&stream), &ctx.counters);
+    let slot = Slot {
+        id,
+        stream: Some(stream),
+        ctx: Arc::clone(ctx),
+        _permit: permit,
+    };
+    std::thread::Builder::new()
+        .name("echo-conn".to_owned())
+        .stack_size(STACK_SIZE)
+        // If the spawn fails the closure, and with it `slot`, is dropped,
+        // which closes the socket and frees the slot.
+        .spawn(move || serve(slot, peer))
+        .map(drop)
+}
+
+/// Everything a connection holds, released in order when its thread ends:
+/// the socket is closed before the slot is freed, so the connection limit
+/// also bounds open file descriptors.
+struct Slot {
+    id: u64,
+    stream: Option<Arc<Stream>>,
+    ctx: Arc<Context>,
+    _permit: Permit,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        drop(self.stream.take());
+        self.ctx.table.remove(self.id, &self.ctx.counters);
+        // `_permit` is dropped after this, freeing the slot last.
+    }
+}
+
+fn serve(slot: Slot, peer: Peer) {
+    let Some(stream) = slot.stream.as_deref() else {
+        return;
+    };
+    let ctx = &slot.ctx;
+    if let Err(e) = stream.0.set_read_timeout(ctx.settings.idle_timeout) {
+        log::warn!("{peer}: cannot set idle timeout: {e}");
+        return;
+    }
+    log::debug!("{peer}: connected");
+    let mut metered = Metered {
+        stream,
+        ctx,
+        peer: &peer,
+        last_op: Op::Read,
+    };
+    match crate::echo(&mut metered) {
+        Ok(n) => {
+            // Half-close: everything read has been written back; now tell the
+            // client we are done too.
+            let _ = stream.0.shutdown(Shutdown::Write);
+            log::debug!("{peer}: closed after echoing {n} bytes");
+        }
+        Err(e) if is_timeout(&e) && metered.last_op == Op::Read => {
+            Counters::add(&ctx.counters.idle_timeouts, 1);
+            log::debug!("{peer}: idle timeout, closing");
+        }
+        // Resets and broken pipes are the client's business; not worth more
+        // than a debug line.
+        Err(e) => log::debug!("{peer}: {e}"),
+    }
+}
+
+pub(crate) fn is_timeout(e: &io::Error) -> bool {
+    matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Op {
+    Read,
+    Write,
+}
+
+/// The stream as `echo` sees it: counts echoed bytes, logs received data
+/// when asked to, and remembers which operation failed last.
+struct Metered<'a> {
+    stream: &'a Stream,
+    ctx: &'a Context,
+    peer: &'a Peer,
+    last_op: Op,
+}
+
+impl Read for Metered<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.last_op = Op::Read;
+        let n = { self.stream }.read(buf)?;
+        if self.ctx.settings.log_data && n > 0 {
+            log::info!("{} sent {n} bytes: \"{}\"", self.peer, escape(&buf[..n]));
+        }
+        Ok(n)
+    }
+}
+
+impl Write for Metered<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.last_op = Op::Write;
+        let n = { self.stream }.write(buf)?;
+        Counters::add(&self.ctx.counters.bytes_echoed, n as u64);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}

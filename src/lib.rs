@@ -1,0 +1,59 @@
+//! A thread-per-connection echo server (RFC 862) that is hard to knock over.
+//!
+//! Every byte a client sends comes back, in order, over TCP (IPv4, IPv6,
+//! dual-stack). Each connection gets its own small-stack thread running one
+//! function, [`echo`], which copies any `Read + Write` back onto itself and
+//! never touches a socket, so that the property tests and fuzz targets
+//! exercise exactly the code that serves real clients. Around it sit a
+//! connection limit that applies backpressure instead of refusing clients,
+//! idle timeouts, counters, and a shutdown that lets connections finish what
+//! they have read.
+//!
+//! # Examples
+//!
+//! ```
+//! use std::io::{Read, Write};
+//! use std::net::{Shutdown, TcpStream};
+//!
+//! # fn main() -> std::io::Result<()> {
+//! let server = echo_server::Server::builder().tcp(([127, 0, 0, 1], 0)).build()?;
+//! let addr = server.local_addr().expect("a TCP listener was added");
+//! let handle = server.handle();
+//! let running = std::thread::spawn(move || server.run());
+//!
+//! let mut client = TcpStream::connect(addr)?;
+//! client.write_all(b"hello")?;
+//! client.shutdown(Shutdown::Write)?; // half-close: the server answers, then closes
+//! let mut reply = Vec::new();
+//! client.read_to_end(&mut reply)?;
+//! assert_eq!(reply, b"hello");
+//!
+//! handle.shutdown();
+//! let stats = running.join().expect("server thread")?;
+//! assert_eq!(stats.bytes_echoed, 5);
+//! # Ok(())
+//! # }
+//! ```
+
+#![deny(missing_docs, missing_debug_implementations)]
+#![warn(rust_2018_idioms, unreachable_pub)]
+
+mod builder;
+pub mod cli;
+mod connection;
+mod echo;
+mod escape;
+mod limit;
+mod listener;
+mod server;
+mod shutdown;
+mod stats;
+
+pub use builder::{
+    ServerBuilder, DEFAULT_BACKLOG, DEFAULT_MAX_CONNECTIONS, DEFAULT_SHUTDOWN_GRACE,
+};
+pub use echo::{echo, echo_with_buffer, DEFAULT_BUFFER_SIZE};
+pub use escape::{escape, unescape};
+pub use listener::ListenAddr;
+pub use server::{Server, ServerHandle};
+pub use stats::Stats;

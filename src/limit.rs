@@ -1,0 +1,126 @@
+//! The connection limit: at most `max` connections are served at once.
+//!
+//! The accept loop takes a [`Permit`] *before* calling `accept`, so when every
+//! slot is taken the server simply stops accepting: new clients wait in the
+//! kernel's listen backlog and are served, in order, as slots free up. Nothing
+//! is refused and nothing is lost.
+
+use crate::shutdown::Shutdown;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+
+#[derive(Debug)]
+pub(crate) struct ConnectionLimit {
+    max: usize,
+    in_use: Mutex<usize>,
+    freed: Condvar,
+}
+
+/// One connection slot; dropping it frees the slot.
+#[derive(Debug)]
+pub(crate) struct Permit {
+    limit: Arc<ConnectionLimit>,
+}
+
+impl ConnectionLimit {
+    /// A limit of `max` slots, woken by `shutdown` so that an accept loop
+    /// waiting for a slot notices the request at once.
+    pub(crate) fn new(max: usize, shutdown: &Shutdown) -> Arc<Self> {
+        let limit = Arc::new(ConnectionLimit {
+            max,
+            in_use: Mutex::new(0),
+            freed: Condvar::new(),
+        });
+        let weak = Arc::downgrade(&limit);
+        shutdown.on_request(move || {
+            if let Some(limit) = weak.upgrade() {
+                // Taking the lock orders this notification after any waiter's
+                // check of the flag, so the wake-up cannot be lost.
+                let _guard = limit.lock();
+                limit.freed.notify_all();
+            }
+        });
+        limit
+    }
+
+    fn lock(&self) -> MutexGuard<'_, usize> {
+        // The guarded value is a plain counter, always consistent.
+        self.in_use.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Waits for a free slot. Returns `None` once shutdown is requested.
+    pub(crate) fn acquire(self: &Arc<Self>, shutdown: &Shutdown) -> Option<Permit> {
+        let mut in_use = self.lock();
+        loop {
+            if shutdown.is_requested() {
+                return None;
+            }
+            if *in_use < self.max {
+                *in_use += 1;
+                return Some(Permit {
+                    limit: Arc::clone(self),
+                });
+            }
+            in_use = self
+                .freed
+                .wait(in_use)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    /// Slots currently held.
+    #[cfg(test)]
+    pub(crate) fn in_use(&self) -> usize {
+        *self.lock()
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        let mut in_use = self.limit.lock();
+        *in_use -= 1;
+        drop(in_use);
+        self.limit.freed.notify_one();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    #[test]
+    fn blocks_at_max_until_a_permit_is_dropped() {
+        let shutdown = Arc::new(Shutdown::default());
+        let limit = ConnectionLimit::new(2, &shutdown);
+        let a = limit.acquire(&shutdown).unwrap();
+        let _b = limit.acquire(&shutdown).unwrap();
+        assert_eq!(limit.in_use(), 2);
+        let (tx, rx) = mpsc::channel();
+        let (l, s) = (limit.clone(), shutdown.clone());
+        let waiter = std::thread::spawn(move || {
+            let p = l.acquire(&s);
+            tx.send(p.is_some()).unwrap();
+            p
+        });
+        assert!(rx.recv_timeout(Duration::from_millis(100)).is_err());
+        drop(a);
+        assert_eq!(rx.recv_timeout(Duration::from_secs(30)), Ok(true));
+        let third = waiter.join().unwrap();
+        assert_eq!(limit.in_use(), 2);
+        drop(third);
+        assert_eq!(limit.in_use(), 1);
+    }
+
+    #[test]
+    fn shutdown_releases_a_waiter() {
+        let shutdown = Arc::new(Shutdown::default());
+        let limit = ConnectionLimit::new(1, &shutdown);
+        let _held = limit.acquire(&shutdown).unwrap();
+        let (l, s) = (limit.clone(), shutdown.clone());
+        let waiter = std::thread::spawn(move || l.acquire(&s).is_none());
+        std::thread::sleep(Duration::from_millis(20));
+        shutdown.request();
+        assert!(waiter.join().unwrap());
+    }
+}

@@ -1,0 +1,287 @@
+//! Listening sockets: binding them (through socket2, so every option is set
+//! before `listen`), and the accept loop that hands each connection to its
+//! own thread.
+
+use crate::connection::{self, Peer};
+use crate::server::Context;
+use crate::stats::Counters;
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+use std::fmt;
+use std::io::{self, ErrorKind};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Where a listener listens. `Display` gives the form used in the startup
+/// line, such as `tcp 127.0.0.1:7007`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ListenAddr {
+    /// A TCP listener.
+    Tcp(SocketAddr),
+    /// A UDP socket.
+    Udp(SocketAddr),
+    /// A Unix stream socket at this path.
+    Unix(PathBuf),
+}
+
+impl fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ListenAddr::Tcp(addr) => write!(f, "tcp {addr}"),
+            ListenAddr::Udp(addr) => write!(f, "udp {addr}"),
+            ListenAddr::Unix(path) => write!(f, "unix {}", path.display()),
+        }
+    }
+}
+
+/// How long a blocked `accept` waits before looking at the shutdown flag on
+/// its own. Shutdown normally wakes it at once (see [`StreamListener::waker`]);
+/// this is the backstop for when that wake-up connection cannot get through.
+const ACCEPT_POLL: Duration = Duration::from_secs(1);
+
+/// A bound, listening stream socket (TCP or Unix).
+#[derive(Debug)]
+pub(crate) struct StreamListener {
+    pub(crate) socket: Socket,
+    pub(crate) addr: ListenAddr,
+}
+
+/// Binds a TCP listener with a real backlog. `SO_REUSEADDR` lets a restarted
+/// server bind while old connections sit in TIME_WAIT (not on Windows, where
+/// it would let another process steal the port), and `::` accepts IPv4 too.
+pub(crate) fn bind_tcp(addr: SocketAddr, backlog: i32) -> io::Result<StreamListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    #[cfg(not(windows))]
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(!addr.ip().is_unspecified())?;
+    }
+    socket.bind(&addr.into())?;
+    socket.listen(backlog)?;
+    StreamListener::from_socket(socket)
+}
+
+impl StreamListener {
+    /// Wraps a socket that is already listening, learning its address.
+    pub(crate) fn from_socket(socket: Socket) -> io::Result<StreamListener> {
+        let local = socket.local_addr()?;
+        let addr = match local.as_socket() {
+            Some(ip) => ListenAddr::Tcp(ip),
+            None => ListenAddr::Unix(unix_path(&local)?),
+        };
+        socket.set_read_timeout(Some(ACCEPT_POLL))?;
+        Ok(StreamListener { socket, addr })
+    }
+
+    /// A wake-up for a thread blocked in `accept`: connect to the listener,
+    /// so `accept` returns and the loop sees the shutdown flag.
+    pub(crate) fn waker(&self) -> impl Fn() + Send + Sync + 'static {
+        let target: Option<SockAddr> = match &self.addr {
+            ListenAddr::Tcp(addr) => Some(connectable(*addr).into()),
+            ListenAddr::Unix(path) => SockAddr::unix(path).ok(),
+            ListenAddr::Udp(_) => None,
+        };
+        move || {
+            let Some(target) = &target else { return };
+            if let Ok(socket) = Socket::new(target.domain(), Type::STREAM, None) {
+                // Best effort: if it fails, `ACCEPT_POLL` still ends the wait.
+                let _ = socket.connect_timeout(target, Duration::from_secs(1));
+            }
+        }
+    }
+
+    /// Accepts connections until shutdown, one thread each. Errors never end
+    /// the loop: the server keeps serving everyone else.
+    pub(crate) fn accept_loop(&self, ctx: &Arc<Context>) {
+        let mut backoff = Backoff::default();
+        while let Some(permit) = ctx.limit.acquire(&ctx.shutdown) {
+            let (socket, addr) = match self.socket.accept() {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    drop(permit);
+                    if ctx.shutdown.is_requested() {
+                        break;
+                    }
+                    if !self.accept_failed(&e, ctx, &mut backoff) {
+                        break;
+                    }
+                    continue;
+                }
+            };
+            if ctx.shutdown.is_requested() {
+                break; // most likely our own wake-up connection
+            }
+            backoff.reset();
+            Counters::add(&ctx.counters.accepted, 1);
+            let peer = Peer::from_sockaddr(&addr);
+            if let Peer::Ip(_) = peer {
+                // Echo replies are small and latency-bound: never hold them back.
+                let _ = socket.set_tcp_nodelay(true);
+            }
+            if let Err(e) = connection::spawn(socket, peer.clone(), ctx, permit) {
+                Counters::add(&ctx.counters.thread_refused, 1);
+                log::warn!(
+                    "{}: no thread for connection from {peer}, closed it: {e}",
+                    self.addr
+                );
+                if ctx.shutdown.sleep(backoff.next()) {
+                    break;
+                }
+            }
+        }
+        log::debug!("{}: no longer accepting", self.addr);
+    }
+
+    /// Deals with a failed `accept`. Returns `false` if shutdown was
+    /// requested during the back-off.
+    fn accept_failed(&self, e: &io::Error, ctx: &Context, backoff: &mut Backoff) -> bool {
+        if connection::is_timeout(e) {
+            return true; // the ACCEPT_POLL backstop: nothing to accept
+        }
+        if is_transient(e) {
+            // The client gave up between SYN and accept, or a signal arrived.
+            log::debug!("{}: accept: {e}", self.addr);
+            return true;
+        }
+        Counters::add(&ctx.counters.accept_errors, 1);
+        let delay = backoff.next();
+        // Logged once per run of failures, not once per retry.
+        if delay == Backoff::FIRST {
+            log::warn!("{}: accept failed, backing off: {e}", self.addr);
+        }
+        !ctx.shutdown.sleep(delay)
+    }
+}
+
+/// Errors after which `accept` can be retried at once: they concern one
+/// connection that did not make it, not the listener. (Linux's accept(2)
+/// lists the network errors as "treat like EAGAIN".)
+fn is_transient(e: &io::Error) -> bool {
+    if matches!(
+        e.kind(),
+        ErrorKind::Interrupted | ErrorKind::ConnectionAborted | ErrorKind::ConnectionReset
+    ) {
+        return true;
+    }
+    #[cfg(unix)]
+    if let Some(code) = e.raw_os_error() {
+        return [
+            libc::EPROTO,
+            libc::ENOPROTOOPT,
+            libc::EHOSTDOWN,
+            libc::EHOSTUNREACH,
+            libc::ENETDOWN,
+            libc::ENETUNREACH,
+            libc::EOPNOTSUPP,
+            libc::EPERM,
+        ]
+        .contains(&code);
+    }
+    false
+}
+
+/// Exponential back-off after resource errors (out of file descriptors,
+/// memory, threads): 5 ms doubling up to 1 s, so the server neither spins
+/// nor stays away long once resources return.
+#[derive(Debug, Default)]
+pub(crate) struct Backoff {
+    last: Option<Duration>,
+}
+
+impl Backoff {
+    pub(crate) const FIRST: Duration = Duration::from_millis(5);
+    pub(crate) const MAX: Duration = Duration::from_secs(1);
+
+    pub(crate) fn next(&mut self) -> Duration {
+        let next = match self.last {
+            None => Self::FIRST,
+            Some(last) => (last * 2).min(Self::MAX),
+        };
+        self.last = Some(next);
+        next
+    }
+
+    pub(crate) fn reset(&mut self) {
+        self.last = None;
+    }
+}
+
+/// The address to connect to in order to reach a listener: a wildcard
+/// address is reached through the loopback address of its family.
+fn connectable(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => (Ipv4Addr::LOCALHOST, addr.port()).into(),
+        IpAddr::V6(ip) if ip.is_unspecified() => (Ipv6Addr::LOCALHOST, addr.port()).into(),
+        _ => addr,
+    }
+}
+
+#[cfg(unix)]
+fn unix_path(addr: &SockAddr) -> io::Result<PathBuf> {
+    addr.as_pathname().map(PathBuf::from).ok_or_else(|| {
+        io::Error::new(
+            ErrorKind::InvalidInput,
+            "listener has no IP address or Unix socket path",
+        )
+    })
+}
+
+#[cfg(not(unix))]
+fn unix_path(_: &SockAddr) -> io::Result<PathBuf> {
+    Err(io::Error::new(
+        ErrorKind::InvalidInput,
+        "listener has no IP address",
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_a_second_and_resets() {
+        let mut b = Backoff::default();
+        let delays: Vec<_> = (0..10).map(|_| b.next()).collect();
+        assert_eq!(delays[0], Duration::from_millis(5));
+        assert_eq!(delays[1], Duration::from_millis(10));
+        assert_eq!(delays[7], Duration::from_millis(640));
+        assert_eq!(delays[8], Duration::from_secs(1));
+        assert_eq!(delays[9], Duration::from_secs(1));
+        b.reset();
+        assert_eq!(b.next(), Duration::from_millis(5));
+    }
+
+    #[test]
+    fn wildcard_is_reached_through_loopback() {
+        assert_eq!(
+            connectable("0.0.0.0:7".parse().unwrap()),
+            "127.0.0.1:7".parse().unwrap()
+        );
+        assert_eq!(
+            connectable("[::]:7".parse().unwrap()),
+            "[::1]:7".parse().unwrap()
+        );
+        assert_eq!(
+            connectable("10.0.0.1:7".parse().unwrap()),
+            "10.0.0.1:7".parse().unwrap()
+        );
+    }
+
+    #[test]
+    fn listen_addr_display_matches_the_startup_line() {
+        assert_eq!(
+            ListenAddr::Tcp("127.0.0.1:40123".parse().unwrap()).to_string(),
+            "tcp 127.0.0.1:40123"
+        );
+        assert_eq!(
+            ListenAddr::Udp("[::1]:7".parse().unwrap()).to_string(),
+            "udp [::1]:7"
+        );
+        assert_eq!(
+            ListenAddr::Unix("/tmp/e.sock".into()).to_string(),
+            "unix /tmp/e.sock"
+        );
+    }
+}

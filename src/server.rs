@@ -1,0 +1,168 @@
+//! The server: its listeners, the state every connection shares, and the
+//! shutdown sequence that drains it.
+
+use crate::builder::ServerBuilder;
+use crate::connection::ConnectionTable;
+use crate::limit::ConnectionLimit;
+use crate::listener::{ListenAddr, StreamListener};
+use crate::shutdown::Shutdown;
+use crate::stats::{Counters, Stats};
+use std::io;
+use std::net::{self, SocketAddr};
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+/// After the grace period, connections are shut down in both directions;
+/// their threads then end within microseconds. This bounds the wait anyway.
+const FORCED_CLOSE_WAIT: Duration = Duration::from_secs(10);
+
+/// How each connection is served.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub(crate) idle_timeout: Option<Duration>,
+    pub(crate) log_data: bool,
+    pub(crate) shutdown_grace: Duration,
+}
+
+/// State shared by the accept loops and every connection thread.
+#[derive(Debug)]
+pub(crate) struct Context {
+    pub(crate) settings: Settings,
+    pub(crate) counters: Counters,
+    pub(crate) shutdown: Shutdown,
+    pub(crate) limit: Arc<ConnectionLimit>,
+    pub(crate) table: ConnectionTable,
+}
+
+/// An echo server with its sockets bound, ready to [`run`](Self::run).
+#[derive(Debug)]
+pub struct Server {
+    ctx: Arc<Context>,
+    listeners: Vec<StreamListener>,
+}
+
+/// A cloneable handle to a server: stop it from any thread and read its
+/// counters.
+#[derive(Debug, Clone)]
+pub struct ServerHandle {
+    ctx: Arc<Context>,
+}
+
+impl Server {
+    /// A builder with the defaults.
+    pub fn builder() -> ServerBuilder {
+        ServerBuilder::default()
+    }
+
+    pub(crate) fn new(
+        listeners: Vec<StreamListener>,
+        max_connections: usize,
+        settings: Settings,
+    ) -> Server {
+        let shutdown = Shutdown::default();
+        let limit = ConnectionLimit::new(max_connections, &shutdown);
+        for listener in &listeners {
+            shutdown.on_request(listener.waker());
+        }
+        let ctx = Arc::new(Context {
+            settings,
+            counters: Counters::default(),
+            shutdown,
+            limit,
+            table: ConnectionTable::default(),
+        });
+        Server { ctx, listeners }
+    }
+
+    /// The address of the first TCP listener, with the real port when it was
+    /// bound to port 0.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.listen_addrs().find_map(|a| match a {
+            ListenAddr::Tcp(addr) => Some(*addr),
+            _ => None,
+        })
+    }
+
+    /// Every address the server listens on, in the order they were added.
+    pub fn listen_addrs(&self) -> impl Iterator<Item = &ListenAddr> {
+        self.listeners.iter().map(|l| &l.addr)
+    }
+
+    /// A handle to stop the server and read its counters.
+    pub fn handle(&self) -> ServerHandle {
+        ServerHandle {
+            ctx: Arc::clone(&self.ctx),
+        }
+    }
+
+    /// Serves until [`ServerHandle::shutdown`] is called, then stops
+    /// accepting, lets every connection echo what it has already read (for up
+    /// to the shutdown grace period), closes them, and returns the final
+    /// counters. When it returns, no connection is open.
+    ///
+    /// # Errors
+    ///
+    /// Only if the OS refuses the accept threads at start-up.
+    pub fn run(self) -> io::Result<Stats> {
+        let Server { ctx, listeners } = self;
+        let mut accept_threads = Vec::with_capacity(listeners.len());
+        for listener in listeners {
+            let loop_ctx = Arc::clone(&ctx);
+            let spawned = thread::Builder::new()
+                .name("echo-accept".to_owned())
+                .spawn(move || listener.accept_loop(&loop_ctx));
+            match spawned {
+                Ok(t) => accept_threads.push(t),
+                Err(e) => {
+                    ctx.shutdown.request();
+                    join_all(accept_threads);
+                    drain(&ctx);
+                    return Err(e);
+                }
+            }
+        }
+        join_all(accept_threads);
+        drain(&ctx);
+        Ok(ctx.counters.snapshot())
+    }
+}
+
+/// Lets every connection finish what it has read, then closes what is left.
+fn drain(ctx: &Context) {
+    let table = &ctx.table;
+    table.shutdown_all(net::Shutdown::Read);
+    if !table.wait_until_empty(ctx.settings.shutdown_grace) {
+        log::warn!("closing connections still busy after the shutdown grace period");
+        table.shutdown_all(net::Shutdown::Both);
+        if !table.wait_until_empty(FORCED_CLOSE_WAIT) {
+            log::error!("some connection threads did not stop");
+        }
+    }
+}
+
+fn join_all(threads: Vec<thread::JoinHandle<()>>) {
+    for t in threads {
+        if t.join().is_err() {
+            log::error!("an accept loop panicked");
+        }
+    }
+}
+
+impl ServerHandle {
+    /// Asks the server to stop. Returns at once; [`Server::run`] returns once
+    /// the server has drained. Calling it again does nothing.
+    pub fn shutdown(&self) {
+        self.ctx.shutdown.request();
+    }
+
+    /// Whether shutdown has been requested.
+    pub fn is_shutdown(&self) -> bool {
+        self.ctx.shutdown.is_requested()
+    }
+
+    /// The counters as they are now.
+    pub fn stats(&self) -> Stats {
+        self.ctx.counters.snapshot()
+    }
+}

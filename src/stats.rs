@@ -1,0 +1,68 @@
+//! Counters: what the server has done, readable live from a
+//! [`ServerHandle`](crate::ServerHandle) and printed on shutdown.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// A snapshot of a server's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Connections accepted since the server started.
+    pub accepted: u64,
+    /// Connections being served right now.
+    pub active: u64,
+    /// Bytes written back to clients, over every transport.
+    pub bytes_echoed: u64,
+    /// Connections closed because the client sent nothing for the idle timeout.
+    pub idle_timeouts: u64,
+    /// Connections closed because no thread could be started for them.
+    pub thread_refused: u64,
+    /// Errors from `accept` (for example running out of file descriptors).
+    pub accept_errors: u64,
+}
+
+impl fmt::Display for Stats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} connections accepted, {} active, {} bytes echoed, {} idle timeouts, \
+             {} refused for lack of threads, {} accept errors",
+            self.accepted,
+            self.active,
+            self.bytes_echoed,
+            self.idle_timeouts,
+            self.thread_refused,
+            self.accept_errors
+        )
+    }
+}
+
+/// The live counters behind [`Stats`]. Relaxed atomics: each counter is
+/// independent and only ever read as a statistic.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) accepted: AtomicU64,
+    pub(crate) active: AtomicU64,
+    pub(crate) bytes_echoed: AtomicU64,
+    pub(crate) idle_timeouts: AtomicU64,
+    pub(crate) thread_refused: AtomicU64,
+    pub(crate) accept_errors: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Relaxed);
+    }
+
+    pub(crate) fn snapshot(&self) -> Stats {
+        Stats {
+            accepted: self.accepted.load(Relaxed),
+            active: self.active.load(Relaxed),
+            bytes_echoed: self.bytes_echoed.load(Relaxed),
+            idle_timeouts: self.idle_timeouts.load(Relaxed),
+            thread_refused: self.thread_refused.load(Relaxed),
+            accept_errors: self.accept_errors.load(Relaxed),
+        }
+    }
+}

@@ -1,0 +1,194 @@
+//! The `echo-server` binary, run as a user would: exit statuses, messages,
+//! the start-up line, signals, and each option end to end.
+
+mod support;
+
+use std::io::Write;
+use std::net::{Shutdown, SocketAddr, TcpListener};
+use std::time::Duration;
+use support::*;
+
+#[test]
+fn prints_the_listening_line_echoes_and_exits_0_on_sigterm() {
+    let mut server = Binary::spawn(&["0"]);
+    let addr = server.tcp_addr();
+    assert_eq!(addr.ip(), std::net::Ipv4Addr::LOCALHOST);
+    assert_ne!(addr.port(), 0);
+    assert_eq!(
+        round_trip(connect(addr), b"hi there\n".to_vec()),
+        b"hi there\n"
+    );
+    // The loopback default tells the user how to accept remote clients.
+    server.expect_line("remote hint", |l| l.contains("--bind ::"));
+    server.signal(libc::SIGTERM);
+    let status = server.wait_exit();
+    assert_eq!(status.code(), Some(0), "stderr: {:#?}", server.seen);
+    let listening = server
+        .seen
+        .iter()
+        .filter(|l| l.starts_with("listening on "))
+        .count();
+    assert_eq!(
+        listening, 1,
+        "exactly one listening line: {:#?}",
+        server.seen
+    );
+    // The summary counts what happened.
+    assert!(
+        server
+            .seen
+            .iter()
+            .any(|l| l.contains("1 connections accepted") && l.contains("9 bytes echoed")),
+        "{:#?}",
+        server.seen
+    );
+}
+
+#[test]
+fn sigint_with_idle_clients_exits_0_promptly() {
+    let mut server = Binary::spawn(&["0"]);
+    let addr = server.tcp_addr();
+    let mut idle: Vec<_> = (0..3).map(|_| connect(addr)).collect();
+    let mut talking = connect(addr);
+    talking.write_all(b"x").unwrap();
+    assert_eq!(read_n(&mut talking, 1), b"x");
+    server.signal(libc::SIGINT);
+    assert_eq!(server.wait_exit().code(), Some(0));
+    for c in &mut idle {
+        assert!(is_closed(c, DEADLINE));
+    }
+}
+
+#[test]
+fn ipv6_and_dual_stack_from_the_command_line() {
+    let mut v6 = Binary::spawn(&["--bind", "::1", "0"]);
+    let addr = v6.tcp_addr();
+    assert!(addr.is_ipv6());
+    assert_eq!(round_trip(connect(addr), b"v6".to_vec()), b"v6");
+
+    let mut dual = Binary::spawn(&["--bind", "::", "0"]);
+    let addr = dual.tcp_addr();
+    assert_eq!(addr.ip(), "::".parse::<std::net::IpAddr>().unwrap());
+    let v4: SocketAddr = ([127, 0, 0, 1], addr.port()).into();
+    assert_eq!(round_trip(connect(v4), b"v4".to_vec()), b"v4");
+    // Not loopback-only: no hint about --bind.
+    dual.signal(libc::SIGTERM);
+    assert_eq!(dual.wait_exit().code(), Some(0));
+    assert!(
+        !dual.seen.iter().any(|l| l.contains("--bind")),
+        "{:#?}",
+        dual.seen
+    );
+}
+
+#[test]
+fn usage_errors_exit_2_and_say_what_is_wrong() {
+    for (args, expected) in [
+        (&["abc"][..], "invalid value 'abc'"),
+        (&["70000"], "70000 is not in 0..=65535"),
+        (&[], "<PORT>"),
+        (&["--frobnicate", "7"], "--frobnicate"),
+        (
+            &["--bind", "example.com", "7"],
+            "invalid value 'example.com'",
+        ),
+        (&["--max-connections", "0", "7"], "at least 1"),
+        (&["--idle-timeout", "soon", "7"], "not a number of seconds"),
+    ] {
+        let (status, stderr) = run_binary(args);
+        assert_eq!(status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn help_explains_every_option_and_exits_0() {
+    let out = Binary::command().arg("--help").output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let help = String::from_utf8(out.stdout).unwrap();
+    for option in [
+        "PORT",
+        "--bind",
+        "--max-connections",
+        "--idle-timeout",
+        "--log-data",
+    ] {
+        assert!(help.contains(option), "--help lacks {option}:\n{help}");
+    }
+    assert!(help.contains("[default: 127.0.0.1]"), "{help}");
+    assert!(help.contains("[default: 4096]"), "{help}");
+}
+
+#[test]
+fn port_in_use_exits_1_naming_address_and_reason() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let (status, stderr) = run_binary(&[&port]);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("tcp 127.0.0.1:{port}")),
+        "{stderr}"
+    );
+    assert!(stderr.to_lowercase().contains("in use"), "{stderr}");
+}
+
+#[test]
+fn log_data_escapes_control_bytes_and_invalid_utf8() {
+    let mut server = Binary::spawn(&["--log-data", "0"]);
+    let addr = server.tcp_addr();
+    let payload = b"hi\x1b[2J\x00\xff\n".to_vec();
+    assert_eq!(round_trip(connect(addr), payload.clone()), payload);
+    // The chunk may arrive in pieces: unescape every logged piece and
+    // check they add up to the payload.
+    let mut logged = Vec::new();
+    while logged.len() < payload.len() {
+        let line = server.expect_line("a logged chunk", |l| l.contains(" bytes: \""));
+        assert!(line.starts_with("127.0.0.1:"), "names the client: {line}");
+        let quoted = line
+            .split_once(" bytes: \"")
+            .unwrap()
+            .1
+            .strip_suffix('"')
+            .unwrap();
+        logged.extend(echo_server::unescape(quoted).expect("valid escapes"));
+    }
+    assert_eq!(logged, payload);
+    for line in &server.seen {
+        assert!(
+            line.bytes().all(|b| (0x20..0x7f).contains(&b)),
+            "raw byte in {line:?}"
+        );
+    }
+}
+
+#[test]
+fn max_connections_from_the_command_line() {
+    let mut server = Binary::spawn(&["--max-connections", "1", "0"]);
+    let addr = server.tcp_addr();
+    let mut first = connect(addr);
+    first.write_all(b"a").unwrap();
+    assert_eq!(read_n(&mut first, 1), b"a");
+    let mut second = connect(addr);
+    second.write_all(b"queued").unwrap();
+    assert!(!is_closed(&mut second, Duration::from_millis(300)));
+    first.shutdown(Shutdown::Write).unwrap();
+    assert!(is_closed(&mut first, DEADLINE));
+    assert_eq!(read_n(&mut second, 6), b"queued");
+}
+
+#[test]
+fn idle_timeout_from_the_command_line() {
+    let mut server = Binary::spawn(&["--idle-timeout", "0.3", "0"]);
+    let addr = server.tcp_addr();
+    let mut c = connect(addr);
+    c.write_all(b"x").unwrap();
+    assert_eq!(read_n(&mut c, 1), b"x");
+    assert!(is_closed(&mut c, DEADLINE));
+    server.signal(libc::SIGTERM);
+    assert_eq!(server.wait_exit().code(), Some(0));
+    assert!(
+        server.seen.iter().any(|l| l.contains("1 idle timeouts")),
+        "{:#?}",
+        server.seen
+    );
+}

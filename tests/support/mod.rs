@@ -1,0 +1,221 @@
+//! Helpers shared by the integration tests: a server on a background thread,
+//! clients with timeouts on every read, and the built binary as a child.
+#![allow(dead_code)] // each test file uses a different subset
+
+use echo_server::{Server, ServerBuilder, ServerHandle, Stats};
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, Receiver};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+/// Generous: the machine is shared and has two cores.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+/// A server running on a background thread; shut down and joined on drop.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub handle: ServerHandle,
+    thread: Option<JoinHandle<io::Result<Stats>>>,
+}
+
+impl TestServer {
+    pub fn start(builder: ServerBuilder) -> TestServer {
+        let server = builder.build().expect("server binds");
+        let addr = server.local_addr().expect("a TCP listener");
+        let handle = server.handle();
+        let thread = Some(thread::spawn(move || server.run()));
+        TestServer {
+            addr,
+            handle,
+            thread,
+        }
+    }
+
+    /// A server on 127.0.0.1 with an OS-chosen port.
+    pub fn loopback() -> TestServer {
+        TestServer::start(Server::builder().tcp(([127, 0, 0, 1], 0)))
+    }
+
+    /// Shuts down and waits for `run` to return (within the deadline).
+    pub fn stop(mut self) -> Stats {
+        self.handle.shutdown();
+        let thread = self.thread.take().expect("not stopped yet");
+        let start = Instant::now();
+        while !thread.is_finished() {
+            assert!(start.elapsed() < DEADLINE, "server did not shut down");
+            thread::sleep(Duration::from_millis(5));
+        }
+        thread.join().expect("server thread").expect("server ran")
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.handle.shutdown();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Connects with read and write timeouts, so no test can hang on a socket.
+pub fn connect(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect_timeout(&addr, DEADLINE).expect("connect");
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    s.set_write_timeout(Some(DEADLINE)).unwrap();
+    s
+}
+
+/// Reads exactly `n` bytes (the read timeout bounds each read).
+pub fn read_n(s: &mut impl Read, n: usize) -> Vec<u8> {
+    let mut buf = vec![0; n];
+    s.read_exact(&mut buf).expect("read echo");
+    buf
+}
+
+/// Writes `data`, half-closes, and returns everything read until EOF.
+/// Reading happens on a second thread so large payloads cannot deadlock on
+/// full socket buffers.
+pub fn round_trip(stream: TcpStream, data: Vec<u8>) -> Vec<u8> {
+    let mut reader = stream.try_clone().unwrap();
+    let collector = thread::spawn(move || {
+        let mut got = Vec::new();
+        reader.read_to_end(&mut got).map(|_| got)
+    });
+    let mut writer = stream;
+    writer.write_all(&data).expect("write");
+    writer.shutdown(Shutdown::Write).expect("half-close");
+    collector.join().unwrap().expect("read until EOF")
+}
+
+/// Polls `cond` until it holds; panics with `what` after the deadline.
+pub fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// True if the peer has closed: a read returns EOF (or reset) before `wait`.
+pub fn is_closed(s: &mut TcpStream, wait: Duration) -> bool {
+    s.set_read_timeout(Some(wait)).unwrap();
+    let mut b = [0u8; 1];
+    let closed = match s.read(&mut b) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => !matches!(
+            e.kind(),
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+        ),
+    };
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    closed
+}
+
+/// The `echo-server` binary running as a child process, with its stderr
+/// collected line by line.
+pub struct Binary {
+    pub child: Child,
+    lines: Receiver<String>,
+    pub seen: Vec<String>,
+}
+
+impl Binary {
+    pub fn command() -> Command {
+        Command::new(env!("CARGO_BIN_EXE_echo-server"))
+    }
+
+    pub fn spawn(args: &[&str]) -> Binary {
+        let mut child = Binary::command()
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn echo-server");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Binary {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for a stderr line matching `pred` and returns it.
+    pub fn expect_line(&mut self, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        let start = Instant::now();
+        loop {
+            let left = DEADLINE.saturating_sub(start.elapsed());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if pred(&line) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!("no stderr line {what}; saw {:#?}", self.seen),
+            }
+        }
+    }
+
+    /// Waits for the `listening on tcp ADDR` line and returns ADDR.
+    pub fn tcp_addr(&mut self) -> SocketAddr {
+        let line = self.expect_line("listening on tcp", |l| l.starts_with("listening on tcp "));
+        line["listening on tcp ".len()..]
+            .parse()
+            .expect("an address")
+    }
+
+    /// Sends SIGTERM (or `signal`).
+    #[cfg(unix)]
+    pub fn signal(&self, signal: i32) {
+        let pid = self.child.id() as i32;
+        // SAFETY: kill(2) with a pid we own and a valid signal number.
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
+    }
+
+    /// Waits for exit; kills the child and panics past the deadline.
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                // Collect the rest of stderr.
+                while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
+                    self.seen.push(line);
+                }
+                return status;
+            }
+            if start.elapsed() > DEADLINE {
+                let _ = self.child.kill();
+                panic!("echo-server did not exit; stderr: {:#?}", self.seen);
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs the binary to completion with `args`; returns status and stderr.
+pub fn run_binary(args: &[&str]) -> (ExitStatus, String) {
+    let mut b = Binary::spawn(args);
+    let status = b.wait_exit();
+    (status, b.seen.join("\n"))
+}

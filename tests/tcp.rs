@@ -1,0 +1,300 @@
+//! The server over real TCP loopback sockets, driven through the library.
+
+mod support;
+
+use echo_server::Server;
+use rand::{Rng, RngCore, SeedableRng};
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener};
+use std::thread;
+use std::time::{Duration, Instant};
+use support::*;
+
+#[test]
+fn echoes_a_line() {
+    let server = TestServer::loopback();
+    let mut c = connect(server.addr);
+    c.write_all(b"hello\n").unwrap();
+    assert_eq!(read_n(&mut c, 6), b"hello\n");
+    c.write_all(b"again").unwrap();
+    assert_eq!(read_n(&mut c, 5), b"again");
+}
+
+#[test]
+fn echoes_every_byte_value_including_nul() {
+    let server = TestServer::loopback();
+    let data: Vec<u8> = (0..=255u8).cycle().take(4096).collect();
+    assert_eq!(round_trip(connect(server.addr), data.clone()), data);
+}
+
+#[test]
+fn echoes_one_mebibyte_written_in_random_chunks() {
+    let server = TestServer::loopback();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed);
+    let mut data = vec![0u8; 1 << 20];
+    rng.fill_bytes(&mut data);
+    let stream = connect(server.addr);
+    let mut reader = stream.try_clone().unwrap();
+    let expected = data.clone();
+    let collector = thread::spawn(move || {
+        let mut got = Vec::new();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let mut buf = vec![0u8; 70_000];
+        loop {
+            let n = rng.random_range(1..=buf.len());
+            match reader.read(&mut buf[..n]).expect("read") {
+                0 => break,
+                k => got.extend_from_slice(&buf[..k]),
+            }
+        }
+        got
+    });
+    let mut writer = stream;
+    let mut rest = &data[..];
+    while !rest.is_empty() {
+        let n = rng.random_range(1..=rest.len().min(100_000));
+        writer.write_all(&rest[..n]).unwrap();
+        rest = &rest[n..];
+    }
+    writer.shutdown(Shutdown::Write).unwrap();
+    let got = collector.join().unwrap();
+    assert_eq!(got.len(), expected.len());
+    assert!(got == expected, "echo differs from what was sent");
+}
+
+#[test]
+fn serves_128_concurrent_clients_each_its_own_bytes() {
+    let server = TestServer::loopback();
+    let clients: Vec<_> = (0..128u32)
+        .map(|i| {
+            let addr = server.addr;
+            thread::spawn(move || {
+                let data: Vec<u8> = format!("client {i} ")
+                    .into_bytes()
+                    .into_iter()
+                    .cycle()
+                    .take(1000 + i as usize * 37)
+                    .collect();
+                let mut s = connect(addr);
+                // Interleave: write half, read it back, then the rest.
+                let half = data.len() / 2;
+                s.write_all(&data[..half]).unwrap();
+                assert_eq!(read_n(&mut s, half), &data[..half]);
+                assert_eq!(round_trip(s, data[half..].to_vec()), &data[half..]);
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().expect("client saw its own bytes");
+    }
+    wait_for("all connections to end", || {
+        server.handle.stats().active == 0
+    });
+    let stats = server.stop();
+    assert_eq!(stats.accepted, 128);
+    let expected: u64 = (0..128u64).map(|i| 1000 + i * 37).sum();
+    assert_eq!(stats.bytes_echoed, expected);
+}
+
+#[test]
+fn half_close_gets_everything_back_then_eof() {
+    let server = TestServer::loopback();
+    let mut c = connect(server.addr);
+    c.write_all(b"first ").unwrap();
+    c.write_all(b"second").unwrap();
+    c.shutdown(Shutdown::Write).unwrap();
+    let mut got = Vec::new();
+    c.read_to_end(&mut got).unwrap();
+    assert_eq!(got, b"first second");
+}
+
+#[test]
+fn ipv6_loopback() {
+    let server =
+        TestServer::start(Server::builder().tcp(("::1".parse::<std::net::IpAddr>().unwrap(), 0)));
+    assert!(server.addr.is_ipv6());
+    assert_eq!(
+        round_trip(connect(server.addr), b"over v6".to_vec()),
+        b"over v6"
+    );
+}
+
+#[test]
+fn dual_stack_on_unspecified_ipv6_accepts_ipv4_and_ipv6() {
+    let server =
+        TestServer::start(Server::builder().tcp(("::".parse::<std::net::IpAddr>().unwrap(), 0)));
+    let port = server.addr.port();
+    let v4: SocketAddr = ([127, 0, 0, 1], port).into();
+    let v6: SocketAddr = ("::1".parse::<std::net::IpAddr>().unwrap(), port).into();
+    assert_eq!(round_trip(connect(v4), b"v4".to_vec()), b"v4");
+    assert_eq!(round_trip(connect(v6), b"v6".to_vec()), b"v6");
+}
+
+#[test]
+fn port_zero_reports_the_real_port() {
+    let server = TestServer::loopback();
+    assert_ne!(server.addr.port(), 0);
+    assert_eq!(round_trip(connect(server.addr), b"x".to_vec()), b"x");
+}
+
+#[test]
+fn serves_an_existing_std_listener() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = TestServer::start(Server::builder().tcp_listener(listener));
+    assert_eq!(server.addr, addr);
+    assert_eq!(round_trip(connect(addr), b"adopted".to_vec()), b"adopted");
+}
+
+#[test]
+fn binding_a_busy_port_names_the_address() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let err = Server::builder().tcp(addr).build().unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse);
+    assert!(err.to_string().contains(&format!("tcp {addr}")), "{err}");
+}
+
+#[test]
+fn invalid_configurations_are_refused() {
+    assert!(Server::builder().build().is_err());
+    assert!(Server::builder()
+        .tcp(([127, 0, 0, 1], 0))
+        .max_connections(0)
+        .build()
+        .is_err());
+    assert!(Server::builder()
+        .tcp(([127, 0, 0, 1], 0))
+        .idle_timeout(Some(Duration::ZERO))
+        .build()
+        .is_err());
+}
+
+#[test]
+fn max_connections_applies_backpressure_and_loses_nothing() {
+    let server = TestServer::start(
+        Server::builder()
+            .tcp(([127, 0, 0, 1], 0))
+            .max_connections(2),
+    );
+    let mut first = connect(server.addr);
+    let mut second = connect(server.addr);
+    first.write_all(b"1").unwrap();
+    second.write_all(b"2").unwrap();
+    assert_eq!(read_n(&mut first, 1), b"1");
+    assert_eq!(read_n(&mut second, 1), b"2");
+
+    // The third client connects (the kernel completes the handshake into
+    // the backlog) but is not served while both slots are taken.
+    let mut third = connect(server.addr);
+    third.write_all(b"waiting").unwrap();
+    third
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut b = [0u8; 1];
+    let early = third.read(&mut b);
+    assert!(
+        early.is_err(),
+        "third client was served while at the limit: {early:?}"
+    );
+    assert_eq!(server.handle.stats().active, 2);
+    assert_eq!(server.handle.stats().accepted, 2);
+
+    // A slot frees: the third client is served, its early bytes intact.
+    drop(first);
+    third.set_read_timeout(Some(DEADLINE)).unwrap();
+    assert_eq!(read_n(&mut third, 7), b"waiting");
+    assert_eq!(server.handle.stats().accepted, 3);
+    second.write_all(b"still").unwrap();
+    assert_eq!(read_n(&mut second, 5), b"still");
+}
+
+#[test]
+fn idle_timeout_closes_silent_clients_only() {
+    let server = TestServer::start(
+        Server::builder()
+            .tcp(([127, 0, 0, 1], 0))
+            .idle_timeout(Some(Duration::from_millis(300))),
+    );
+    let mut silent = connect(server.addr);
+    let mut chatty = connect(server.addr);
+    let start = Instant::now();
+    // The chatty client keeps talking, more often than the timeout.
+    while start.elapsed() < Duration::from_millis(900) {
+        chatty.write_all(b"tick").unwrap();
+        assert_eq!(read_n(&mut chatty, 4), b"tick");
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        is_closed(&mut silent, DEADLINE),
+        "silent client was not closed"
+    );
+    assert!(start.elapsed() >= Duration::from_millis(300));
+    chatty.write_all(b"alive").unwrap();
+    assert_eq!(read_n(&mut chatty, 5), b"alive");
+    wait_for("the idle timeout to be counted", || {
+        server.handle.stats().idle_timeouts == 1
+    });
+}
+
+#[test]
+fn shutdown_unblocks_run_with_idle_clients_connected() {
+    let server = TestServer::loopback();
+    let mut idle: Vec<_> = (0..5).map(|_| connect(server.addr)).collect();
+    wait_for("clients to be accepted", || {
+        server.handle.stats().active == 5
+    });
+    let stats = server.stop(); // asserts run() returns within the deadline
+    assert_eq!(stats.active, 0);
+    for c in &mut idle {
+        assert!(is_closed(c, DEADLINE));
+    }
+}
+
+#[test]
+fn shutdown_echoes_what_was_already_sent() {
+    let server = TestServer::loopback();
+    let mut c = connect(server.addr);
+    c.write_all(b"ping").unwrap();
+    assert_eq!(read_n(&mut c, 4), b"ping");
+    c.write_all(b"in flight").unwrap();
+    wait_for("the bytes to be echoed", || {
+        server.handle.stats().bytes_echoed == 13
+    });
+    let port = server.addr;
+    server.stop();
+    assert_eq!(read_n(&mut c, 9), b"in flight");
+    assert!(is_closed(&mut c, DEADLINE));
+    // The listener is gone: the port can be bound again.
+    TcpListener::bind(port).expect("port is free after shutdown");
+}
+
+#[test]
+fn shutdown_while_waiting_for_a_slot() {
+    let server = TestServer::start(
+        Server::builder()
+            .tcp(([127, 0, 0, 1], 0))
+            .max_connections(1),
+    );
+    let _held = connect(server.addr);
+    let _queued = connect(server.addr);
+    wait_for("the first client to be served", || {
+        server.handle.stats().active == 1
+    });
+    server.stop();
+}
+
+#[test]
+fn a_reset_client_does_not_disturb_others() {
+    let server = TestServer::loopback();
+    let mut steady = connect(server.addr);
+    for _ in 0..20 {
+        let s = socket2::Socket::from(connect(server.addr));
+        (&s).write_all(b"bye").unwrap();
+        // Linger 0: close sends RST instead of FIN.
+        s.set_linger(Some(Duration::ZERO)).unwrap();
+        drop(s);
+    }
+    steady.write_all(b"still here").unwrap();
+    assert_eq!(read_n(&mut steady, 10), b"still here");
+}

@@ -96,100 +96,134 @@ fn flush<S: Write + ?Sized>(stream: &mut S) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Cursor;
+    use crate::scripted::{ReadStep, ScriptedStream, WriteStep};
+    use proptest::collection::vec;
+    use proptest::prelude::*;
 
-    /// Reads from a script of chunks and errors, records what is written.
-    struct Scripted {
-        reads: Vec<io::Result<Vec<u8>>>,
-        written: Vec<u8>,
-        max_write: usize,
-    }
-
-    impl Read for Scripted {
-        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-            if self.reads.is_empty() {
-                return Ok(0);
-            }
-            match self.reads.remove(0) {
-                Ok(mut chunk) => {
-                    let n = chunk.len().min(buf.len());
-                    buf[..n].copy_from_slice(&chunk[..n]);
-                    if n < chunk.len() {
-                        self.reads.insert(0, Ok(chunk.split_off(n)));
-                    }
-                    Ok(n)
-                }
-                Err(e) => Err(e),
-            }
-        }
-    }
-
-    impl Write for Scripted {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            let n = buf.len().min(self.max_write);
-            self.written.extend_from_slice(&buf[..n]);
-            Ok(n)
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
+    /// The trivially correct reference: echoing `input` gives back `input`,
+    /// and reports its length.
+    fn reference(input: &[u8]) -> (Vec<u8>, u64) {
+        (input.to_vec(), input.len() as u64)
     }
 
     #[test]
     fn echoes_short_reads_and_short_writes() {
-        let mut s = Scripted {
-            reads: vec![
-                Ok(b"hel".to_vec()),
-                Err(ErrorKind::Interrupted.into()),
-                Ok(b"lo wor".to_vec()),
-                Ok(b"ld".to_vec()),
+        let mut s = ScriptedStream::new(
+            b"hello world".to_vec(),
+            [
+                ReadStep::Chunk(3),
+                ReadStep::Interrupted,
+                ReadStep::Chunk(6),
             ],
-            written: Vec::new(),
-            max_write: 2,
-        };
+            [
+                WriteStep::Accept(2),
+                WriteStep::Interrupted,
+                WriteStep::Accept(1),
+            ],
+        );
         assert_eq!(echo_with_buffer(&mut s, &mut [0; 4]).unwrap(), 11);
-        assert_eq!(s.written, b"hello world");
+        assert_eq!(s.output(), b"hello world");
     }
 
     #[test]
-    fn read_error_is_returned() {
-        let mut s = Scripted {
-            reads: vec![Ok(b"ab".to_vec()), Err(ErrorKind::ConnectionReset.into())],
-            written: Vec::new(),
-            max_write: usize::MAX,
-        };
+    fn read_error_is_returned_after_echoing_what_came_before() {
+        let mut s = ScriptedStream::new(
+            b"abcdef".to_vec(),
+            [ReadStep::Chunk(2), ReadStep::Reset],
+            [],
+        );
         let err = echo(&mut s).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::ConnectionReset);
-        assert_eq!(s.written, b"ab");
+        assert_eq!(s.output(), b"ab");
     }
 
     #[test]
     fn zero_length_write_is_an_error_not_a_spin() {
-        let mut s = Scripted {
-            reads: vec![Ok(b"abc".to_vec())],
-            written: Vec::new(),
-            max_write: 0,
-        };
-        assert_eq!(echo(&mut s).unwrap_err().kind(), ErrorKind::WriteZero);
+        struct Full;
+        impl Read for Full {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                buf[0] = b'x';
+                Ok(1)
+            }
+        }
+        impl Write for Full {
+            fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+                Ok(0)
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        assert_eq!(echo(&mut Full).unwrap_err().kind(), ErrorKind::WriteZero);
     }
 
     #[test]
     fn empty_buffer_is_rejected() {
-        let mut s = Cursor::new(Vec::new());
-        assert_eq!(
-            echo_with_buffer(&mut s, &mut []).unwrap_err().kind(),
-            ErrorKind::InvalidInput
-        );
+        let mut s = ScriptedStream::new(b"x".to_vec(), [], []);
+        let err = echo_with_buffer(&mut s, &mut []).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput);
     }
 
     #[test]
     fn empty_input_echoes_nothing() {
-        let mut s = Scripted {
-            reads: vec![],
-            written: Vec::new(),
-            max_write: 1,
-        };
+        let mut s = ScriptedStream::new(Vec::new(), [], []);
         assert_eq!(echo(&mut s).unwrap(), 0);
-        assert!(s.written.is_empty());
+        assert!(s.output().is_empty());
+    }
+
+    fn read_step() -> impl Strategy<Value = ReadStep> {
+        prop_oneof![
+            6 => (1usize..300).prop_map(ReadStep::Chunk),
+            1 => (1usize..4).prop_map(ReadStep::Chunk),
+            1 => Just(ReadStep::Interrupted),
+        ]
+    }
+
+    fn write_step() -> impl Strategy<Value = WriteStep> {
+        prop_oneof![
+            6 => (1usize..300).prop_map(WriteStep::Accept),
+            1 => (1usize..4).prop_map(WriteStep::Accept),
+            1 => Just(WriteStep::Interrupted),
+        ]
+    }
+
+    proptest! {
+        /// Whatever the chunking, interrupts and buffer size, the output is
+        /// the input and the count is its length.
+        #[test]
+        fn echo_matches_the_reference(
+            input in vec(any::<u8>(), 0..4096),
+            reads in vec(read_step(), 0..64),
+            writes in vec(write_step(), 0..64),
+            buf_len in prop_oneof![1usize..8, 1usize..4096],
+        ) {
+            let mut stream = ScriptedStream::new(input.clone(), reads, writes);
+            let echoed = echo_with_buffer(&mut stream, &mut vec![0; buf_len]).unwrap();
+            let (expected, count) = reference(&input);
+            prop_assert_eq!(stream.output(), &expected[..]);
+            prop_assert_eq!(echoed, count);
+        }
+
+        /// A read that fails ends the loop with that error, after every byte
+        /// read before it was written back.
+        #[test]
+        fn a_failed_read_ends_after_echoing_all_earlier_bytes(
+            input in vec(any::<u8>(), 0..2048),
+            mut reads in vec(read_step(), 0..32),
+            fail_at in any::<prop::sample::Index>(),
+            writes in vec(write_step(), 0..32),
+            buf_len in 1usize..512,
+        ) {
+            let at = fail_at.index(reads.len() + 1);
+            reads.insert(at, ReadStep::Reset);
+            let mut stream = ScriptedStream::new(input, reads, writes);
+            let result = echo_with_buffer(&mut stream, &mut vec![0; buf_len]);
+            // The script may reach end of file before the failing step.
+            match result {
+                Ok(n) => prop_assert_eq!(n as usize, stream.consumed().len()),
+                Err(e) => prop_assert_eq!(e.kind(), ErrorKind::ConnectionReset),
+            }
+            prop_assert_eq!(stream.output(), stream.consumed());
+        }
     }
 }

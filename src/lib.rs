@@ -45,6 +45,10 @@ mod echo;
 mod escape;
 mod limit;
 mod listener;
+#[cfg(test)]
+mod properties;
+#[cfg(any(test, feature = "scripted"))]
+pub mod scripted;
 mod server;
 mod shutdown;
 mod stats;

@@ -137,8 +137,10 @@ fn drain(ctx: &Context) {
         table.shutdown_all(net::Shutdown::Both);
         if !table.wait_until_empty(FORCED_CLOSE_WAIT) {
             log::error!("some connection threads did not stop");
+            return;
         }
     }
+    table.reap();
 }
 
 fn join_all(threads: Vec<thread::JoinHandle<()>>) {

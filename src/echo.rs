@@ -139,9 +139,14 @@ mod tests {
 
     #[test]
     fn zero_length_write_is_an_error_not_a_spin() {
-        struct Full;
+        /// Has 10 bytes to read, accepts no writes.
+        struct Full(u8);
         impl Read for Full {
             fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                if self.0 == 0 {
+                    return Ok(0);
+                }
+                self.0 -= 1;
                 buf[0] = b'x';
                 Ok(1)
             }
@@ -154,7 +159,9 @@ mod tests {
                 Ok(())
             }
         }
-        assert_eq!(echo(&mut Full).unwrap_err().kind(), ErrorKind::WriteZero);
+        let mut stream = Full(10);
+        assert_eq!(echo(&mut stream).unwrap_err().kind(), ErrorKind::WriteZero);
+        assert_eq!(stream.0, 9, "gave up at the first refused write");
     }
 
     #[test]

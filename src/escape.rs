@@ -20,9 +20,10 @@ pub fn escape(bytes: &[u8]) -> String {
     out
 }
 
-/// Reverses [`escape`]. Returns `None` if `text` is not something [`escape`]
-/// could have produced (a stray backslash, a bad `\x` escape, a non-printable
-/// or non-ASCII character).
+/// Reverses [`escape`]. Returns `None` if `text` is not exactly something
+/// [`escape`] could have produced (a stray backslash, a bad or needless `\x`
+/// escape, a bare quote, a non-printable or non-ASCII character), so every
+/// accepted text is the one canonical escape of its bytes.
 ///
 /// # Examples
 ///
@@ -36,7 +37,8 @@ pub fn unescape(text: &str) -> Option<Vec<u8>> {
     let mut bytes = text.bytes();
     while let Some(b) = bytes.next() {
         if b != b'\\' {
-            if !(0x20..0x7f).contains(&b) {
+            // `escape` never leaves a quote bare, nor anything unprintable.
+            if !(0x20..0x7f).contains(&b) || b == b'"' || b == b'\'' {
                 return None;
             }
             out.push(b);
@@ -52,7 +54,12 @@ pub fn unescape(text: &str) -> Option<Vec<u8>> {
             b'x' => {
                 let hi = hex_digit(bytes.next()?)?;
                 let lo = hex_digit(bytes.next()?)?;
-                out.push(hi << 4 | lo);
+                let byte = hi << 4 | lo;
+                // `escape` writes these bytes another way, never as `\xNN`.
+                if (0x20..0x7f).contains(&byte) || matches!(byte, b'\t' | b'\r' | b'\n') {
+                    return None;
+                }
+                out.push(byte);
             }
             _ => return None,
         }
@@ -85,7 +92,9 @@ mod tests {
 
     #[test]
     fn rejects_malformed_escapes() {
-        for bad in [r"\", r"\x4", r"\xZZ", r"\xAB", "\u{7f}", "é", "\n", r"\0"] {
+        for bad in [
+            r"\", r"\x4", r"\xZZ", r"\xAB", "\u{7f}", "é", "\n", r"\0", "\"", "'", r"\x55", r"\x0a",
+        ] {
             assert_eq!(unescape(bad), None, "{bad:?}");
         }
     }

@@ -1,6 +1,8 @@
 //! The `echo-server` binary, run as a user would: exit statuses, messages,
 //! the start-up line, signals, and each option end to end.
 
+#![cfg(unix)] // drives the binary with POSIX signals
+
 mod support;
 
 use std::io::Write;

@@ -1,10 +1,16 @@
 //! Configuring a server: which sockets to listen on and how to serve them.
 
-use crate::listener::{self, StreamListener};
-use crate::server::{Server, Settings};
-use socket2::Socket;
+use crate::listener::{self, ListenAddr, StreamListener};
+use crate::rate_limit::RateLimit;
+use crate::server::{Listener, Server, Settings, UdpSettings};
+use crate::udp::{self, DatagramSocket};
+use socket2::{Socket, Type};
 use std::io;
-use std::net::{SocketAddr, TcpListener};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+#[cfg(unix)]
+use std::os::fd::OwnedFd;
+#[cfg(unix)]
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// Connections served at once unless configured otherwise. Threads are cheap
@@ -50,6 +56,12 @@ pub struct ServerBuilder {
 enum Source {
     Tcp(SocketAddr),
     TcpListener(TcpListener),
+    Udp(SocketAddr),
+    UdpSocket(UdpSocket),
+    #[cfg(unix)]
+    Unix(PathBuf),
+    #[cfg(unix)]
+    Inherited(OwnedFd),
 }
 
 impl Default for ServerBuilder {
@@ -62,6 +74,11 @@ impl Default for ServerBuilder {
                 idle_timeout: None,
                 log_data: false,
                 shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+                udp: UdpSettings {
+                    filter_sources: true,
+                    rate_limit: Some(RateLimit::default()),
+                    max_datagram: udp::MAX_DATAGRAM,
+                },
             },
         }
     }
@@ -79,6 +96,61 @@ impl ServerBuilder {
     /// Serves connections from an already listening TCP socket.
     pub fn tcp_listener(mut self, listener: TcpListener) -> Self {
         self.sources.push(Source::TcpListener(listener));
+        self
+    }
+
+    /// Answers UDP datagrams on `addr`. With port 0 it takes the port of a
+    /// TCP listener added before on the same IP address, if there is one, and
+    /// otherwise lets the OS pick.
+    pub fn udp(mut self, addr: impl Into<SocketAddr>) -> Self {
+        self.sources.push(Source::Udp(addr.into()));
+        self
+    }
+
+    /// Answers UDP datagrams on an already bound socket.
+    pub fn udp_socket(mut self, socket: UdpSocket) -> Self {
+        self.sources.push(Source::UdpSocket(socket));
+        self
+    }
+
+    /// Listens on a Unix stream socket at `path`. A stale socket file there
+    /// is replaced; a live one, or any other file, is an error. The file is
+    /// removed when the server has shut down.
+    #[cfg(unix)]
+    pub fn unix(mut self, path: impl Into<PathBuf>) -> Self {
+        self.sources.push(Source::Unix(path.into()));
+        self
+    }
+
+    /// Serves a socket the process was given already bound: a listening TCP
+    /// or Unix stream socket, or a UDP socket (see
+    /// [`systemd_sockets`](crate::activation::systemd_sockets)).
+    #[cfg(unix)]
+    pub fn inherited_socket(mut self, fd: OwnedFd) -> Self {
+        self.sources.push(Source::Inherited(fd));
+        self
+    }
+
+    /// Whether UDP datagrams from privileged ports (below 1024) and from
+    /// broadcast, multicast or unspecified addresses go unanswered. On by
+    /// default: it stops echo loops with other UDP services and reflection
+    /// through forged sources. Turn it off only in a lab.
+    pub fn udp_source_filter(mut self, on: bool) -> Self {
+        self.settings.udp.filter_sources = on;
+        self
+    }
+
+    /// Per-source UDP rate limit, or `None` for none. Default
+    /// [`RateLimit::default`]: 1 MiB/s with an 8 MiB burst per source.
+    pub fn udp_rate_limit(mut self, limit: Option<RateLimit>) -> Self {
+        self.settings.udp.rate_limit = limit;
+        self
+    }
+
+    /// Largest UDP datagram answered, in bytes; larger ones are dropped whole
+    /// and counted. Default and most: [`udp::MAX_DATAGRAM`].
+    pub fn udp_max_datagram(mut self, bytes: usize) -> Self {
+        self.settings.udp.max_datagram = bytes;
         self
     }
 
@@ -136,16 +208,71 @@ impl ServerBuilder {
         if self.settings.idle_timeout == Some(Duration::ZERO) {
             return Err(invalid("idle timeout must be more than zero"));
         }
-        let mut listeners = Vec::with_capacity(self.sources.len());
-        for source in self.sources {
-            listeners.push(match source {
-                Source::Tcp(addr) => listener::bind_tcp(addr, self.backlog).map_err(|e| {
-                    io::Error::new(e.kind(), format!("cannot listen on tcp {addr}: {e}"))
-                })?,
-                Source::TcpListener(l) => StreamListener::from_socket(Socket::from(l))?,
-            });
+        if !(1..=udp::MAX_DATAGRAM).contains(&self.settings.udp.max_datagram) {
+            return Err(invalid("the largest UDP datagram must be 1 to 65527 bytes"));
+        }
+        if matches!(self.settings.udp.rate_limit, Some(l) if l.rate == 0 || l.burst == 0) {
+            return Err(invalid(
+                "a UDP rate limit needs a rate and a burst above zero",
+            ));
+        }
+        let mut listeners: Vec<Listener> = Vec::with_capacity(self.sources.len());
+        for mut source in self.sources {
+            // UDP on port 0 shares the port of a TCP listener on the same
+            // address, so one number reaches both (as `--udp` promises).
+            if let Source::Udp(addr) = &mut source {
+                if addr.port() == 0 {
+                    let tcp_port = listeners.iter().find_map(|l| match l.addr() {
+                        ListenAddr::Tcp(tcp) if tcp.ip() == addr.ip() => Some(tcp.port()),
+                        _ => None,
+                    });
+                    addr.set_port(tcp_port.unwrap_or(0));
+                }
+            }
+            listeners.push(bind(source, self.backlog)?);
         }
         Ok(Server::new(listeners, self.max_connections, self.settings))
+    }
+}
+
+/// Binds (or adopts) one listener; errors say which.
+fn bind(source: Source, backlog: i32) -> io::Result<Listener> {
+    let context = |what: ListenAddr| {
+        move |e: io::Error| io::Error::new(e.kind(), format!("cannot listen on {what}: {e}"))
+    };
+    Ok(match source {
+        Source::Tcp(addr) => Listener::Stream(
+            listener::bind_tcp(addr, backlog).map_err(context(ListenAddr::Tcp(addr)))?,
+        ),
+        Source::TcpListener(l) => Listener::Stream(StreamListener::from_socket(Socket::from(l))?),
+        Source::Udp(addr) => {
+            Listener::Datagram(udp::bind_udp(addr).map_err(context(ListenAddr::Udp(addr)))?)
+        }
+        Source::UdpSocket(s) => Listener::Datagram(DatagramSocket::from_socket(Socket::from(s))?),
+        #[cfg(unix)]
+        Source::Unix(path) => Listener::Stream(
+            crate::unix::bind_unix(&path, backlog).map_err(context(ListenAddr::Unix(path)))?,
+        ),
+        #[cfg(unix)]
+        Source::Inherited(fd) => adopt(Socket::from(fd))?,
+    })
+}
+
+/// Serves an inherited socket according to its type.
+#[cfg(unix)]
+fn adopt(socket: Socket) -> io::Result<Listener> {
+    let ty = socket.r#type()?;
+    if ty == Type::STREAM {
+        if !socket.is_listener()? {
+            return Err(invalid("an inherited stream socket is not listening"));
+        }
+        Ok(Listener::Stream(StreamListener::from_socket(socket)?))
+    } else if ty == Type::DGRAM {
+        Ok(Listener::Datagram(DatagramSocket::from_socket(socket)?))
+    } else {
+        Err(invalid(
+            "an inherited socket is neither a stream nor a datagram socket",
+        ))
     }
 }
 

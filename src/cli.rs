@@ -4,11 +4,12 @@
 //! Exit statuses: 0 after a clean shutdown (or `--help`), 1 when the server
 //! cannot run (such as a port in use), 2 for a usage error.
 
-use crate::{Server, ServerBuilder, DEFAULT_MAX_CONNECTIONS};
-use clap::Parser;
+use crate::{udp, RateLimit, Server, ServerBuilder, DEFAULT_MAX_CONNECTIONS};
+use clap::{CommandFactory, Parser};
 use std::ffi::OsString;
 use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -20,23 +21,37 @@ use std::time::Duration;
     version,
     about = "Echo server (RFC 862): every byte a client sends comes back.",
     long_about = "Echo server (RFC 862): every byte a client sends comes back.\n\n\
-        Each TCP connection is served by its own thread. Logs go to stderr; for each \
-        listener one line says `listening on tcp ADDR:PORT`. SIGINT or SIGTERM stops \
-        accepting, lets connections finish echoing what they sent, and exits 0.",
-    after_help = "Examples:\n  echo-server 7007                  # 127.0.0.1:7007\n  \
+        Each TCP or Unix-socket connection is served by its own thread; with --udp, each \
+        datagram is answered with the same bytes. Logs go to stderr; for each listener one \
+        line says `listening on <tcp|udp|unix> ADDRESS`. SIGINT or SIGTERM stops \
+        accepting, lets connections finish echoing what they sent, and exits 0. Sockets \
+        passed by systemd (LISTEN_FDS) are served too; then PORT may be omitted.",
+    after_help = "Examples:\n  echo-server 7007                  # TCP on 127.0.0.1:7007\n  \
+        echo-server --udp 7007            # TCP and UDP on port 7007\n  \
         echo-server --bind :: 7007        # every interface, IPv4 and IPv6\n  \
+        echo-server --unix /tmp/echo.sock # a Unix socket only\n  \
         echo-server 0                     # a free port, printed at start-up"
 )]
 pub struct Args {
     /// TCP port to listen on, 0-65535; 0 lets the OS pick a free port.
+    /// Optional with --unix or with sockets passed by systemd.
     #[arg(value_name = "PORT")]
-    pub port: u16,
+    pub port: Option<u16>,
 
     /// IP address to listen on. The default accepts only local clients; `::`
     /// accepts every interface over IPv4 and IPv6, `0.0.0.0` every IPv4 one,
     /// `::1` IPv6 loopback.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1")]
     pub bind: IpAddr,
+
+    /// Also echo UDP datagrams on the same address and port.
+    #[arg(long, requires = "port")]
+    pub udp: bool,
+
+    /// Also (or only) listen on a Unix stream socket at PATH. A stale socket
+    /// file there is replaced; a live one is never taken over. Removed on exit.
+    #[arg(long, value_name = "PATH")]
+    pub unix: Option<PathBuf>,
 
     /// Serve at most N connections at once. Further clients are not refused:
     /// they wait in the listen backlog until a connection ends.
@@ -49,10 +64,31 @@ pub struct Args {
     #[arg(long, value_name = "SECS", value_parser = parse_secs)]
     pub idle_timeout: Option<Duration>,
 
-    /// Log every chunk received, with the client's address, as escaped text
-    /// (control bytes and non-ASCII shown as \xNN).
+    /// Log every chunk or datagram received, with the client's address, as
+    /// escaped text (control bytes and non-ASCII shown as \xNN).
     #[arg(long)]
     pub log_data: bool,
+
+    /// Answer UDP datagrams from any source. By default none are sent to
+    /// privileged ports (<1024, where echo/chargen loops start) or to
+    /// broadcast, multicast or unspecified addresses. For lab use.
+    #[arg(long)]
+    pub udp_allow_any_source: bool,
+
+    /// Per-source UDP rate limit in bytes per second (suffixes K, M, G;
+    /// each datagram also costs 64 bytes); 0 turns the limit off.
+    #[arg(long, value_name = "BYTES", default_value = "1M", value_parser = parse_bytes)]
+    pub udp_rate: u64,
+
+    /// Per-source UDP burst: bytes a quiet source may send at once.
+    #[arg(long, value_name = "BYTES", default_value = "8M", value_parser = parse_bytes)]
+    pub udp_burst: u64,
+
+    /// Largest UDP datagram answered; larger ones are dropped whole (never
+    /// echoed in part) and counted. At most 65527.
+    #[arg(long, value_name = "BYTES", default_value_t = udp::MAX_DATAGRAM,
+          value_parser = parse_datagram_size)]
+    pub udp_max_datagram: usize,
 
     /// Log each connection too (repeat for more detail).
     #[arg(short, long, action = clap::ArgAction::Count, conflicts_with = "quiet")]
@@ -82,14 +118,62 @@ fn parse_secs(s: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(secs).map_err(|_| format!("{s} seconds is too long"))
 }
 
+/// Parses a byte count with an optional binary suffix: `512`, `64K`, `1M`,
+/// `2G` (case-insensitive, an optional trailing `B` or `iB`).
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let lower = t.to_ascii_lowercase();
+    let digits = lower
+        .strip_suffix("ib")
+        .or_else(|| lower.strip_suffix('b'))
+        .unwrap_or(&lower);
+    let (number, shift) = match digits.as_bytes().last() {
+        Some(b'k') => (&digits[..digits.len() - 1], 10),
+        Some(b'm') => (&digits[..digits.len() - 1], 20),
+        Some(b'g') => (&digits[..digits.len() - 1], 30),
+        _ => (digits, 0),
+    };
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("`{s}` is not a byte count (e.g. 512, 64K, 1M)"))?;
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("`{s}` is too large"))
+}
+
+fn parse_datagram_size(s: &str) -> Result<usize, String> {
+    let n = parse_bytes(s)?;
+    if (1..=udp::MAX_DATAGRAM as u64).contains(&n) {
+        Ok(n as usize)
+    } else {
+        Err(format!("must be 1 to {} bytes", udp::MAX_DATAGRAM))
+    }
+}
+
 impl Args {
     /// The server these options describe (not yet bound).
     pub fn builder(&self) -> ServerBuilder {
-        Server::builder()
-            .tcp(SocketAddr::new(self.bind, self.port))
+        let rate_limit = (self.udp_rate > 0).then_some(RateLimit {
+            rate: self.udp_rate,
+            burst: self.udp_burst.max(1),
+        });
+        let mut builder = Server::builder()
             .max_connections(self.max_connections)
             .idle_timeout(self.idle_timeout)
             .log_data(self.log_data)
+            .udp_source_filter(!self.udp_allow_any_source)
+            .udp_rate_limit(rate_limit)
+            .udp_max_datagram(self.udp_max_datagram);
+        if let Some(port) = self.port {
+            builder = builder.tcp(SocketAddr::new(self.bind, port));
+            if self.udp {
+                builder = builder.udp(SocketAddr::new(self.bind, port));
+            }
+        }
+        #[cfg(unix)]
+        if let Some(path) = &self.unix {
+            builder = builder.unix(path);
+        }
+        builder
     }
 
     fn log_level(&self) -> log::LevelFilter {
@@ -128,22 +212,54 @@ where
     Logger::install(args.log_level());
     match serve(&args) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
+        Err(Failure::Usage(msg)) => {
+            let _ = Args::command()
+                .error(clap::error::ErrorKind::MissingRequiredArgument, msg)
+                .print();
+            ExitCode::from(2)
+        }
+        Err(Failure::Runtime(e)) => {
             log::error!("{e}");
             ExitCode::from(1)
         }
     }
 }
 
-fn serve(args: &Args) -> std::io::Result<()> {
+enum Failure {
+    Usage(&'static str),
+    Runtime(std::io::Error),
+}
+
+impl From<std::io::Error> for Failure {
+    fn from(e: std::io::Error) -> Self {
+        Failure::Runtime(e)
+    }
+}
+
+fn serve(args: &Args) -> Result<(), Failure> {
+    #[cfg(unix)]
+    let inherited = crate::activation::systemd_sockets()?;
+    #[cfg(not(unix))]
+    let inherited: Vec<std::convert::Infallible> = Vec::new();
+    if args.port.is_none() && args.unix.is_none() && inherited.is_empty() {
+        return Err(Failure::Usage(
+            "a PORT is required, unless --unix PATH is given or systemd passes sockets",
+        ));
+    }
     raise_fd_limit();
-    let server = args.builder().build()?;
+    #[allow(unused_mut)]
+    let mut builder = args.builder();
+    #[cfg(unix)]
+    for fd in inherited {
+        builder = builder.inherited_socket(fd);
+    }
+    let server = builder.build()?;
     for addr in server.listen_addrs() {
         // Not through the logger: this line is the start-up contract and is
         // printed even with --quiet.
         eprintln!("listening on {addr}");
     }
-    if args.bind.is_loopback() {
+    if args.port.is_some() && args.bind.is_loopback() {
         log::info!(
             "only this machine can connect; use --bind :: (IPv4 and IPv6) or \
              --bind 0.0.0.0 (IPv4) to accept remote clients"
@@ -237,7 +353,12 @@ mod tests {
     #[test]
     fn defaults() {
         let a = parse(&["7007"]).unwrap();
-        assert_eq!(a.port, 7007);
+        assert_eq!(a.port, Some(7007));
+        assert!(!a.udp);
+        assert_eq!(a.unix, None);
+        assert_eq!(a.udp_rate, 1 << 20);
+        assert_eq!(a.udp_burst, 8 << 20);
+        assert_eq!(a.udp_max_datagram, 65_527);
         assert_eq!(a.bind, IpAddr::from([127, 0, 0, 1]));
         assert_eq!(a.max_connections, DEFAULT_MAX_CONNECTIONS);
         assert_eq!(a.idle_timeout, None);
@@ -259,7 +380,7 @@ mod tests {
             "0",
         ])
         .unwrap();
-        assert_eq!(a.port, 0);
+        assert_eq!(a.port, Some(0));
         assert_eq!(a.bind, "::".parse::<IpAddr>().unwrap());
         assert_eq!(a.max_connections, 3);
         assert_eq!(a.idle_timeout, Some(Duration::from_millis(500)));
@@ -272,8 +393,11 @@ mod tests {
         for bad in [
             &["abc"][..],
             &["70000"],
-            &[],
             &["-1"],
+            &["--udp"],
+            &["--udp-rate", "fast", "7"],
+            &["--udp-max-datagram", "65528", "7"],
+            &["--udp-max-datagram", "0", "7"],
             &["--bind", "localhost", "7"],
             &["--max-connections", "0", "7"],
             &["--idle-timeout", "0", "7"],
@@ -285,6 +409,26 @@ mod tests {
             let err = parse(bad).unwrap_err();
             assert!(err.use_stderr(), "{bad:?} should be a usage error");
         }
+    }
+
+    #[test]
+    fn byte_counts() {
+        assert_eq!(parse_bytes("512"), Ok(512));
+        assert_eq!(parse_bytes("64K"), Ok(64 << 10));
+        assert_eq!(parse_bytes("1m"), Ok(1 << 20));
+        assert_eq!(parse_bytes("2GiB"), Ok(2 << 30));
+        assert_eq!(parse_bytes("3kb"), Ok(3 << 10));
+        assert!(parse_bytes("").is_err());
+        assert!(parse_bytes("K").is_err());
+        assert!(parse_bytes("-1").is_err());
+        assert!(parse_bytes("99999999999999G").is_err());
+    }
+
+    #[test]
+    fn port_is_optional_with_unix() {
+        let a = parse(&["--unix", "/tmp/x.sock"]).unwrap();
+        assert_eq!(a.port, None);
+        assert_eq!(a.unix, Some(PathBuf::from("/tmp/x.sock")));
     }
 
     #[test]

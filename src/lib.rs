@@ -38,6 +38,8 @@
 #![deny(missing_docs, missing_debug_implementations)]
 #![warn(rust_2018_idioms, unreachable_pub)]
 
+#[cfg(unix)]
+pub mod activation;
 mod builder;
 pub mod cli;
 mod connection;
@@ -47,11 +49,15 @@ mod limit;
 mod listener;
 #[cfg(test)]
 mod properties;
+mod rate_limit;
 #[cfg(any(test, feature = "scripted"))]
 pub mod scripted;
 mod server;
 mod shutdown;
 mod stats;
+pub mod udp;
+#[cfg(unix)]
+mod unix;
 
 pub use builder::{
     ServerBuilder, DEFAULT_BACKLOG, DEFAULT_MAX_CONNECTIONS, DEFAULT_SHUTDOWN_GRACE,
@@ -59,5 +65,6 @@ pub use builder::{
 pub use echo::{echo, echo_with_buffer, DEFAULT_BUFFER_SIZE};
 pub use escape::{escape, unescape};
 pub use listener::ListenAddr;
+pub use rate_limit::{RateLimit, DEFAULT_UDP_BURST, DEFAULT_UDP_RATE};
 pub use server::{Server, ServerHandle};
 pub use stats::Stats;

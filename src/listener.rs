@@ -36,16 +36,22 @@ impl fmt::Display for ListenAddr {
     }
 }
 
-/// How long a blocked `accept` waits before looking at the shutdown flag on
-/// its own. Shutdown normally wakes it at once (see [`StreamListener::waker`]);
-/// this is the backstop for when that wake-up connection cannot get through.
-const ACCEPT_POLL: Duration = Duration::from_secs(1);
+/// How long a blocked `accept` or `recv` waits before looking at the
+/// shutdown flag on its own. Shutdown normally wakes it at once (see
+/// [`StreamListener::waker`]); this is the backstop for when that wake-up
+/// cannot get through.
+pub(crate) const POLL: Duration = Duration::from_secs(1);
 
 /// A bound, listening stream socket (TCP or Unix).
 #[derive(Debug)]
 pub(crate) struct StreamListener {
     pub(crate) socket: Socket,
     pub(crate) addr: ListenAddr,
+    /// For a Unix socket this server created: removes the file on drop.
+    #[cfg(unix)]
+    pub(crate) cleanup: Option<crate::unix::SocketFile>,
+    #[cfg(not(unix))]
+    pub(crate) cleanup: Option<std::convert::Infallible>,
 }
 
 /// Binds a TCP listener with a real backlog. `SO_REUSEADDR` lets a restarted
@@ -71,8 +77,12 @@ impl StreamListener {
             Some(ip) => ListenAddr::Tcp(ip),
             None => ListenAddr::Unix(unix_path(&local)?),
         };
-        socket.set_read_timeout(Some(ACCEPT_POLL))?;
-        Ok(StreamListener { socket, addr })
+        socket.set_read_timeout(Some(POLL))?;
+        Ok(StreamListener {
+            socket,
+            addr,
+            cleanup: None,
+        })
     }
 
     /// A wake-up for a thread blocked in `accept`: connect to the listener,
@@ -86,7 +96,7 @@ impl StreamListener {
         move || {
             let Some(target) = &target else { return };
             if let Ok(socket) = Socket::new(target.domain(), Type::STREAM, None) {
-                // Best effort: if it fails, `ACCEPT_POLL` still ends the wait.
+                // Best effort: if it fails, `POLL` still ends the wait.
                 let _ = socket.connect_timeout(target, Duration::from_secs(1));
             }
         }
@@ -139,7 +149,7 @@ impl StreamListener {
     /// requested during the back-off.
     fn accept_failed(&self, e: &io::Error, ctx: &Context, backoff: &mut Backoff) -> bool {
         if connection::is_timeout(e) {
-            return true; // the ACCEPT_POLL backstop: nothing to accept
+            return true; // the POLL backstop: nothing to accept
         }
         if is_transient(e) {
             // The client gave up between SYN and accept, or a signal arrived.
@@ -211,7 +221,7 @@ impl Backoff {
 
 /// The address to connect to in order to reach a listener: a wildcard
 /// address is reached through the loopback address of its family.
-fn connectable(addr: SocketAddr) -> SocketAddr {
+pub(crate) fn connectable(addr: SocketAddr) -> SocketAddr {
     match addr.ip() {
         IpAddr::V4(ip) if ip.is_unspecified() => (Ipv4Addr::LOCALHOST, addr.port()).into(),
         IpAddr::V6(ip) if ip.is_unspecified() => (Ipv6Addr::LOCALHOST, addr.port()).into(),

@@ -5,8 +5,10 @@ use crate::builder::ServerBuilder;
 use crate::connection::ConnectionTable;
 use crate::limit::ConnectionLimit;
 use crate::listener::{ListenAddr, StreamListener};
+use crate::rate_limit::RateLimit;
 use crate::shutdown::Shutdown;
 use crate::stats::{Counters, Stats};
+use crate::udp::DatagramSocket;
 use std::io;
 use std::net::{self, SocketAddr};
 use std::sync::Arc;
@@ -23,6 +25,46 @@ pub(crate) struct Settings {
     pub(crate) idle_timeout: Option<Duration>,
     pub(crate) log_data: bool,
     pub(crate) shutdown_grace: Duration,
+    pub(crate) udp: UdpSettings,
+}
+
+/// How each UDP datagram is judged.
+#[derive(Debug, Clone)]
+pub(crate) struct UdpSettings {
+    pub(crate) filter_sources: bool,
+    pub(crate) rate_limit: Option<RateLimit>,
+    pub(crate) max_datagram: usize,
+}
+
+/// A bound socket and how it is served: an accept loop for streams, a
+/// receive loop for datagrams.
+#[derive(Debug)]
+pub(crate) enum Listener {
+    Stream(StreamListener),
+    Datagram(DatagramSocket),
+}
+
+impl Listener {
+    pub(crate) fn addr(&self) -> &ListenAddr {
+        match self {
+            Listener::Stream(l) => &l.addr,
+            Listener::Datagram(d) => &d.addr,
+        }
+    }
+
+    fn register_waker(&self, shutdown: &Shutdown) {
+        match self {
+            Listener::Stream(l) => shutdown.on_request(l.waker()),
+            Listener::Datagram(d) => shutdown.on_request(d.waker()),
+        }
+    }
+
+    fn serve(&self, ctx: &Arc<Context>) {
+        match self {
+            Listener::Stream(l) => l.accept_loop(ctx),
+            Listener::Datagram(d) => d.serve(ctx),
+        }
+    }
 }
 
 /// State shared by the accept loops and every connection thread.
@@ -39,7 +81,7 @@ pub(crate) struct Context {
 #[derive(Debug)]
 pub struct Server {
     ctx: Arc<Context>,
-    listeners: Vec<StreamListener>,
+    listeners: Vec<Listener>,
 }
 
 /// A cloneable handle to a server: stop it from any thread and read its
@@ -56,14 +98,14 @@ impl Server {
     }
 
     pub(crate) fn new(
-        listeners: Vec<StreamListener>,
+        listeners: Vec<Listener>,
         max_connections: usize,
         settings: Settings,
     ) -> Server {
         let shutdown = Shutdown::default();
         let limit = ConnectionLimit::new(max_connections, &shutdown);
         for listener in &listeners {
-            shutdown.on_request(listener.waker());
+            listener.register_waker(&shutdown);
         }
         let ctx = Arc::new(Context {
             settings,
@@ -76,7 +118,8 @@ impl Server {
     }
 
     /// The address of the first TCP listener, with the real port when it was
-    /// bound to port 0.
+    /// bound to port 0. See [`listen_addrs`](Self::listen_addrs) for UDP and
+    /// Unix sockets.
     pub fn local_addr(&self) -> Option<SocketAddr> {
         self.listen_addrs().find_map(|a| match a {
             ListenAddr::Tcp(addr) => Some(*addr),
@@ -86,7 +129,7 @@ impl Server {
 
     /// Every address the server listens on, in the order they were added.
     pub fn listen_addrs(&self) -> impl Iterator<Item = &ListenAddr> {
-        self.listeners.iter().map(|l| &l.addr)
+        self.listeners.iter().map(Listener::addr)
     }
 
     /// A handle to stop the server and read its counters.
@@ -110,8 +153,8 @@ impl Server {
         for listener in listeners {
             let loop_ctx = Arc::clone(&ctx);
             let spawned = thread::Builder::new()
-                .name("echo-accept".to_owned())
-                .spawn(move || listener.accept_loop(&loop_ctx));
+                .name("echo-listen".to_owned())
+                .spawn(move || listener.serve(&loop_ctx));
             match spawned {
                 Ok(t) => accept_threads.push(t),
                 Err(e) => {

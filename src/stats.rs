@@ -1,6 +1,7 @@
 //! Counters: what the server has done, readable live from a
 //! [`ServerHandle`](crate::ServerHandle) and printed on shutdown.
 
+use crate::udp::Refusal;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
@@ -20,6 +21,17 @@ pub struct Stats {
     pub thread_refused: u64,
     /// Errors from `accept` (for example running out of file descriptors).
     pub accept_errors: u64,
+    /// UDP datagrams answered.
+    pub datagrams_echoed: u64,
+    /// UDP datagrams not answered because they came from a privileged port.
+    pub refused_privileged_port: u64,
+    /// UDP datagrams not answered because their source address was
+    /// broadcast, multicast or unspecified.
+    pub refused_invalid_source: u64,
+    /// UDP datagrams not answered because their source exceeded its rate.
+    pub rate_limited: u64,
+    /// UDP datagrams dropped because they were larger than the maximum.
+    pub truncated: u64,
 }
 
 impl fmt::Display for Stats {
@@ -27,13 +39,20 @@ impl fmt::Display for Stats {
         write!(
             f,
             "{} connections accepted, {} active, {} bytes echoed, {} idle timeouts, \
-             {} refused for lack of threads, {} accept errors",
+             {} refused for lack of threads, {} accept errors; \
+             {} datagrams echoed, not answered: {} from privileged ports, \
+             {} from invalid sources, {} rate limited, {} too large",
             self.accepted,
             self.active,
             self.bytes_echoed,
             self.idle_timeouts,
             self.thread_refused,
-            self.accept_errors
+            self.accept_errors,
+            self.datagrams_echoed,
+            self.refused_privileged_port,
+            self.refused_invalid_source,
+            self.rate_limited,
+            self.truncated
         )
     }
 }
@@ -48,11 +67,26 @@ pub(crate) struct Counters {
     pub(crate) idle_timeouts: AtomicU64,
     pub(crate) thread_refused: AtomicU64,
     pub(crate) accept_errors: AtomicU64,
+    pub(crate) datagrams_echoed: AtomicU64,
+    pub(crate) refused_privileged_port: AtomicU64,
+    pub(crate) refused_invalid_source: AtomicU64,
+    pub(crate) rate_limited: AtomicU64,
+    pub(crate) truncated: AtomicU64,
 }
 
 impl Counters {
     pub(crate) fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Relaxed);
+    }
+
+    pub(crate) fn refused(&self, refusal: Refusal) {
+        let counter = match refusal {
+            Refusal::PrivilegedPort => &self.refused_privileged_port,
+            Refusal::InvalidSource => &self.refused_invalid_source,
+            Refusal::RateLimited => &self.rate_limited,
+            Refusal::Truncated => &self.truncated,
+        };
+        Counters::add(counter, 1);
     }
 
     pub(crate) fn snapshot(&self) -> Stats {
@@ -63,6 +97,11 @@ impl Counters {
             idle_timeouts: self.idle_timeouts.load(Relaxed),
             thread_refused: self.thread_refused.load(Relaxed),
             accept_errors: self.accept_errors.load(Relaxed),
+            datagrams_echoed: self.datagrams_echoed.load(Relaxed),
+            refused_privileged_port: self.refused_privileged_port.load(Relaxed),
+            refused_invalid_source: self.refused_invalid_source.load(Relaxed),
+            rate_limited: self.rate_limited.load(Relaxed),
+            truncated: self.truncated.load(Relaxed),
         }
     }
 }

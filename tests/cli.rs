@@ -88,7 +88,7 @@ fn usage_errors_exit_2_and_say_what_is_wrong() {
     for (args, expected) in [
         (&["abc"][..], "invalid value 'abc'"),
         (&["70000"], "70000 is not in 0..=65535"),
-        (&[], "<PORT>"),
+        (&[], "a PORT is required"),
         (&["--frobnicate", "7"], "--frobnicate"),
         (
             &["--bind", "example.com", "7"],
@@ -193,4 +193,67 @@ fn idle_timeout_from_the_command_line() {
         "{:#?}",
         server.seen
     );
+}
+
+/// Starts the binary the way systemd does: `fds` become descriptors 3, 4, …
+/// and LISTEN_PID/LISTEN_FDS name the process (`exec` keeps the shell's pid).
+fn spawn_activated(fds: &[std::os::fd::RawFd], args: &str) -> Binary {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = std::process::Command::new("sh");
+    cmd.arg("-c").arg(format!(
+        "export LISTEN_PID=$$ LISTEN_FDS={}; exec '{}' {args}",
+        fds.len(),
+        env!("CARGO_BIN_EXE_echo-server")
+    ));
+    let fds = fds.to_vec();
+    // SAFETY: only dup2, which is async-signal-safe, runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            // Through high numbers first, so no source is overwritten, and
+            // every target is a fresh dup (which clears close-on-exec).
+            for (i, &fd) in fds.iter().enumerate() {
+                if libc::dup2(fd, 100 + i as i32) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            for i in 0..fds.len() as i32 {
+                if libc::dup2(100 + i, 3 + i) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                libc::close(100 + i);
+            }
+            Ok(())
+        });
+    }
+    Binary::spawn_command(cmd)
+}
+
+#[test]
+fn serves_tcp_and_udp_sockets_passed_by_systemd() {
+    use std::os::fd::AsRawFd;
+    let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let (tcp_addr, udp_addr) = (tcp.local_addr().unwrap(), udp.local_addr().unwrap());
+    let mut server = spawn_activated(&[tcp.as_raw_fd(), udp.as_raw_fd()], "");
+    assert_eq!(server.tcp_addr(), tcp_addr);
+    assert_eq!(server.listening("udp"), udp_addr.to_string());
+    // Our copies would otherwise keep the sockets alive after the server exits.
+    drop((tcp, udp));
+    assert_eq!(
+        round_trip(connect(tcp_addr), b"activated".to_vec()),
+        b"activated"
+    );
+    let c = udp_client(udp_addr, DEADLINE);
+    assert_eq!(udp_round_trip(&c, b"dgram").as_deref(), Some(&b"dgram"[..]));
+    server.signal(libc::SIGTERM);
+    assert_eq!(server.wait_exit().code(), Some(0), "{:#?}", server.seen);
+}
+
+#[test]
+fn activation_for_another_process_is_ignored() {
+    let mut cmd = Binary::command();
+    cmd.env("LISTEN_PID", "1").env("LISTEN_FDS", "1");
+    let mut server = Binary::spawn_command(cmd);
+    // Not for us: no sockets, and no PORT either, so a usage error.
+    assert_eq!(server.wait_exit().code(), Some(2), "{:#?}", server.seen);
 }

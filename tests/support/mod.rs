@@ -2,7 +2,7 @@
 //! clients with timeouts on every read, and the built binary as a child.
 #![allow(dead_code)] // each test file uses a different subset
 
-use echo_server::{Server, ServerBuilder, ServerHandle, Stats};
+use echo_server::{ListenAddr, Server, ServerBuilder, ServerHandle, Stats};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -15,7 +15,9 @@ pub const DEADLINE: Duration = Duration::from_secs(30);
 
 /// A server running on a background thread; shut down and joined on drop.
 pub struct TestServer {
+    /// The TCP address (0.0.0.0:0 when the server has no TCP listener).
     pub addr: SocketAddr,
+    pub addrs: Vec<ListenAddr>,
     pub handle: ServerHandle,
     thread: Option<JoinHandle<io::Result<Stats>>>,
 }
@@ -23,11 +25,15 @@ pub struct TestServer {
 impl TestServer {
     pub fn start(builder: ServerBuilder) -> TestServer {
         let server = builder.build().expect("server binds");
-        let addr = server.local_addr().expect("a TCP listener");
+        let addr = server
+            .local_addr()
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let addrs = server.listen_addrs().cloned().collect();
         let handle = server.handle();
         let thread = Some(thread::spawn(move || server.run()));
         TestServer {
             addr,
+            addrs,
             handle,
             thread,
         }
@@ -36,6 +42,17 @@ impl TestServer {
     /// A server on 127.0.0.1 with an OS-chosen port.
     pub fn loopback() -> TestServer {
         TestServer::start(Server::builder().tcp(([127, 0, 0, 1], 0)))
+    }
+
+    /// The first UDP address.
+    pub fn udp_addr(&self) -> SocketAddr {
+        self.addrs
+            .iter()
+            .find_map(|a| match a {
+                ListenAddr::Udp(addr) => Some(*addr),
+                _ => None,
+            })
+            .expect("a UDP listener")
     }
 
     /// Shuts down and waits for `run` to return (within the deadline).
@@ -129,8 +146,13 @@ impl Binary {
     }
 
     pub fn spawn(args: &[&str]) -> Binary {
-        let mut child = Binary::command()
-            .args(args)
+        let mut command = Binary::command();
+        command.args(args);
+        Binary::spawn_command(command)
+    }
+
+    pub fn spawn_command(mut command: Command) -> Binary {
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -172,10 +194,14 @@ impl Binary {
 
     /// Waits for the `listening on tcp ADDR` line and returns ADDR.
     pub fn tcp_addr(&mut self) -> SocketAddr {
-        let line = self.expect_line("listening on tcp", |l| l.starts_with("listening on tcp "));
-        line["listening on tcp ".len()..]
-            .parse()
-            .expect("an address")
+        self.listening("tcp").parse().expect("an address")
+    }
+
+    /// Waits for the `listening on KIND ADDRESS` line and returns ADDRESS.
+    pub fn listening(&mut self, kind: &str) -> String {
+        let prefix = format!("listening on {kind} ");
+        let line = self.expect_line(&prefix, |l| l.starts_with(&prefix));
+        line[prefix.len()..].to_owned()
     }
 
     /// Sends SIGTERM (or `signal`).
@@ -218,4 +244,36 @@ pub fn run_binary(args: &[&str]) -> (ExitStatus, String) {
     let mut b = Binary::spawn(args);
     let status = b.wait_exit();
     (status, b.seen.join("\n"))
+}
+
+/// A UDP client on the loopback address of `server`'s family, connected to
+/// it, with a read timeout.
+pub fn udp_client(server: SocketAddr, timeout: Duration) -> std::net::UdpSocket {
+    let local: SocketAddr = if server.is_ipv4() {
+        ([127, 0, 0, 1], 0).into()
+    } else {
+        (std::net::Ipv6Addr::LOCALHOST, 0).into()
+    };
+    let s = std::net::UdpSocket::bind(local).expect("bind UDP client");
+    s.connect(server).expect("connect UDP client");
+    s.set_read_timeout(Some(timeout)).unwrap();
+    s
+}
+
+/// Sends `data` and returns the reply, or `None` if none came in time.
+pub fn udp_round_trip(s: &std::net::UdpSocket, data: &[u8]) -> Option<Vec<u8>> {
+    s.send(data).expect("send datagram");
+    let mut buf = vec![0u8; 70_000];
+    match s.recv(&mut buf) {
+        Ok(n) => Some(buf[..n].to_vec()),
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) =>
+        {
+            None
+        }
+        Err(e) => panic!("recv: {e}"),
+    }
 }

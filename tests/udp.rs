@@ -1,0 +1,193 @@
+//! UDP echo over loopback: one datagram in, the same datagram back, and the
+//! filters that keep the server from being abused.
+
+mod support;
+
+use echo_server::{RateLimit, Server};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::thread;
+use std::time::Duration;
+use support::*;
+
+fn udp_server() -> TestServer {
+    TestServer::start(Server::builder().udp(([127, 0, 0, 1], 0)))
+}
+
+#[test]
+fn small_empty_and_60000_byte_datagrams_come_back_whole() {
+    let server = udp_server();
+    let c = udp_client(server.udp_addr(), DEADLINE);
+    assert_eq!(udp_round_trip(&c, b"ping").as_deref(), Some(&b"ping"[..]));
+    assert_eq!(udp_round_trip(&c, b"").as_deref(), Some(&b""[..]));
+    let big: Vec<u8> = (0..60_000u32).map(|i| (i % 251) as u8).collect();
+    assert_eq!(udp_round_trip(&c, &big), Some(big.clone()));
+    let max = vec![0xA5u8; 65_507]; // the IPv4 maximum
+    assert_eq!(udp_round_trip(&c, &max), Some(max.clone()));
+    let stats = server.stop();
+    assert_eq!(stats.datagrams_echoed, 4);
+    assert_eq!(stats.bytes_echoed, 4 + 60_000 + 65_507);
+}
+
+#[test]
+fn several_clients_each_get_their_own_datagrams() {
+    let server = udp_server();
+    let addr = server.udp_addr();
+    let clients: Vec<_> = (0..8u8)
+        .map(|id| {
+            thread::spawn(move || {
+                let c = udp_client(addr, DEADLINE);
+                for seq in 0..50u8 {
+                    let msg = [id, seq, id ^ seq];
+                    assert_eq!(udp_round_trip(&c, &msg).as_deref(), Some(&msg[..]));
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().expect("client got its own replies");
+    }
+    assert_eq!(server.stop().datagrams_echoed, 400);
+}
+
+#[test]
+fn ipv6_and_dual_stack() {
+    let server = TestServer::start(Server::builder().udp((IpAddr::from([0u16; 8]), 0)));
+    let port = server.udp_addr().port();
+    let v6 = udp_client((std::net::Ipv6Addr::LOCALHOST, port).into(), DEADLINE);
+    assert_eq!(udp_round_trip(&v6, b"six").as_deref(), Some(&b"six"[..]));
+    let v4 = udp_client(([127, 0, 0, 1], port).into(), DEADLINE);
+    assert_eq!(udp_round_trip(&v4, b"four").as_deref(), Some(&b"four"[..]));
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn replies_leave_from_the_address_the_request_arrived_on() {
+    // Bound to the wildcard; the request goes to 127.0.0.2. A connected
+    // client socket only accepts a reply from exactly 127.0.0.2.
+    for wildcard in [IpAddr::V4(Ipv4Addr::UNSPECIFIED), IpAddr::from([0u16; 8])] {
+        let server = TestServer::start(Server::builder().udp((wildcard, 0)));
+        let to: SocketAddr = ([127, 0, 0, 2], server.udp_addr().port()).into();
+        let c = udp_client(to, DEADLINE);
+        assert_eq!(
+            udp_round_trip(&c, b"from .2?").as_deref(),
+            Some(&b"from .2?"[..]),
+            "bound to {wildcard}"
+        );
+    }
+}
+
+#[test]
+fn oversized_datagrams_are_dropped_whole_and_counted() {
+    let server = TestServer::start(
+        Server::builder()
+            .udp(([127, 0, 0, 1], 0))
+            .udp_max_datagram(1000),
+    );
+    let c = udp_client(server.udp_addr(), Duration::from_millis(500));
+    assert_eq!(udp_round_trip(&c, &[1; 1001]), None);
+    c.set_read_timeout(Some(DEADLINE)).unwrap();
+    assert_eq!(udp_round_trip(&c, &[2; 1000]), Some(vec![2; 1000]));
+    let stats = server.stop();
+    assert_eq!((stats.truncated, stats.datagrams_echoed), (1, 1));
+}
+
+#[test]
+fn a_source_over_its_rate_gets_no_answers() {
+    let burst = 5 * (100 + 64); // five 100-byte datagrams
+    let server = TestServer::start(
+        Server::builder()
+            .udp(([127, 0, 0, 1], 0))
+            .udp_rate_limit(Some(RateLimit { rate: 1, burst })),
+    );
+    let c = udp_client(server.udp_addr(), DEADLINE);
+    for _ in 0..20 {
+        c.send(&[7; 100]).unwrap();
+    }
+    wait_for("20 datagrams judged", || {
+        let s = server.handle.stats();
+        s.datagrams_echoed + s.rate_limited == 20
+    });
+    let mut answered = 0;
+    c.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    while c.recv(&mut [0; 200]).is_ok() {
+        answered += 1;
+    }
+    assert_eq!(answered, 5);
+    // Another source address has its own budget.
+    let other = UdpSocket::bind("127.0.0.2:0").unwrap();
+    other.connect(server.udp_addr()).unwrap();
+    other.set_read_timeout(Some(DEADLINE)).unwrap();
+    assert_eq!(udp_round_trip(&other, b"hi").as_deref(), Some(&b"hi"[..]));
+    let stats = server.stop();
+    assert_eq!((stats.datagrams_echoed, stats.rate_limited), (6, 15));
+}
+
+#[test]
+fn the_default_rate_limit_answers_an_ordinary_burst_in_full() {
+    let server = udp_server();
+    let c = udp_client(server.udp_addr(), DEADLINE);
+    // 300 datagrams and then ~3 MB, one at a time: nothing is refused.
+    for i in 0..300u32 {
+        let msg = i.to_be_bytes();
+        assert_eq!(udp_round_trip(&c, &msg).as_deref(), Some(&msg[..]));
+    }
+    for _ in 0..50 {
+        assert!(udp_round_trip(&c, &[9; 60_000]).is_some());
+    }
+    assert_eq!(server.stop().rate_limited, 0);
+}
+
+/// Binds a UDP socket to a privileged port, if this process may.
+fn privileged_socket() -> Option<UdpSocket> {
+    (900..1000).find_map(|port| UdpSocket::bind(("127.0.0.1", port)).ok())
+}
+
+#[test]
+fn privileged_source_ports_get_no_answer_unless_the_filter_is_off() {
+    let Some(sock) = privileged_socket() else {
+        eprintln!("skipped: binding a port below 1024 needs privileges");
+        return;
+    };
+    sock.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let filtered = udp_server();
+    sock.send_to(b"loop?", filtered.udp_addr()).unwrap();
+    wait_for("the refusal to be counted", || {
+        filtered.handle.stats().refused_privileged_port == 1
+    });
+    assert!(
+        sock.recv(&mut [0; 16]).is_err(),
+        "answered a privileged port"
+    );
+
+    let lab = TestServer::start(
+        Server::builder()
+            .udp(([127, 0, 0, 1], 0))
+            .udp_source_filter(false),
+    );
+    sock.set_read_timeout(Some(DEADLINE)).unwrap();
+    sock.send_to(b"lab", lab.udp_addr()).unwrap();
+    let mut buf = [0; 16];
+    let (n, from) = sock.recv_from(&mut buf).expect("lab mode answers");
+    assert_eq!((&buf[..n], from), (&b"lab"[..], lab.udp_addr()));
+}
+
+#[test]
+fn tcp_and_udp_share_a_port_chosen_by_the_os() {
+    let server = TestServer::start(
+        Server::builder()
+            .tcp(([127, 0, 0, 1], 0))
+            .udp(([127, 0, 0, 1], 0)),
+    );
+    assert_eq!(server.addr.port(), server.udp_addr().port());
+    let c = udp_client(server.udp_addr(), DEADLINE);
+    assert_eq!(udp_round_trip(&c, b"u").as_deref(), Some(&b"u"[..]));
+    assert_eq!(round_trip(connect(server.addr), b"t".to_vec()), b"t");
+}
+
+#[test]
+fn shutdown_stops_an_idle_udp_server_promptly() {
+    let server = udp_server();
+    server.stop(); // asserts run() returns within the deadline
+}

@@ -1,0 +1,131 @@
+//! Unix stream sockets: the same echo, limits and shutdown as TCP, and safe
+//! handling of whatever is already at the path.
+#![cfg(unix)]
+
+mod support;
+
+use echo_server::Server;
+use std::io::{Read, Write};
+use std::net::Shutdown;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+use support::*;
+
+fn connect_unix(path: &Path) -> UnixStream {
+    let s = UnixStream::connect(path).expect("connect");
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    s.set_write_timeout(Some(DEADLINE)).unwrap();
+    s
+}
+
+#[test]
+fn echoes_and_half_closes_then_removes_the_file_on_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("echo.sock");
+    let server = TestServer::start(Server::builder().unix(&path));
+    assert!(server.addrs[0].to_string().ends_with("echo.sock"));
+    let mut c = connect_unix(&path);
+    c.write_all(b"hello\0unix").unwrap();
+    assert_eq!(read_n(&mut c, 10), b"hello\0unix");
+    c.write_all(b" tail").unwrap();
+    c.shutdown(Shutdown::Write).unwrap();
+    let mut rest = Vec::new();
+    c.read_to_end(&mut rest).unwrap();
+    assert_eq!(rest, b" tail");
+    let stats = server.stop();
+    assert_eq!((stats.accepted, stats.bytes_echoed), (1, 15));
+    assert!(!path.exists(), "socket file left behind");
+}
+
+#[test]
+fn replaces_a_stale_socket_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("stale.sock");
+    drop(UnixListener::bind(&path).unwrap()); // leaves the file, nobody listening
+    assert!(path.exists());
+    let _server = TestServer::start(Server::builder().unix(&path));
+    let mut c = connect_unix(&path);
+    c.write_all(b"fresh").unwrap();
+    assert_eq!(read_n(&mut c, 5), b"fresh");
+}
+
+#[test]
+fn never_takes_over_a_live_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("live.sock");
+    let live = UnixListener::bind(&path).unwrap();
+    let err = Server::builder().unix(&path).build().unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse);
+    let msg = err.to_string();
+    assert!(msg.contains(&format!("unix {}", path.display())), "{msg}");
+    assert!(msg.contains("another server"), "{msg}");
+    // The live server still has its socket.
+    let _c = UnixStream::connect(&path).expect("still reachable");
+    live.accept().expect("the live server still accepts");
+}
+
+#[test]
+fn refuses_a_path_that_is_not_a_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notes.txt");
+    std::fs::write(&path, "keep me").unwrap();
+    let err = Server::builder().unix(&path).build().unwrap_err();
+    assert!(err.to_string().contains("not a socket"), "{err}");
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "keep me");
+}
+
+#[test]
+fn connection_limit_applies_to_unix_clients() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("limit.sock");
+    let server = TestServer::start(Server::builder().unix(&path).max_connections(1));
+    let mut first = connect_unix(&path);
+    first.write_all(b"1").unwrap();
+    assert_eq!(read_n(&mut first, 1), b"1");
+    let mut second = connect_unix(&path);
+    second.write_all(b"2").unwrap();
+    second
+        .set_read_timeout(Some(std::time::Duration::from_millis(300)))
+        .unwrap();
+    assert!(second.read(&mut [0; 1]).is_err(), "served beyond the limit");
+    drop(first);
+    second.set_read_timeout(Some(DEADLINE)).unwrap();
+    assert_eq!(read_n(&mut second, 1), b"2");
+    assert_eq!(server.handle.stats().accepted, 2);
+}
+
+#[test]
+fn binary_serves_unix_alone_and_cleans_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bin.sock");
+    let mut server = Binary::spawn(&["--unix", path.to_str().unwrap()]);
+    assert_eq!(server.listening("unix"), path.display().to_string());
+    let mut c = connect_unix(&path);
+    c.write_all(b"via binary").unwrap();
+    assert_eq!(read_n(&mut c, 10), b"via binary");
+    drop(c);
+    server.signal(libc::SIGTERM);
+    assert_eq!(server.wait_exit().code(), Some(0));
+    assert!(!path.exists());
+    assert_eq!(
+        server
+            .seen
+            .iter()
+            .filter(|l| l.starts_with("listening on"))
+            .count(),
+        1,
+        "{:#?}",
+        server.seen
+    );
+}
+
+#[test]
+fn binary_exits_1_on_a_live_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("taken.sock");
+    let _live = UnixListener::bind(&path).unwrap();
+    let (status, stderr) = run_binary(&["--unix", path.to_str().unwrap()]);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("another server is listening"), "{stderr}");
+    assert!(path.exists());
+}

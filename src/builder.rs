@@ -26,6 +26,10 @@ pub const DEFAULT_BACKLOG: i32 = 1024;
 /// read before it closes them outright.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
+/// How long a client may leave its echo unread (with the server's send
+/// buffer full) before the connection is closed, unless configured.
+pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Builds a [`Server`]: add listeners, set limits, then [`build`](Self::build)
 /// binds every socket.
 ///
@@ -72,6 +76,8 @@ impl Default for ServerBuilder {
             backlog: DEFAULT_BACKLOG,
             settings: Settings {
                 idle_timeout: None,
+                write_timeout: Some(DEFAULT_WRITE_TIMEOUT),
+                max_per_source: None,
                 log_data: false,
                 shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
                 udp: UdpSettings {
@@ -169,6 +175,22 @@ impl ServerBuilder {
         self
     }
 
+    /// Closes a connection whose client has not read its echo for `timeout`
+    /// while the server had more to send: a stalled reader must not hold a
+    /// thread forever. `None` never does. Default [`DEFAULT_WRITE_TIMEOUT`].
+    pub fn write_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.settings.write_timeout = timeout;
+        self
+    }
+
+    /// At most `max` connections from one IP address at a time (IPv4-mapped
+    /// IPv6 addresses count as IPv4); more are reset at once. `None` (the
+    /// default) sets no cap beyond [`max_connections`](Self::max_connections).
+    pub fn max_per_source(mut self, max: Option<usize>) -> Self {
+        self.settings.max_per_source = max;
+        self
+    }
+
     /// Logs every received chunk, escaped to printable ASCII, at info level
     /// through the `log` crate. Off by default.
     pub fn log_data(mut self, on: bool) -> Self {
@@ -207,6 +229,12 @@ impl ServerBuilder {
         }
         if self.settings.idle_timeout == Some(Duration::ZERO) {
             return Err(invalid("idle timeout must be more than zero"));
+        }
+        if self.settings.write_timeout == Some(Duration::ZERO) {
+            return Err(invalid("write timeout must be more than zero"));
+        }
+        if self.settings.max_per_source == Some(0) {
+            return Err(invalid("max connections per source must be at least 1"));
         }
         if !(1..=udp::MAX_DATAGRAM).contains(&self.settings.udp.max_datagram) {
             return Err(invalid("the largest UDP datagram must be 1 to 65527 bytes"));

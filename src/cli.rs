@@ -64,6 +64,20 @@ pub struct Args {
     #[arg(long, value_name = "SECS", value_parser = parse_secs)]
     pub idle_timeout: Option<Duration>,
 
+    /// Close a connection whose client has not read its echo for SECS
+    /// seconds while the server had more to send (a stalled reader).
+    #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_secs)]
+    pub write_timeout: Duration,
+
+    /// Never close stalled readers (see --write-timeout).
+    #[arg(long, conflicts_with = "write_timeout")]
+    pub no_write_timeout: bool,
+
+    /// Serve at most N connections from one IP address at once; more are
+    /// reset at once, so one address cannot take every slot [default: no cap]
+    #[arg(long, value_name = "N", value_parser = parse_max_connections)]
+    pub max_per_source: Option<usize>,
+
     /// Log every chunk or datagram received, with the client's address, as
     /// escaped text (control bytes and non-ASCII shown as \xNN).
     #[arg(long)]
@@ -159,6 +173,8 @@ impl Args {
         let mut builder = Server::builder()
             .max_connections(self.max_connections)
             .idle_timeout(self.idle_timeout)
+            .write_timeout((!self.no_write_timeout).then_some(self.write_timeout))
+            .max_per_source(self.max_per_source)
             .log_data(self.log_data)
             .udp_source_filter(!self.udp_allow_any_source)
             .udp_rate_limit(rate_limit)

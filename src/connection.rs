@@ -3,7 +3,7 @@
 //! connections that shutdown works through.
 
 use crate::escape::escape;
-use crate::limit::Permit;
+use crate::limit::{Permit, SourceSlot};
 use crate::server::Context;
 use crate::stats::Counters;
 use socket2::{SockAddr, Socket};
@@ -197,6 +197,7 @@ pub(crate) fn spawn(
     peer: Peer,
     ctx: &Arc<Context>,
     permit: Permit,
+    source_slot: Option<SourceSlot>,
 ) -> io::Result<()> {
     let stream = Arc::new(Stream(socket));
     let id = ctx.table.insert(Arc::clone(&stream), &ctx.counters);
@@ -204,6 +205,7 @@ pub(crate) fn spawn(
         id,
         stream: Some(stream),
         ctx: Arc::clone(ctx),
+        _source_slot: source_slot,
         _permit: permit,
     };
     let thread = std::thread::Builder::new()
@@ -223,6 +225,7 @@ struct Slot {
     id: u64,
     stream: Option<Arc<Stream>>,
     ctx: Arc<Context>,
+    _source_slot: Option<SourceSlot>,
     _permit: Permit,
 }
 
@@ -230,7 +233,8 @@ impl Drop for Slot {
     fn drop(&mut self) {
         drop(self.stream.take());
         self.ctx.table.remove(self.id, &self.ctx.counters);
-        // `_permit` is dropped after this, freeing the slot last.
+        // `_source_slot` and `_permit` are dropped after this, freeing the
+        // slots last.
     }
 }
 
@@ -239,8 +243,12 @@ fn serve(slot: Slot, peer: Peer) {
         return;
     };
     let ctx = &slot.ctx;
-    if let Err(e) = stream.0.set_read_timeout(ctx.settings.idle_timeout) {
-        log::warn!("{peer}: cannot set idle timeout: {e}");
+    let timeouts = stream
+        .0
+        .set_read_timeout(ctx.settings.idle_timeout)
+        .and_then(|()| stream.0.set_write_timeout(ctx.settings.write_timeout));
+    if let Err(e) = timeouts {
+        log::warn!("{peer}: cannot set timeouts: {e}");
         return;
     }
     log::debug!("{peer}: connected");
@@ -260,6 +268,10 @@ fn serve(slot: Slot, peer: Peer) {
         Err(e) if is_timeout(&e) && metered.last_op == Op::Read => {
             Counters::add(&ctx.counters.idle_timeouts, 1);
             log::debug!("{peer}: idle timeout, closing");
+        }
+        Err(e) if is_timeout(&e) => {
+            Counters::add(&ctx.counters.write_timeouts, 1);
+            log::debug!("{peer}: not reading its echo (write timeout), closing");
         }
         // Resets and broken pipes are the client's business; not worth more
         // than a debug line.

@@ -61,6 +61,7 @@ mod unix;
 
 pub use builder::{
     ServerBuilder, DEFAULT_BACKLOG, DEFAULT_MAX_CONNECTIONS, DEFAULT_SHUTDOWN_GRACE,
+    DEFAULT_WRITE_TIMEOUT,
 };
 pub use echo::{echo, echo_with_buffer, DEFAULT_BUFFER_SIZE};
 pub use escape::{escape, unescape};

@@ -1,4 +1,5 @@
-//! The connection limit: at most `max` connections are served at once.
+//! The connection limits: at most `max` connections are served at once, and
+//! optionally at most `per_source` from one IP address.
 //!
 //! The accept loop takes a [`Permit`] *before* calling `accept`, so when every
 //! slot is taken the server simply stops accepting: new clients wait in the
@@ -6,6 +7,8 @@
 //! is refused and nothing is lost.
 
 use crate::shutdown::Shutdown;
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
 #[derive(Debug)]
@@ -48,8 +51,14 @@ impl ConnectionLimit {
     }
 
     /// Waits for a free slot. Returns `None` once shutdown is requested.
-    pub(crate) fn acquire(self: &Arc<Self>, shutdown: &Shutdown) -> Option<Permit> {
+    /// `on_wait` runs once if the limit was reached and it had to wait.
+    pub(crate) fn acquire(
+        self: &Arc<Self>,
+        shutdown: &Shutdown,
+        on_wait: impl FnOnce(),
+    ) -> Option<Permit> {
         let mut in_use = self.lock();
+        let mut on_wait = Some(on_wait);
         loop {
             if shutdown.is_requested() {
                 return None;
@@ -59,6 +68,9 @@ impl ConnectionLimit {
                 return Some(Permit {
                     limit: Arc::clone(self),
                 });
+            }
+            if let Some(f) = on_wait.take() {
+                f();
             }
             in_use = self
                 .freed
@@ -83,6 +95,63 @@ impl Drop for Permit {
     }
 }
 
+/// Connections per source IP address. A client over the cap is closed at
+/// once: unlike the global limit it cannot wait in the backlog, because its
+/// address is only known after `accept`.
+#[derive(Debug)]
+pub(crate) struct SourceCap {
+    max: usize,
+    counts: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One connection counted against its source; dropping it uncounts it.
+#[derive(Debug)]
+pub(crate) struct SourceSlot {
+    cap: Arc<SourceCap>,
+    ip: IpAddr,
+}
+
+impl SourceCap {
+    pub(crate) fn new(max: usize) -> Arc<SourceCap> {
+        Arc::new(SourceCap {
+            max,
+            counts: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<IpAddr, usize>> {
+        // Every update leaves the map consistent.
+        self.counts.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Counts a connection from `ip`, or returns `None` if `ip` is at its cap.
+    pub(crate) fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<SourceSlot> {
+        let mut counts = self.lock();
+        let count = counts.entry(ip).or_insert(0);
+        if *count >= self.max {
+            return None;
+        }
+        *count += 1;
+        Some(SourceSlot {
+            cap: Arc::clone(self),
+            ip,
+        })
+    }
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        let mut counts = self.cap.lock();
+        if let Some(count) = counts.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                // Keeps the map as small as the set of connected sources.
+                counts.remove(&self.ip);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -93,13 +162,15 @@ mod tests {
     fn blocks_at_max_until_a_permit_is_dropped() {
         let shutdown = Arc::new(Shutdown::default());
         let limit = ConnectionLimit::new(2, &shutdown);
-        let a = limit.acquire(&shutdown).unwrap();
-        let _b = limit.acquire(&shutdown).unwrap();
+        let a = limit.acquire(&shutdown, || panic!("no wait")).unwrap();
+        let _b = limit.acquire(&shutdown, || panic!("no wait")).unwrap();
         assert_eq!(limit.in_use(), 2);
         let (tx, rx) = mpsc::channel();
         let (l, s) = (limit.clone(), shutdown.clone());
         let waiter = std::thread::spawn(move || {
-            let p = l.acquire(&s);
+            let waited = std::cell::Cell::new(false);
+            let p = l.acquire(&s, || waited.set(true));
+            assert!(waited.get());
             tx.send(p.is_some()).unwrap();
             p
         });
@@ -116,11 +187,26 @@ mod tests {
     fn shutdown_releases_a_waiter() {
         let shutdown = Arc::new(Shutdown::default());
         let limit = ConnectionLimit::new(1, &shutdown);
-        let _held = limit.acquire(&shutdown).unwrap();
+        let _held = limit.acquire(&shutdown, || ()).unwrap();
         let (l, s) = (limit.clone(), shutdown.clone());
-        let waiter = std::thread::spawn(move || l.acquire(&s).is_none());
+        let waiter = std::thread::spawn(move || l.acquire(&s, || ()).is_none());
         std::thread::sleep(Duration::from_millis(20));
         shutdown.request();
         assert!(waiter.join().unwrap());
+    }
+
+    #[test]
+    fn source_cap_counts_per_address_and_forgets_idle_ones() {
+        let cap = SourceCap::new(2);
+        let a: IpAddr = [127, 0, 0, 1].into();
+        let b: IpAddr = [127, 0, 0, 2].into();
+        let a1 = cap.admit(a).unwrap();
+        let _a2 = cap.admit(a).unwrap();
+        assert!(cap.admit(a).is_none(), "third from the same address");
+        let b1 = cap.admit(b).unwrap();
+        drop(a1);
+        assert!(cap.admit(a).is_some());
+        drop(b1);
+        assert!(!cap.lock().contains_key(&b), "idle sources are forgotten");
     }
 }

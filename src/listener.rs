@@ -47,6 +47,10 @@ pub(crate) const POLL: Duration = Duration::from_secs(1);
 pub(crate) struct StreamListener {
     pub(crate) socket: Socket,
     pub(crate) addr: ListenAddr,
+    /// A descriptor held in reserve: when the process runs out, closing it
+    /// lets the accept loop take one waiting client and close it, so the
+    /// client learns at once instead of hanging (libuv's technique).
+    spare: Option<std::fs::File>,
     /// For a Unix socket this server created: removes the file on drop.
     #[cfg(unix)]
     pub(crate) cleanup: Option<crate::unix::SocketFile>,
@@ -81,6 +85,7 @@ impl StreamListener {
         Ok(StreamListener {
             socket,
             addr,
+            spare: spare_fd(),
             cleanup: None,
         })
     }
@@ -104,9 +109,10 @@ impl StreamListener {
 
     /// Accepts connections until shutdown, one thread each. Errors never end
     /// the loop: the server keeps serving everyone else.
-    pub(crate) fn accept_loop(&self, ctx: &Arc<Context>) {
+    pub(crate) fn accept_loop(mut self, ctx: &Arc<Context>) {
         let mut backoff = Backoff::default();
-        while let Some(permit) = ctx.limit.acquire(&ctx.shutdown) {
+        let limit_reached = || Counters::add(&ctx.counters.limit_reached, 1);
+        while let Some(permit) = ctx.limit.acquire(&ctx.shutdown, limit_reached) {
             let (socket, addr) = match self.socket.accept() {
                 Ok(accepted) => accepted,
                 Err(e) => {
@@ -127,11 +133,23 @@ impl StreamListener {
             ctx.table.reap();
             Counters::add(&ctx.counters.accepted, 1);
             let peer = Peer::from_sockaddr(&addr);
-            if let Peer::Ip(_) = peer {
+            let mut source_slot = None;
+            if let Peer::Ip(ip) = peer {
+                if let Some(cap) = &ctx.per_source {
+                    match cap.admit(crate::udp::normalize(ip).ip()) {
+                        Some(slot) => source_slot = Some(slot),
+                        None => {
+                            Counters::add(&ctx.counters.refused_per_source, 1);
+                            log::debug!("{}: {peer} is at the per-source cap, closed", self.addr);
+                            reset(socket);
+                            continue;
+                        }
+                    }
+                }
                 // Echo replies are small and latency-bound: never hold them back.
                 let _ = socket.set_tcp_nodelay(true);
             }
-            if let Err(e) = connection::spawn(socket, peer.clone(), ctx, permit) {
+            if let Err(e) = connection::spawn(socket, peer.clone(), ctx, permit, source_slot) {
                 Counters::add(&ctx.counters.thread_refused, 1);
                 log::warn!(
                     "{}: no thread for connection from {peer}, closed it: {e}",
@@ -147,7 +165,7 @@ impl StreamListener {
 
     /// Deals with a failed `accept`. Returns `false` if shutdown was
     /// requested during the back-off.
-    fn accept_failed(&self, e: &io::Error, ctx: &Context, backoff: &mut Backoff) -> bool {
+    fn accept_failed(&mut self, e: &io::Error, ctx: &Context, backoff: &mut Backoff) -> bool {
         if connection::is_timeout(e) {
             return true; // the POLL backstop: nothing to accept
         }
@@ -156,7 +174,22 @@ impl StreamListener {
             log::debug!("{}: accept: {e}", self.addr);
             return true;
         }
-        Counters::add(&ctx.counters.accept_errors, 1);
+        if is_fd_exhaustion(e) {
+            if self.shed_one() {
+                Counters::add(&ctx.counters.fd_exhausted, 1);
+                if backoff.is_idle() {
+                    log::warn!(
+                        "{}: out of file descriptors, resetting new clients",
+                        self.addr
+                    );
+                }
+                // Progress was made: retry soon, there may be more waiting.
+                backoff.reset();
+                return !ctx.shutdown.sleep(Backoff::FIRST);
+            }
+        } else {
+            Counters::add(&ctx.counters.accept_errors, 1);
+        }
         let delay = backoff.next();
         // Logged once per run of failures, not once per retry.
         if delay == Backoff::FIRST {
@@ -164,6 +197,53 @@ impl StreamListener {
         }
         !ctx.shutdown.sleep(delay)
     }
+}
+
+/// Out of descriptors: this process's limit (EMFILE) or the system's (ENFILE).
+fn is_fd_exhaustion(e: &io::Error) -> bool {
+    #[cfg(unix)]
+    if let Some(code) = e.raw_os_error() {
+        return code == libc::EMFILE || code == libc::ENFILE;
+    }
+    let _ = e;
+    false
+}
+
+impl StreamListener {
+    /// Out of descriptors: frees the spare, accepts one waiting client and
+    /// resets it, then takes the spare back. Returns whether a client was
+    /// shed.
+    fn shed_one(&mut self) -> bool {
+        if self.spare.take().is_none() {
+            self.spare = spare_fd();
+            return false;
+        }
+        let shed = match self.socket.accept() {
+            Ok((socket, _)) => {
+                reset(socket);
+                true
+            }
+            Err(_) => false,
+        };
+        self.spare = spare_fd();
+        shed
+    }
+}
+
+/// Closes with a reset (RST) rather than a FIN: the client's next read fails
+/// at once with "connection reset", which cannot be mistaken for an echo.
+fn reset(socket: Socket) {
+    let _ = socket.set_linger(Some(Duration::ZERO));
+}
+
+#[cfg(unix)]
+fn spare_fd() -> Option<std::fs::File> {
+    std::fs::File::open("/dev/null").ok()
+}
+
+#[cfg(not(unix))]
+fn spare_fd() -> Option<std::fs::File> {
+    None
 }
 
 /// Errors after which `accept` can be retried at once: they concern one
@@ -216,6 +296,11 @@ impl Backoff {
 
     pub(crate) fn reset(&mut self) {
         self.last = None;
+    }
+
+    /// Whether no failure is being backed off from.
+    pub(crate) fn is_idle(&self) -> bool {
+        self.last.is_none()
     }
 }
 

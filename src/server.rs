@@ -3,7 +3,7 @@
 
 use crate::builder::ServerBuilder;
 use crate::connection::ConnectionTable;
-use crate::limit::ConnectionLimit;
+use crate::limit::{ConnectionLimit, SourceCap};
 use crate::listener::{ListenAddr, StreamListener};
 use crate::rate_limit::RateLimit;
 use crate::shutdown::Shutdown;
@@ -23,6 +23,8 @@ const FORCED_CLOSE_WAIT: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone)]
 pub(crate) struct Settings {
     pub(crate) idle_timeout: Option<Duration>,
+    pub(crate) write_timeout: Option<Duration>,
+    pub(crate) max_per_source: Option<usize>,
     pub(crate) log_data: bool,
     pub(crate) shutdown_grace: Duration,
     pub(crate) udp: UdpSettings,
@@ -59,7 +61,7 @@ impl Listener {
         }
     }
 
-    fn serve(&self, ctx: &Arc<Context>) {
+    fn serve(self, ctx: &Arc<Context>) {
         match self {
             Listener::Stream(l) => l.accept_loop(ctx),
             Listener::Datagram(d) => d.serve(ctx),
@@ -74,6 +76,7 @@ pub(crate) struct Context {
     pub(crate) counters: Counters,
     pub(crate) shutdown: Shutdown,
     pub(crate) limit: Arc<ConnectionLimit>,
+    pub(crate) per_source: Option<Arc<SourceCap>>,
     pub(crate) table: ConnectionTable,
 }
 
@@ -107,7 +110,9 @@ impl Server {
         for listener in &listeners {
             listener.register_waker(&shutdown);
         }
+        let per_source = settings.max_per_source.map(SourceCap::new);
         let ctx = Arc::new(Context {
+            per_source,
             settings,
             counters: Counters::default(),
             shutdown,

@@ -17,9 +17,21 @@ pub struct Stats {
     pub bytes_echoed: u64,
     /// Connections closed because the client sent nothing for the idle timeout.
     pub idle_timeouts: u64,
+    /// Connections closed because the client read nothing for the write
+    /// timeout while the server had data for it.
+    pub write_timeouts: u64,
+    /// Times the accept loop stopped at the connection limit (clients then
+    /// wait in the backlog; none is refused).
+    pub limit_reached: u64,
+    /// Connections closed at once because their address had as many
+    /// connections as the per-source cap allows.
+    pub refused_per_source: u64,
     /// Connections closed because no thread could be started for them.
     pub thread_refused: u64,
-    /// Errors from `accept` (for example running out of file descriptors).
+    /// Connections reset at once because the process was out of file
+    /// descriptors (the spare descriptor was used to accept and close them).
+    pub fd_exhausted: u64,
+    /// Other errors from `accept`, such as running out of memory.
     pub accept_errors: u64,
     /// UDP datagrams answered.
     pub datagrams_echoed: u64,
@@ -39,14 +51,20 @@ impl fmt::Display for Stats {
         write!(
             f,
             "{} connections accepted, {} active, {} bytes echoed, {} idle timeouts, \
-             {} refused for lack of threads, {} accept errors; \
+             {} write timeouts, connection limit reached {} times, {} refused by the \
+             per-source cap, {} refused for lack of threads, {} reset for lack of file \
+             descriptors, {} accept errors; \
              {} datagrams echoed, not answered: {} from privileged ports, \
              {} from invalid sources, {} rate limited, {} too large",
             self.accepted,
             self.active,
             self.bytes_echoed,
             self.idle_timeouts,
+            self.write_timeouts,
+            self.limit_reached,
+            self.refused_per_source,
             self.thread_refused,
+            self.fd_exhausted,
             self.accept_errors,
             self.datagrams_echoed,
             self.refused_privileged_port,
@@ -65,7 +83,11 @@ pub(crate) struct Counters {
     pub(crate) active: AtomicU64,
     pub(crate) bytes_echoed: AtomicU64,
     pub(crate) idle_timeouts: AtomicU64,
+    pub(crate) write_timeouts: AtomicU64,
+    pub(crate) limit_reached: AtomicU64,
+    pub(crate) refused_per_source: AtomicU64,
     pub(crate) thread_refused: AtomicU64,
+    pub(crate) fd_exhausted: AtomicU64,
     pub(crate) accept_errors: AtomicU64,
     pub(crate) datagrams_echoed: AtomicU64,
     pub(crate) refused_privileged_port: AtomicU64,
@@ -95,7 +117,11 @@ impl Counters {
             active: self.active.load(Relaxed),
             bytes_echoed: self.bytes_echoed.load(Relaxed),
             idle_timeouts: self.idle_timeouts.load(Relaxed),
+            write_timeouts: self.write_timeouts.load(Relaxed),
+            limit_reached: self.limit_reached.load(Relaxed),
+            refused_per_source: self.refused_per_source.load(Relaxed),
             thread_refused: self.thread_refused.load(Relaxed),
+            fd_exhausted: self.fd_exhausted.load(Relaxed),
             accept_errors: self.accept_errors.load(Relaxed),
             datagrams_echoed: self.datagrams_echoed.load(Relaxed),
             refused_privileged_port: self.refused_privileged_port.load(Relaxed),

@@ -321,3 +321,26 @@ impl Write for Metered<'_> {
         Ok(())
     }
 }
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+    use std::net::{TcpListener, TcpStream};
+
+    /// A library user that never ignored SIGPIPE must not be killed when the
+    /// server writes to a connection that can no longer be written to.
+    #[test]
+    fn writes_never_raise_sigpipe() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let _client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let stream = Stream(Socket::from(listener.accept().unwrap().0));
+        stream.0.shutdown(Shutdown::Write).unwrap();
+        // SAFETY: swaps the process's SIGPIPE action for the default
+        // (terminate) and back; every other write in this process passes
+        // MSG_NOSIGNAL too, so the window harms no other test.
+        let previous = unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+        let result = { &stream }.write(b"x");
+        unsafe { libc::signal(libc::SIGPIPE, previous) };
+        assert_eq!(result.unwrap_err().kind(), ErrorKind::BrokenPipe);
+    }
+}

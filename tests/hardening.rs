@@ -1,0 +1,330 @@
+//! Hostile clients and exhausted machines: the server keeps serving everyone
+//! else, loses nothing, and recovers by itself.
+#![cfg(target_os = "linux")] // rlimits, /proc, setuid
+
+mod support;
+
+use echo_server::Server;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::thread;
+use std::time::{Duration, Instant};
+use support::*;
+
+/// What became of a client that sent one byte.
+#[derive(Debug, PartialEq, Eq)]
+enum Fate {
+    Echoed,
+    /// Closed or reset by the server: it learned at once.
+    Refused,
+    /// Nothing within the wait: left hanging.
+    Hanging,
+}
+
+fn try_client(addr: SocketAddr, wait: Duration) -> (Fate, Option<TcpStream>) {
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, DEADLINE) else {
+        return (Fate::Refused, None);
+    };
+    s.set_read_timeout(Some(wait)).unwrap();
+    if s.write_all(b"x").is_err() {
+        return (Fate::Refused, None);
+    }
+    let mut b = [0u8; 1];
+    match s.read(&mut b) {
+        Ok(1) => (Fate::Echoed, Some(s)),
+        Ok(_) => (Fate::Refused, None),
+        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+            (Fate::Hanging, Some(s))
+        }
+        Err(_) => (Fate::Refused, None),
+    }
+}
+
+/// The binary with resource limits set in the child before exec.
+fn spawn_limited(
+    args: &[&str],
+    setup: impl Fn() -> std::io::Result<()> + Send + Sync + 'static,
+) -> Binary {
+    let mut cmd = Binary::command();
+    cmd.args(args);
+    // SAFETY: the closure only calls setrlimit/setgid/setuid, which are
+    // async-signal-safe.
+    unsafe { cmd.pre_exec(setup) };
+    Binary::spawn_command(cmd)
+}
+
+fn set_rlimit(resource: libc::__rlimit_resource_t, n: u64) -> std::io::Result<()> {
+    let lim = libc::rlimit {
+        rlim_cur: n,
+        rlim_max: n,
+    };
+    // SAFETY: setrlimit reads the struct passed.
+    if unsafe { libc::setrlimit(resource, &lim) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn summary(server: &mut Binary) -> String {
+    server.signal(libc::SIGTERM);
+    assert_eq!(server.wait_exit().code(), Some(0), "{:#?}", server.seen);
+    server
+        .seen
+        .iter()
+        .find(|l| l.starts_with("shut down:"))
+        .cloned()
+        .expect("a shutdown summary")
+}
+
+#[test]
+fn out_of_file_descriptors_resets_extra_clients_and_recovers() {
+    let mut server = spawn_limited(&["0"], || set_rlimit(libc::RLIMIT_NOFILE, 16));
+    let addr = server.tcp_addr();
+    let mut served = Vec::new();
+    let mut refused = 0;
+    for _ in 0..24 {
+        match try_client(addr, Duration::from_secs(10)) {
+            (Fate::Echoed, Some(s)) => served.push(s),
+            (Fate::Refused, _) => refused += 1,
+            (fate, _) => panic!("a client was left {fate:?}"),
+        }
+    }
+    assert!(!served.is_empty(), "nobody was served");
+    assert!(refused > 0, "16 descriptors cannot serve 24 clients");
+    // Descriptors come back: the server recovers by itself.
+    served.clear();
+    let (fate, _) = try_client(addr, DEADLINE);
+    assert_eq!(fate, Fate::Echoed, "not serving again after fds were freed");
+    let line = summary(&mut server);
+    assert!(
+        line.contains(&format!("{refused} reset for lack of file descriptors")),
+        "{line}"
+    );
+}
+
+#[test]
+fn refused_threads_close_that_connection_and_the_server_recovers() {
+    // RLIMIT_NPROC does not bind root, so run the child as `nobody`.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root to run the server as another user");
+        return;
+    }
+    // main + signal thread + accept thread + 2 connection threads.
+    let mut server = spawn_limited(&["0"], || {
+        set_rlimit(libc::RLIMIT_NPROC, 5)?;
+        // SAFETY: plain syscalls on constants.
+        unsafe {
+            if libc::setgid(65534) != 0 || libc::setuid(65534) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    });
+    let addr = server.tcp_addr();
+    let mut fates = Vec::new();
+    let mut served = Vec::new();
+    for _ in 0..4 {
+        let (fate, s) = try_client(addr, Duration::from_secs(10));
+        if fate == Fate::Echoed {
+            served.extend(s);
+        }
+        fates.push(fate);
+    }
+    assert!(fates.contains(&Fate::Echoed), "{fates:?}");
+    assert!(fates.contains(&Fate::Refused), "{fates:?}");
+    assert!(!fates.contains(&Fate::Hanging), "{fates:?}");
+    for s in &served {
+        s.shutdown(Shutdown::Both).unwrap();
+    }
+    drop(served);
+    // Threads end; after the back-off, clients are served again.
+    let start = Instant::now();
+    loop {
+        if try_client(addr, DEADLINE).0 == Fate::Echoed {
+            break;
+        }
+        assert!(start.elapsed() < DEADLINE, "never served again");
+        thread::sleep(Duration::from_millis(50));
+    }
+    let line = summary(&mut server);
+    assert!(!line.contains(" 0 refused for lack of threads"), "{line}");
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+#[test]
+fn a_stalled_reader_holds_bounded_memory_until_the_write_timeout() {
+    let mut server = Binary::spawn(&["--write-timeout", "1", "0"]);
+    let addr = server.tcp_addr();
+    let before = rss_kib(server.child.id());
+    let mut s = connect(addr);
+    s.set_write_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    // Send until the socket buffers on both sides are full; never read.
+    let chunk = vec![0x5au8; 64 * 1024];
+    let mut sent = 0usize;
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(20) && sent < 256 << 20 {
+        match s.write(&chunk) {
+            Ok(n) => sent += n,
+            Err(_) => break,
+        }
+    }
+    let during = rss_kib(server.child.id());
+    assert!(sent < 256 << 20, "buffers never filled");
+    assert!(
+        during < before + 8 * 1024,
+        "server grew from {before} KiB to {during} KiB for one stalled reader"
+    );
+    // Still not reading: the write timeout (1 s) frees the connection.
+    thread::sleep(Duration::from_secs(3));
+    assert!(
+        is_closed_or_reset(&mut s),
+        "stalled reader was never closed"
+    );
+    let line = summary(&mut server);
+    assert!(line.contains("1 write timeouts"), "{line}");
+}
+
+fn is_closed_or_reset(s: &mut TcpStream) -> bool {
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    let start = Instant::now();
+    // Drain what was echoed before the close, then expect EOF or a reset.
+    while start.elapsed() < DEADLINE {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) => return !matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut),
+        }
+    }
+    false
+}
+
+#[test]
+fn a_client_that_sends_256_mib_before_reading_gets_it_all_back() {
+    let mut server = Binary::spawn(&["0"]);
+    let addr = server.tcp_addr();
+    let pid = server.child.id();
+    let base = rss_kib(pid);
+    let total: usize = 256 << 20;
+    let s = connect(addr);
+    let mut reader = s.try_clone().unwrap();
+    let writer = thread::spawn(move || {
+        let mut s = s;
+        let mut block = vec![0u8; 1 << 20];
+        for i in 0..total >> 20 {
+            block
+                .iter_mut()
+                .enumerate()
+                .for_each(|(j, b)| *b = (i * 31 + j) as u8);
+            s.write_all(&block).unwrap();
+        }
+        s.shutdown(Shutdown::Write).unwrap();
+    });
+    // Not reading for a while: the writer stalls on full buffers.
+    thread::sleep(Duration::from_secs(1));
+    let mut peak = rss_kib(pid);
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut expected = vec![0u8; 1 << 20];
+    loop {
+        let n = reader.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        for (k, b) in buf[..n].iter().enumerate() {
+            let pos = got + k;
+            let (i, j) = (pos >> 20, pos & ((1 << 20) - 1));
+            expected[0] = (i * 31 + j) as u8;
+            assert_eq!(*b, expected[0], "byte {pos} differs");
+        }
+        got += n;
+        if got % (32 << 20) < n {
+            peak = peak.max(rss_kib(pid));
+        }
+    }
+    writer.join().unwrap();
+    assert_eq!(got, total);
+    assert!(
+        peak < base + 8 * 1024,
+        "server RSS went from {base} to {peak} KiB"
+    );
+}
+
+#[test]
+fn a_storm_of_resets_and_silent_clients_disturbs_no_one() {
+    let mut server = Binary::spawn(&["0"]);
+    let addr = server.tcp_addr();
+    let mut steady = connect(addr);
+    for i in 0..300 {
+        let s = socket2::Socket::from(connect(addr));
+        match i % 3 {
+            // Sends, then resets (linger 0) without reading the echo.
+            0 => {
+                let _ = (&s).write_all(&[1; 4096]);
+                s.set_linger(Some(Duration::ZERO)).unwrap();
+            }
+            // Half-closes at once without sending anything.
+            1 => {
+                s.shutdown(Shutdown::Write).unwrap();
+                let mut rest = Vec::new();
+                let mut stream = TcpStream::from(s);
+                stream.read_to_end(&mut rest).unwrap();
+                assert!(rest.is_empty());
+                continue;
+            }
+            // Connects and closes having sent nothing.
+            _ => {}
+        }
+        drop(s);
+    }
+    steady.write_all(b"still here").unwrap();
+    assert_eq!(read_n(&mut steady, 10), b"still here");
+    drop(steady);
+    let line = summary(&mut server);
+    assert!(line.contains("301 connections accepted"), "{line}");
+    assert!(line.contains(" 0 active"), "{line}");
+    // Nothing but the start-up, hint and shutdown lines at the default level.
+    assert!(server.seen.len() <= 5, "log spam: {:#?}", server.seen);
+}
+
+#[test]
+fn per_source_cap_resets_only_the_excess_from_one_address() {
+    let server = TestServer::start(
+        Server::builder()
+            .tcp(([127, 0, 0, 1], 0))
+            .max_per_source(Some(2)),
+    );
+    let (a, first) = try_client(server.addr, DEADLINE);
+    let (b, second) = try_client(server.addr, DEADLINE);
+    assert_eq!((a, b), (Fate::Echoed, Fate::Echoed));
+    let (c, _) = try_client(server.addr, DEADLINE);
+    assert_eq!(c, Fate::Refused, "a third client from one address");
+    // Another address is not affected.
+    let other = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    other
+        .bind(&SocketAddr::from(([127, 0, 0, 2], 0)).into())
+        .unwrap();
+    other.connect(&server.addr.into()).unwrap();
+    let mut other = TcpStream::from(other);
+    other.set_read_timeout(Some(DEADLINE)).unwrap();
+    other.write_all(b"o").unwrap();
+    assert_eq!(read_n(&mut other, 1), b"o");
+    // A slot freed is a slot regained.
+    drop(first);
+    wait_for("the first client to be gone", || {
+        server.handle.stats().active == 2
+    });
+    assert_eq!(try_client(server.addr, DEADLINE).0, Fate::Echoed);
+    drop(second);
+    assert_eq!(server.handle.stats().refused_per_source, 1);
+}

@@ -6,9 +6,14 @@
 
 use std::io::{self, ErrorKind, Read, Write};
 
-/// Size of the buffer [`echo`] allocates: large enough that one `read` can take
-/// a full socket receive batch, small enough to keep memory per connection low.
+/// Size of the buffer [`echo`] moves to once a client sends in bulk: large
+/// enough that one `read` can take a full socket receive batch.
 pub const DEFAULT_BUFFER_SIZE: usize = 64 * 1024;
+
+/// Size of the buffer [`echo`] starts with, on the stack. Most echo traffic
+/// is small messages; an idle or chatty connection then costs no heap at
+/// all, which is what keeps thousands of idle connections cheap.
+pub const SMALL_BUFFER_SIZE: usize = 1024;
 
 /// Copies everything read from `stream` back to it until end of file, and
 /// returns the number of bytes echoed.
@@ -17,6 +22,10 @@ pub const DEFAULT_BUFFER_SIZE: usize = 64 * 1024;
 /// in order, before the next read), reads and writes interrupted by a signal
 /// (`ErrorKind::Interrupted`) are retried, and the stream is flushed after
 /// every chunk so that an interactive peer never waits on buffered data.
+///
+/// It starts with a small buffer ([`SMALL_BUFFER_SIZE`]) and moves to a heap
+/// buffer of [`DEFAULT_BUFFER_SIZE`] the first time a read fills the small
+/// one, so memory follows the traffic.
 ///
 /// It returns `Ok` when `read` reports end of file (the peer closed or shut
 /// down its write side); any other error ends the loop and is returned.
@@ -45,9 +54,20 @@ pub const DEFAULT_BUFFER_SIZE: usize = 64 * 1024;
 /// # }
 /// ```
 pub fn echo<S: Read + Write + ?Sized>(stream: &mut S) -> io::Result<u64> {
-    // On the heap, so that connection threads can run on small stacks.
-    let mut buf = vec![0u8; DEFAULT_BUFFER_SIZE];
-    echo_with_buffer(stream, &mut buf)
+    let mut small = [0u8; SMALL_BUFFER_SIZE];
+    let mut echoed: u64 = 0;
+    loop {
+        let n = match echo_chunk(stream, &mut small)? {
+            0 => return Ok(echoed),
+            n => n,
+        };
+        echoed += n as u64;
+        if n == small.len() {
+            break; // bulk traffic: a bigger buffer means fewer system calls
+        }
+    }
+    let mut big = vec![0u8; DEFAULT_BUFFER_SIZE];
+    Ok(echoed + echo_with_buffer(stream, &mut big)?)
 }
 
 /// [`echo`] with a caller-provided buffer, which sets the largest chunk read
@@ -70,18 +90,30 @@ pub fn echo_with_buffer<S: Read + Write + ?Sized>(
     }
     let mut echoed: u64 = 0;
     loop {
-        let n = match stream.read(buf) {
-            Ok(0) => return Ok(echoed),
-            Ok(n) => n,
+        match echo_chunk(stream, buf)? {
+            0 => return Ok(echoed),
+            n => echoed += n as u64,
+        }
+    }
+}
+
+/// Reads one chunk into `buf` and writes all of it back. Returns its length;
+/// 0 means end of file.
+fn echo_chunk<S: Read + Write + ?Sized>(stream: &mut S, buf: &mut [u8]) -> io::Result<usize> {
+    let n = loop {
+        match stream.read(buf) {
+            Ok(n) => break n,
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
-        };
+        }
+    };
+    if n > 0 {
         // `write_all` retries short writes and `Interrupted`, and turns a
         // write of zero bytes into `WriteZero` instead of looping forever.
         stream.write_all(&buf[..n])?;
         flush(stream)?;
-        echoed += n as u64;
     }
+    Ok(n)
 }
 
 fn flush<S: Write + ?Sized>(stream: &mut S) -> io::Result<()> {
@@ -208,6 +240,21 @@ mod tests {
             let echoed = echo_with_buffer(&mut stream, &mut vec![0; buf_len]).unwrap();
             let (expected, count) = reference(&input);
             prop_assert_eq!(stream.output(), &expected[..]);
+            prop_assert_eq!(echoed, count);
+        }
+
+        /// `echo` itself (small buffer first, then the large one once a read
+        /// fills it) matches the reference too.
+        #[test]
+        fn adaptive_echo_matches_the_reference(
+            input in vec(any::<u8>(), 0..8192),
+            reads in vec(read_step(), 0..64),
+            writes in vec(write_step(), 0..64),
+        ) {
+            let mut stream = ScriptedStream::new(input.clone(), reads, writes);
+            let echoed = echo(&mut stream).unwrap();
+            let (expected, count) = reference(&input);
+            prop_assert!(stream.output() == &expected[..]);
             prop_assert_eq!(echoed, count);
         }
 

@@ -63,7 +63,7 @@ pub use builder::{
     ServerBuilder, DEFAULT_BACKLOG, DEFAULT_MAX_CONNECTIONS, DEFAULT_SHUTDOWN_GRACE,
     DEFAULT_WRITE_TIMEOUT,
 };
-pub use echo::{echo, echo_with_buffer, DEFAULT_BUFFER_SIZE};
+pub use echo::{echo, echo_with_buffer, DEFAULT_BUFFER_SIZE, SMALL_BUFFER_SIZE};
 pub use escape::{escape, unescape};
 pub use listener::ListenAddr;
 pub use rate_limit::{RateLimit, DEFAULT_UDP_BURST, DEFAULT_UDP_RATE};

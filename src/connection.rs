@@ -12,7 +12,6 @@ use std::fmt;
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// Stack size of connection threads. The echo buffer lives on the heap, so a
@@ -90,16 +89,7 @@ pub(crate) struct ConnectionTable {
 #[derive(Debug, Default)]
 struct Table {
     next_id: u64,
-    live: HashMap<u64, Entry>,
-    /// Threads whose connection has ended, to be joined: joining is what
-    /// makes "no connection thread is left" exact once `run` returns.
-    finished: Vec<JoinHandle<()>>,
-}
-
-#[derive(Debug)]
-struct Entry {
-    stream: Arc<Stream>,
-    thread: Option<JoinHandle<()>>,
+    live: HashMap<u64, Arc<Stream>>,
 }
 
 impl ConnectionTable {
@@ -112,36 +102,19 @@ impl ConnectionTable {
         let mut table = self.lock();
         let id = table.next_id;
         table.next_id += 1;
-        table.live.insert(
-            id,
-            Entry {
-                stream,
-                thread: None,
-            },
-        );
+        table.live.insert(id, stream);
         // Updated under the lock so that `active` is 0 exactly when the table
         // is empty.
         Counters::add(&counters.active, 1);
         id
     }
 
-    /// Records the thread serving `id`, so that it can be joined.
-    fn attach(&self, id: u64, thread: JoinHandle<()>) {
-        let mut table = self.lock();
-        match table.live.get_mut(&id) {
-            Some(entry) => entry.thread = Some(thread),
-            // The connection was over before its thread was recorded.
-            None => table.finished.push(thread),
-        }
-    }
-
     fn remove(&self, id: u64, counters: &Counters) {
         let mut table = self.lock();
-        if let Some(entry) = table.live.remove(&id) {
+        if table.live.remove(&id).is_some() {
             counters
                 .active
                 .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-            table.finished.extend(entry.thread);
         }
         if table.live.is_empty() {
             self.emptied.notify_all();
@@ -152,20 +125,9 @@ impl ConnectionTable {
     /// `read` return end of file, so its thread echoes what it already has
     /// and closes; `Both` also fails pending writes.
     pub(crate) fn shutdown_all(&self, how: Shutdown) {
-        for entry in self.lock().live.values() {
+        for stream in self.lock().live.values() {
             // Fails only if the peer is already gone, which is the goal anyway.
-            let _ = entry.stream.0.shutdown(how);
-        }
-    }
-
-    /// Joins the threads of connections that have ended. Each is past its
-    /// last use of shared state, so this waits microseconds at most.
-    pub(crate) fn reap(&self) {
-        let finished = std::mem::take(&mut self.lock().finished);
-        for thread in finished {
-            if thread.join().is_err() {
-                log::error!("a connection thread panicked");
-            }
+            let _ = stream.0.shutdown(how);
         }
     }
 
@@ -189,9 +151,9 @@ impl ConnectionTable {
     }
 }
 
-/// Starts a thread that serves `socket` until the client is done. On error
-/// (the OS refused a thread) the connection has been closed and its slot
-/// freed.
+/// Serves `socket` on a thread of its own (an idle one, or a new one) until
+/// the client is done. On error (the OS refused a thread) the connection has
+/// been closed and its slot freed.
 pub(crate) fn spawn(
     socket: Socket,
     peer: Peer,
@@ -208,14 +170,9 @@ pub(crate) fn spawn(
         _source_slot: source_slot,
         _permit: permit,
     };
-    let thread = std::thread::Builder::new()
-        .name("echo-conn".to_owned())
-        .stack_size(STACK_SIZE)
-        // If the spawn fails the closure, and with it `slot`, is dropped,
-        // which closes the socket and frees the slot.
-        .spawn(move || serve(slot, peer))?;
-    ctx.table.attach(id, thread);
-    Ok(())
+    // If no thread can be had the job, and with it `slot`, is dropped,
+    // which closes the socket and frees the slot.
+    ctx.workers.run(Box::new(move || serve(slot, peer)))
 }
 
 /// Everything a connection holds, released in order when its thread ends:

@@ -9,6 +9,7 @@ use crate::rate_limit::RateLimit;
 use crate::shutdown::Shutdown;
 use crate::stats::{Counters, Stats};
 use crate::udp::DatagramSocket;
+use crate::workers::Workers;
 use std::io;
 use std::net::{self, SocketAddr};
 use std::sync::Arc;
@@ -78,6 +79,7 @@ pub(crate) struct Context {
     pub(crate) limit: Arc<ConnectionLimit>,
     pub(crate) per_source: Option<Arc<SourceCap>>,
     pub(crate) table: ConnectionTable,
+    pub(crate) workers: Arc<Workers>,
 }
 
 /// An echo server with its sockets bound, ready to [`run`](Self::run).
@@ -118,6 +120,7 @@ impl Server {
             shutdown,
             limit,
             table: ConnectionTable::default(),
+            workers: Workers::new(crate::connection::STACK_SIZE),
         });
         Server { ctx, listeners }
     }
@@ -188,7 +191,8 @@ fn drain(ctx: &Context) {
             return;
         }
     }
-    table.reap();
+    // Every connection is closed: end idle threads and join them all.
+    ctx.workers.shutdown();
 }
 
 fn join_all(threads: Vec<thread::JoinHandle<()>>) {

@@ -294,7 +294,10 @@ fn a_storm_of_resets_and_silent_clients_disturbs_no_one() {
     assert!(line.contains("301 connections accepted"), "{line}");
     assert!(line.contains(" 0 active"), "{line}");
     // Resets are not timeouts.
-    assert!(line.contains(" 0 idle timeouts, 0 write timeouts"), "{line}");
+    assert!(
+        line.contains(" 0 idle timeouts, 0 write timeouts"),
+        "{line}"
+    );
     // Nothing but the start-up, hint and shutdown lines at the default level.
     assert!(server.seen.len() <= 5, "log spam: {:#?}", server.seen);
 }

@@ -298,3 +298,35 @@ fn a_reset_client_does_not_disturb_others() {
     steady.write_all(b"still here").unwrap();
     assert_eq!(read_n(&mut steady, 10), b"still here");
 }
+
+#[test]
+fn shutdown_closes_a_client_that_never_reads_after_the_grace_period() {
+    let server = TestServer::start(
+        Server::builder()
+            .tcp(([127, 0, 0, 1], 0))
+            .shutdown_grace(Duration::from_millis(200))
+            .write_timeout(None),
+    );
+    // Fill every buffer between us and the server, then never read: the
+    // server's thread is stuck in a write that only a forced close ends.
+    let mut s = connect(server.addr);
+    s.set_write_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let start = Instant::now();
+    while start.elapsed() < DEADLINE && s.write_all(&[3; 65536]).is_ok() {}
+    wait_for("the server to be blocked writing", || {
+        server.handle.stats().bytes_echoed > 0
+    });
+    let stats = server.stop(); // returns within the deadline, or panics
+    assert_eq!(stats.active, 0);
+    assert!(is_closed(&mut drained(s), DEADLINE));
+}
+
+/// Reads and discards whatever is buffered, so EOF or a reset shows next.
+fn drained(mut s: std::net::TcpStream) -> std::net::TcpStream {
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
+    s
+}

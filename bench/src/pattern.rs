@@ -32,13 +32,16 @@ pub struct Pattern {
 impl Pattern {
     /// Fills the table from a fixed seed, so runs are reproducible.
     pub fn new() -> Self {
-        let len = PERIOD as usize + MAX_CHUNK;
-        let mut table = vec![0u8; len];
+        let period = PERIOD as usize;
+        let mut table = vec![0u8; period + MAX_CHUNK];
         let mut state = 0x5eed_ec40_u64;
-        for chunk in table.chunks_mut(8) {
+        for chunk in table[..period].chunks_mut(8) {
             let word = splitmix64(&mut state).to_le_bytes();
             chunk.copy_from_slice(&word[..chunk.len()]);
         }
+        // The tail repeats the head, so a window crossing the end of the
+        // period reads on as if it had wrapped around.
+        table.copy_within(..MAX_CHUNK, period);
         Pattern {
             table: table.into_boxed_slice(),
         }
@@ -79,6 +82,9 @@ mod tests {
         assert_eq!(p.at(PERIOD + 5, 100), p.at(5, 100));
         assert_eq!(p.at(PERIOD - 3, 10).len(), 10);
         assert_eq!(p.at(0, MAX_CHUNK + 10).len(), MAX_CHUNK);
+        // A window crossing the end of the period continues with its start.
+        assert_eq!(&p.at(PERIOD - 3, MAX_CHUNK)[3..], p.at(0, MAX_CHUNK - 3));
+        assert_eq!(p.at(PERIOD - 1, 1), p.at(2 * PERIOD - 1, 1));
     }
 
     #[test]

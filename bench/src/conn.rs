@@ -1,0 +1,267 @@
+//! One client connection: nonblocking connect, writing its pattern stream,
+//! reading the echo back and checking every byte of it.
+//!
+//! The modes drive [`Conn`] from edge-triggered readiness events, so every
+//! I/O method here keeps going until the goal is reached or the kernel says
+//! `WouldBlock`: only then will a new edge arrive. Partial reads and writes
+//! just move the counters; nothing is buffered per connection (the bytes to
+//! send come from the shared [`Pattern`], the bytes read land in the event
+//! loop's one buffer and are checked at once).
+
+use crate::pattern::{Pattern, MAX_CHUNK};
+use mio::net::TcpStream;
+use std::fmt;
+use std::io::{self, ErrorKind, Read, Write};
+use std::net::SocketAddr;
+
+/// Why a connection stopped being useful. Counted, never a panic.
+#[derive(Debug)]
+pub enum Failure {
+    /// The connection could not be opened (refused, unreachable, no ports).
+    Connect(io::Error),
+    /// A read or write failed (reset, broken pipe, ...).
+    Io(io::Error),
+    /// The server closed before echoing everything it was sent.
+    Closed { echoed: u64, sent: u64 },
+    /// An echoed byte differs from the byte sent at that stream offset.
+    Mismatch { offset: u64 },
+    /// The server sent more bytes than it had been sent.
+    Excess { echoed: u64, sent: u64 },
+    /// Nothing finished before the run's hard time limit.
+    Stalled,
+}
+
+impl Failure {
+    /// Wrong bytes (as opposed to a connection that failed or stalled): these
+    /// make the run exit 1 whatever else was measured.
+    pub fn is_verification(&self) -> bool {
+        matches!(self, Failure::Mismatch { .. } | Failure::Excess { .. })
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::Connect(e) => write!(f, "connect failed: {e}"),
+            Failure::Io(e) => write!(f, "connection failed: {e}"),
+            Failure::Closed { echoed, sent } => write!(
+                f,
+                "server closed the connection after echoing {echoed} of {sent} bytes"
+            ),
+            Failure::Mismatch { offset } => {
+                write!(
+                    f,
+                    "echoed byte at stream offset {offset} differs from the byte sent"
+                )
+            }
+            Failure::Excess { echoed, sent } => write!(
+                f,
+                "server sent more than it was sent (at least {echoed} bytes for {sent})"
+            ),
+            Failure::Stalled => write!(f, "no answer before the hard time limit (stalled)"),
+        }
+    }
+}
+
+/// Whether an I/O goal was reached or the socket would block first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    Done,
+    Blocked,
+}
+
+/// A client connection and how far its stream has got in each direction.
+pub struct Conn {
+    sock: TcpStream,
+    /// Where this connection's stream starts in the pattern.
+    base: u64,
+    /// Stream bytes written so far.
+    sent: u64,
+    /// Stream bytes read back and verified so far.
+    echoed: u64,
+    established: bool,
+}
+
+impl Conn {
+    /// Starts a nonblocking connect; completion shows up as a readiness event
+    /// and is confirmed by [`Conn::established`].
+    pub fn connect(addr: SocketAddr, base: u64) -> Result<Conn, Failure> {
+        let sock = TcpStream::connect(addr).map_err(Failure::Connect)?;
+        Ok(Conn {
+            sock,
+            base,
+            sent: 0,
+            echoed: 0,
+            established: false,
+        })
+    }
+
+    /// For registering with the event loop.
+    pub fn socket(&mut self) -> &mut TcpStream {
+        &mut self.sock
+    }
+
+    pub fn sent(&self) -> u64 {
+        self.sent
+    }
+
+    pub fn echoed(&self) -> u64 {
+        self.echoed
+    }
+
+    pub fn is_established(&self) -> bool {
+        self.established
+    }
+
+    /// Checks, on a readiness event, whether the connect has completed.
+    /// `Ok(false)` means not yet (a spurious wake-up); wait for another event.
+    pub fn established(&mut self) -> Result<bool, Failure> {
+        if self.established {
+            return Ok(true);
+        }
+        match self.sock.take_error() {
+            Ok(Some(e)) | Err(e) => return Err(Failure::Connect(e)),
+            Ok(None) => {}
+        }
+        match self.sock.peer_addr() {
+            Ok(_) => {
+                // Messages are written whole, but one that spans several
+                // segments would otherwise wait on Nagle for its last
+                // partial segment, adding a delayed-ACK to the latency.
+                self.sock.set_nodelay(true).map_err(Failure::Io)?;
+                self.established = true;
+                Ok(true)
+            }
+            Err(e) if e.kind() == ErrorKind::NotConnected => Ok(false),
+            Err(e) => Err(Failure::Connect(e)),
+        }
+    }
+
+    /// Writes pattern bytes until `limit` stream bytes have been sent, or the
+    /// send buffer is full.
+    pub fn write_to(&mut self, pattern: &Pattern, limit: u64) -> Result<Step, Failure> {
+        while self.sent < limit {
+            let len = (limit - self.sent).min(MAX_CHUNK as u64) as usize;
+            match self.sock.write(pattern.at(self.base + self.sent, len)) {
+                Ok(0) => return Err(Failure::Io(ErrorKind::WriteZero.into())),
+                Ok(n) => self.sent += n as u64,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(Step::Blocked),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(Failure::Io(e)),
+            }
+        }
+        Ok(Step::Done)
+    }
+
+    /// Reads and verifies echoed bytes until `limit` stream bytes have come
+    /// back, or nothing more is available.
+    ///
+    /// Stopping at `limit` without a final `WouldBlock` is safe under edge
+    /// triggering: an echo server owes us nothing beyond what we sent, so the
+    /// next data to arrive is the echo of bytes not yet written, and its
+    /// arrival raises a fresh edge. Should a broken server have sent extra
+    /// bytes, they are read with that next echo and fail verification.
+    pub fn read_to(
+        &mut self,
+        pattern: &Pattern,
+        buf: &mut [u8],
+        limit: u64,
+    ) -> Result<Step, Failure> {
+        let len = buf.len().min(MAX_CHUNK);
+        let buf = &mut buf[..len];
+        while self.echoed < limit {
+            match self.sock.read(buf) {
+                Ok(0) => {
+                    return Err(Failure::Closed {
+                        echoed: self.echoed,
+                        sent: self.sent,
+                    })
+                }
+                Ok(n) => self.verify(pattern, &buf[..n])?,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(Step::Blocked),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(Failure::Io(e)),
+            }
+        }
+        Ok(Step::Done)
+    }
+
+    /// Drains an event on a connection that is waiting with nothing
+    /// outstanding: the only acceptable news is none. EOF means the server
+    /// gave up on an idle connection; bytes mean it invented some.
+    pub fn check_idle(&mut self, buf: &mut [u8]) -> Result<(), Failure> {
+        loop {
+            match self.sock.read(buf) {
+                Ok(0) => {
+                    return Err(Failure::Closed {
+                        echoed: self.echoed,
+                        sent: self.sent,
+                    })
+                }
+                Ok(n) => {
+                    return Err(Failure::Excess {
+                        echoed: self.echoed + n as u64,
+                        sent: self.sent,
+                    })
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(Failure::Io(e)),
+            }
+        }
+    }
+
+    /// Checks freshly read bytes against what was sent at those offsets.
+    fn verify(&mut self, pattern: &Pattern, data: &[u8]) -> Result<(), Failure> {
+        let n = data.len() as u64;
+        if self.echoed + n > self.sent {
+            return Err(Failure::Excess {
+                echoed: self.echoed + n,
+                sent: self.sent,
+            });
+        }
+        let expected = pattern.at(self.base + self.echoed, data.len());
+        if data != expected {
+            let at = data
+                .iter()
+                .zip(expected)
+                .position(|(a, b)| a != b)
+                .unwrap_or(expected.len());
+            return Err(Failure::Mismatch {
+                offset: self.echoed + at as u64,
+            });
+        }
+        self.echoed += n;
+        Ok(())
+    }
+
+    /// Closes with SO_LINGER 0, i.e. a reset instead of FIN. Used by the
+    /// connection-rate mode only: the side that closes first keeps the
+    /// connection in TIME_WAIT for a minute, and thousands of short
+    /// connections per second to one address would use up the ~28,000
+    /// ephemeral ports within seconds. The echo has been verified by then,
+    /// so the reset loses nothing; the server just sees ECONNRESET.
+    pub fn close_abortive(self) {
+        #[cfg(unix)]
+        {
+            use std::os::fd::AsRawFd;
+            let linger = libc::linger {
+                l_onoff: 1,
+                l_linger: 0,
+            };
+            // SAFETY: the descriptor is owned by `self.sock` and open for the
+            // duration of the call; the option value is a valid `linger` of
+            // the size passed. A failure just means a normal close follows.
+            unsafe {
+                libc::setsockopt(
+                    self.sock.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_LINGER,
+                    (&linger as *const libc::linger).cast(),
+                    std::mem::size_of::<libc::linger>() as libc::socklen_t,
+                );
+            }
+        }
+        drop(self);
+    }
+}

@@ -1,0 +1,133 @@
+//! `echo-bench`: a load generator for TCP echo servers (RFC 862) that
+//! checks every byte it gets back.
+//!
+//! Modes: `pingpong` (round-trip latency), `bulk` (throughput), `connrate`
+//! (connections per second) and `hold` (many idle connections). It only
+//! ever connects to `--addr`, and every run ends by itself: after
+//! `--duration`, plus at most 10 s to drain or give up on a stalled server.
+//!
+//! Exit status: 0 on success; 1 if an echoed byte was wrong or nothing
+//! could be measured (e.g. connection refused); 2 on a usage error.
+//!
+//! This file only parses arguments and dispatches; see `modes` for the
+//! event loops, `conn` for the per-connection checks, `report` for output.
+
+mod conn;
+mod limits;
+mod modes;
+mod pattern;
+mod progress;
+mod report;
+
+use clap::Parser;
+use modes::{Config, Mode};
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Longest accepted --duration (a week): keeps deadline arithmetic far
+/// from overflow, and no benchmark needs more.
+const MAX_DURATION_SECS: f64 = 7.0 * 24.0 * 3600.0;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "echo-bench",
+    version,
+    about = "Load generator for TCP echo servers; verifies every echoed byte.",
+    after_help = "Every run ends by itself: after --duration, plus at most 10 s to drain \
+        in-flight echoes or give up on a stalled server.\n\
+        Exit status: 0 ok, 1 wrong bytes echoed or nothing measured, 2 usage error."
+)]
+struct Cli {
+    /// What to measure.
+    #[arg(value_enum, value_name = "MODE")]
+    mode: Mode,
+
+    /// Server address, e.g. 127.0.0.1:7007 or [::1]:7007.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7007")]
+    addr: SocketAddr,
+
+    /// Connections (pingpong, bulk, hold).
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    connections: u32,
+
+    /// Message size in bytes (pingpong).
+    #[arg(long, value_name = "BYTES", default_value_t = 64,
+          value_parser = clap::value_parser!(u64).range(1..=1 << 30))]
+    size: u64,
+
+    /// Bytes to stream per connection (bulk).
+    #[arg(long, value_name = "BYTES", default_value_t = 1 << 30,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    bytes: u64,
+
+    /// Parallel connect/echo/close loops (connrate).
+    #[arg(long, value_name = "P", default_value_t = 50,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    parallel: u32,
+
+    /// How long to run, in seconds (fractions allowed).
+    #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_secs)]
+    duration: Duration,
+
+    /// Event-loop threads; connections are split across them.
+    #[arg(long, value_name = "T", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=64))]
+    threads: u32,
+
+    /// Print one line of JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_secs(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s
+        .parse()
+        .map_err(|_| format!("not a number of seconds: {s:?}"))?;
+    if !(0.0..=MAX_DURATION_SECS).contains(&secs) {
+        return Err(format!("must be between 0 and {MAX_DURATION_SECS} seconds"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let cfg = Config {
+        mode: cli.mode,
+        addr: cli.addr,
+        connections: cli.connections as usize,
+        size: cli.size,
+        bytes: cli.bytes,
+        parallel: cli.parallel as usize,
+        duration: cli.duration,
+        threads: cli.threads as usize,
+    };
+    limits::ensure_descriptors(cfg.units());
+
+    let summary = modes::run(&cfg);
+
+    let text = if cli.json {
+        report::json(&cfg, &summary) + "\n"
+    } else {
+        report::table(&cfg, &summary)
+    };
+    // A closed stdout must not turn into a panic; the exit status still tells.
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
+    if let Some(first) = &summary.tally.first {
+        eprintln!(
+            "echo-bench: {} error(s), the first: {first}",
+            summary.tally.errors
+        );
+    }
+    let measured = summary.measured(cfg.mode);
+    if !measured {
+        eprintln!("echo-bench: nothing was measured");
+    }
+    if summary.tally.verify_errors > 0 || !measured {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}

@@ -1,0 +1,465 @@
+//! The four load patterns and what they share: the per-thread event loop,
+//! the paced connect phase, error tallies and merging thread results.
+//!
+//! Each worker thread owns its own `mio::Poll`, its slice of the
+//! connections, one read buffer and one latency histogram; threads share
+//! only read-only data (configuration, pattern table) and their progress
+//! counters, so there are no locks anywhere. Results are merged after the
+//! threads are joined.
+
+pub mod bulk;
+pub mod connrate;
+pub mod hold;
+pub mod pingpong;
+
+use crate::conn::{Conn, Failure, Step};
+use crate::pattern::{stream_base, Pattern, MAX_CHUNK};
+use crate::progress::{self, Progress};
+use hdrhistogram::Histogram;
+use mio::{Events, Interest, Poll, Token};
+use std::io::{self, ErrorKind, IsTerminal as _};
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// How long past `--duration` a run may take to drain in-flight echoes (or
+/// wait for a stalled server) before it gives up and reports what is left
+/// as errors.
+pub const HARD_CAP_GRACE: Duration = Duration::from_secs(10);
+
+/// The message size of `connrate` and `hold`: small, but long enough that a
+/// pattern window is unique per connection.
+pub const SMALL_MESSAGE: u64 = 16;
+
+/// The echo every connection does when opened (see [`connect_all`]).
+pub const PROBE: u64 = SMALL_MESSAGE;
+
+/// Connections being opened at once, over all threads: a few hundred keeps
+/// the server's listen backlog (1024 for echo-server) from overflowing.
+const MAX_CONNECTING: usize = 256;
+
+/// Largest latency the histogram tells apart (one hour, in microseconds);
+/// larger values are recorded as this.
+const MAX_LATENCY_US: u64 = 3_600_000_000;
+
+/// The benchmark to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// Request/response latency: send a message, wait for its echo, repeat.
+    Pingpong,
+    /// Throughput: stream bytes while reading the echo back concurrently.
+    Bulk,
+    /// Connection rate: connect, echo 16 bytes, close, repeat.
+    Connrate,
+    /// Many idle connections: open N, wait, then echo 16 bytes on each.
+    Hold,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Pingpong => "pingpong",
+            Mode::Bulk => "bulk",
+            Mode::Connrate => "connrate",
+            Mode::Hold => "hold",
+        }
+    }
+}
+
+/// A validated run configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub mode: Mode,
+    pub addr: SocketAddr,
+    pub connections: usize,
+    pub size: u64,
+    pub bytes: u64,
+    pub parallel: usize,
+    pub duration: Duration,
+    pub threads: usize,
+}
+
+impl Config {
+    /// What is split across threads: connection loops for `connrate`,
+    /// connections otherwise.
+    pub fn units(&self) -> usize {
+        match self.mode {
+            Mode::Connrate => self.parallel,
+            _ => self.connections,
+        }
+    }
+
+    /// Threads actually used: never more than there are units to split.
+    pub fn effective_threads(&self) -> usize {
+        self.threads.clamp(1, self.units().max(1))
+    }
+}
+
+/// What one worker thread sees.
+pub struct Ctx<'a> {
+    pub cfg: &'a Config,
+    pub pattern: &'a Pattern,
+    pub progress: &'a Progress,
+    pub run_start: Instant,
+    /// Nothing runs past this, whatever the server does.
+    pub hard_cap: Instant,
+    max_connecting: usize,
+}
+
+impl Ctx<'_> {
+    /// End of a measurement window starting at `t0`, never past the hard cap.
+    pub fn deadline_from(&self, t0: Instant) -> Instant {
+        t0.checked_add(self.cfg.duration)
+            .map_or(self.hard_cap, |d| d.min(self.hard_cap))
+    }
+}
+
+/// Errors counted by one thread, with the first one kept for the report.
+#[derive(Debug, Default)]
+pub struct Tally {
+    pub errors: u64,
+    pub verify_errors: u64,
+    pub first: Option<String>,
+}
+
+impl Tally {
+    pub fn fail(&mut self, failure: Failure) {
+        self.errors += 1;
+        if failure.is_verification() {
+            self.verify_errors += 1;
+        }
+        if self.first.is_none() {
+            self.first = Some(failure.to_string());
+        }
+    }
+
+    fn merge(&mut self, other: Tally) {
+        self.errors += other.errors;
+        self.verify_errors += other.verify_errors;
+        if self.first.is_none() {
+            self.first = other.first;
+        }
+    }
+}
+
+/// What one thread measured.
+pub struct Outcome {
+    /// Start and end of the measurement window.
+    pub start: Instant,
+    pub end: Instant,
+    pub tally: Tally,
+    /// Round trips / completed connections / connections made / held.
+    pub count: u64,
+    /// Bytes echoed (bulk).
+    pub bytes: u64,
+    /// Connections that did not hold (hold).
+    pub failed: u64,
+    /// Round-trip latencies in microseconds (pingpong).
+    pub hist: Option<Histogram<u64>>,
+}
+
+impl Outcome {
+    fn new(start: Instant) -> Self {
+        Outcome {
+            start,
+            end: start,
+            tally: Tally::default(),
+            count: 0,
+            bytes: 0,
+            failed: 0,
+            hist: None,
+        }
+    }
+
+    /// A thread that could not run at all: all its units failed.
+    fn broken(start: Instant, units: usize, failure: Failure) -> Self {
+        let mut out = Outcome::new(start);
+        out.tally.fail(failure);
+        out.failed = units as u64;
+        out
+    }
+}
+
+/// The merged result of a run.
+pub struct Summary {
+    pub threads: usize,
+    pub elapsed: Duration,
+    pub tally: Tally,
+    pub count: u64,
+    pub bytes: u64,
+    pub failed: u64,
+    pub hist: Option<Histogram<u64>>,
+}
+
+impl Summary {
+    /// Whether the run measured anything at all (a refused connection,
+    /// say, measures nothing and must not look like a result).
+    pub fn measured(&self, mode: Mode) -> bool {
+        match mode {
+            Mode::Bulk => self.bytes > 0,
+            _ => self.count > 0,
+        }
+    }
+}
+
+/// A fresh latency histogram, or `None` if it cannot be made (it can,
+/// with these constant bounds; a `None` just leaves percentiles null).
+pub fn new_histogram() -> Option<Histogram<u64>> {
+    Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).ok()
+}
+
+/// Runs `cfg` on its threads and merges what they measured.
+pub fn run(cfg: &Config) -> Summary {
+    let pattern = Pattern::new();
+    let run_start = Instant::now();
+    let hard_cap = run_start
+        .checked_add(cfg.duration + HARD_CAP_GRACE)
+        .unwrap_or(run_start + HARD_CAP_GRACE);
+    let units = cfg.units();
+    let threads = cfg.effective_threads();
+    let progress: Vec<Progress> = (0..threads).map(|_| Progress::default()).collect();
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+
+    let outcomes = thread::scope(|s| {
+        let printer = std::io::stderr()
+            .is_terminal()
+            .then(|| progress::spawn(s, cfg.mode, &progress, done_rx))
+            .flatten();
+        let mut handles = Vec::with_capacity(threads);
+        let mut outcomes = Vec::with_capacity(threads);
+        for (t, progress) in progress.iter().enumerate() {
+            let ids = units * t / threads..units * (t + 1) / threads;
+            let count = ids.len();
+            let ctx = Ctx {
+                cfg,
+                pattern: &pattern,
+                progress,
+                run_start,
+                hard_cap,
+                max_connecting: (MAX_CONNECTING / threads).max(1),
+            };
+            let spawned = thread::Builder::new()
+                .name(format!("echo-bench-{t}"))
+                .spawn_scoped(s, move || worker(&ctx, ids));
+            match spawned {
+                Ok(handle) => handles.push((handle, count)),
+                Err(e) => outcomes.push(Outcome::broken(run_start, count, Failure::Io(e))),
+            }
+        }
+        for (handle, count) in handles {
+            outcomes.push(handle.join().unwrap_or_else(|_| {
+                let panicked = io::Error::other("worker thread panicked");
+                Outcome::broken(run_start, count, Failure::Io(panicked))
+            }));
+        }
+        drop(done_tx);
+        if let Some(printer) = printer {
+            let _ = printer.join();
+        }
+        outcomes
+    });
+
+    merge(threads, outcomes)
+}
+
+fn merge(threads: usize, outcomes: Vec<Outcome>) -> Summary {
+    let start = outcomes.iter().map(|o| o.start).min();
+    let end = outcomes.iter().map(|o| o.end).max();
+    let elapsed = match (start, end) {
+        (Some(start), Some(end)) => end.saturating_duration_since(start),
+        _ => Duration::ZERO,
+    };
+    let mut summary = Summary {
+        threads,
+        elapsed,
+        tally: Tally::default(),
+        count: 0,
+        bytes: 0,
+        failed: 0,
+        hist: None,
+    };
+    for o in outcomes {
+        summary.tally.merge(o.tally);
+        summary.count += o.count;
+        summary.bytes += o.bytes;
+        summary.failed += o.failed;
+        summary.hist = match (summary.hist.take(), o.hist) {
+            (Some(mut all), Some(h)) => {
+                // Same bounds everywhere, so adding cannot fail; if it
+                // did, the other thread's samples are dropped, not the run.
+                let _ = all.add(&h);
+                Some(all)
+            }
+            (all, h) => all.or(h),
+        };
+    }
+    summary
+}
+
+fn worker(ctx: &Ctx, ids: Range<usize>) -> Outcome {
+    let mut lp = match EventLoop::new() {
+        Ok(lp) => lp,
+        Err(e) => return Outcome::broken(Instant::now(), ids.len(), Failure::Io(e)),
+    };
+    match ctx.cfg.mode {
+        Mode::Pingpong => pingpong::run(ctx, ids, &mut lp),
+        Mode::Bulk => bulk::run(ctx, ids, &mut lp),
+        Mode::Connrate => connrate::run(ctx, ids, &mut lp),
+        Mode::Hold => hold::run(ctx, ids, &mut lp),
+    }
+}
+
+/// One thread's poller, the tokens that are ready, and its read buffer.
+pub struct EventLoop {
+    poll: Poll,
+    events: Events,
+    /// Slots (tokens) reported ready by the last [`EventLoop::wait`].
+    pub ready: Vec<usize>,
+    /// Where every connection of this thread reads into; checked at once.
+    pub buf: Vec<u8>,
+}
+
+impl EventLoop {
+    fn new() -> io::Result<Self> {
+        Ok(EventLoop {
+            poll: Poll::new()?,
+            events: Events::with_capacity(1024),
+            ready: Vec::with_capacity(1024),
+            buf: vec![0; MAX_CHUNK],
+        })
+    }
+
+    /// Watches `conn` under token `slot`, for both directions at once:
+    /// registering once and never re-registering is what edge triggering
+    /// buys (no epoll_ctl per message).
+    pub fn register(&self, conn: &mut Conn, slot: usize) -> Result<(), Failure> {
+        self.poll
+            .registry()
+            .register(
+                conn.socket(),
+                Token(slot),
+                Interest::READABLE | Interest::WRITABLE,
+            )
+            .map_err(Failure::Io)
+    }
+
+    /// Waits for readiness until `until` at the latest and fills `ready`.
+    pub fn wait(&mut self, until: Instant) -> io::Result<()> {
+        self.ready.clear();
+        let timeout = until.saturating_duration_since(Instant::now());
+        match self.poll.poll(&mut self.events, Some(timeout)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::Interrupted => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        self.ready.extend(self.events.iter().map(|e| e.token().0));
+        Ok(())
+    }
+}
+
+/// Starts a nonblocking connect and registers it.
+pub fn open(lp: &EventLoop, addr: SocketAddr, slot: usize, base: u64) -> Result<Conn, Failure> {
+    let mut conn = Conn::connect(addr, base)?;
+    lp.register(&mut conn, slot)?;
+    Ok(conn)
+}
+
+/// Opens one connection per id (slot `i` for id `ids.start + i`) and waits
+/// until each is settled: established, and past a [`PROBE`]-byte echo
+/// (stream bytes `0..PROBE`; the mode's own traffic follows). Failures are
+/// tallied and leave `None`. Bounded by the hard cap: connections not
+/// settled by then count as stalled.
+///
+/// At most a few hundred connections are unsettled at once. A connect
+/// completes as soon as the kernel queues it for `accept`, so that alone
+/// would bound only the SYNs in flight; the probe echo also bounds the
+/// connections the server has not yet accepted, so a server that accepts
+/// slowly never sees its listen backlog overflow (which would drop SYNs and
+/// stall each of those connects for a one-second retransmit). It also
+/// means every measurement window starts with every connection served.
+pub fn connect_all(
+    ctx: &Ctx,
+    lp: &mut EventLoop,
+    ids: Range<usize>,
+    tally: &mut Tally,
+) -> Vec<Option<Conn>> {
+    let n = ids.len();
+    let mut conns: Vec<Option<Conn>> = (0..n).map(|_| None).collect();
+    let (mut next, mut unsettled, mut open_count) = (0usize, 0usize, 0u64);
+    let settled = |c: &Conn| c.is_established() && c.echoed() >= PROBE;
+    loop {
+        let stop = if Instant::now() >= ctx.hard_cap {
+            Some(Failure::Stalled)
+        } else {
+            while unsettled < ctx.max_connecting && next < n {
+                let base = stream_base((ids.start + next) as u64);
+                match open(lp, ctx.cfg.addr, next, base) {
+                    Ok(conn) => {
+                        conns[next] = Some(conn);
+                        unsettled += 1;
+                    }
+                    Err(f) => tally.fail(f),
+                }
+                next += 1;
+            }
+            if unsettled == 0 {
+                break; // every id started (max_connecting >= 1) and settled
+            }
+            lp.wait(ctx.hard_cap).err().map(Failure::Io)
+        };
+        if let Some(failure) = stop {
+            // Give up on everything not yet settled.
+            for conn in conns.iter_mut() {
+                if conn.as_ref().is_some_and(|c| !settled(c)) {
+                    *conn = None;
+                    tally.fail(Failure::Stalled);
+                }
+            }
+            for _ in next..n {
+                tally.fail(Failure::Stalled);
+            }
+            if !matches!(failure, Failure::Stalled) {
+                tally.fail(failure);
+            }
+            break;
+        }
+        for k in 0..lp.ready.len() {
+            let slot = lp.ready[k];
+            let Some(conn) = conns.get_mut(slot).and_then(Option::as_mut) else {
+                continue;
+            };
+            if settled(conn) {
+                continue;
+            }
+            match settle(conn, ctx.pattern, &mut lp.buf) {
+                Ok(true) => {
+                    unsettled -= 1;
+                    open_count += 1;
+                }
+                Ok(false) => {}
+                Err(f) => {
+                    tally.fail(f);
+                    conns[slot] = None;
+                    unsettled -= 1;
+                }
+            }
+        }
+        ctx.progress.open(open_count);
+        ctx.progress.errors(tally.errors);
+    }
+    ctx.progress.open(open_count);
+    ctx.progress.errors(tally.errors);
+    conns
+}
+
+/// One event's worth of progress towards a settled connection; true once
+/// it is established and its probe (if any) has been echoed.
+fn settle(conn: &mut Conn, pattern: &Pattern, buf: &mut [u8]) -> Result<bool, Failure> {
+    if !conn.established()? {
+        return Ok(false);
+    }
+    conn.write_to(pattern, PROBE)?;
+    Ok(conn.read_to(pattern, buf, PROBE)? == Step::Done)
+}

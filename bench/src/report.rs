@@ -1,0 +1,162 @@
+//! Output: a small table for people, or one line of JSON for scripts.
+//!
+//! Both come from the same [`Fields`], so they never disagree. JSON keys
+//! that do not apply to the mode are null (common keys) or absent
+//! (another mode's keys).
+
+use crate::modes::{Config, Mode, Summary, SMALL_MESSAGE};
+use serde_json::{Map, Value};
+
+/// One reported value with its JSON key and table label.
+struct Field {
+    key: &'static str,
+    label: &'static str,
+    value: Value,
+    unit: &'static str,
+}
+
+struct Fields(Vec<Field>);
+
+impl Fields {
+    fn add(&mut self, key: &'static str, label: &'static str, value: Value, unit: &'static str) {
+        self.0.push(Field {
+            key,
+            label,
+            value,
+            unit,
+        });
+    }
+}
+
+/// Rounds to 3 decimals: more digits than that are noise in a benchmark,
+/// and they make the JSON hard to read.
+fn round3(x: f64) -> Value {
+    if x.is_finite() {
+        Value::from((x * 1000.0).round() / 1000.0)
+    } else {
+        Value::Null
+    }
+}
+
+fn per_sec(n: f64, secs: f64) -> Value {
+    if secs > 0.0 {
+        round3(n / secs)
+    } else {
+        Value::Null
+    }
+}
+
+fn fields(cfg: &Config, s: &Summary) -> Fields {
+    let secs = s.elapsed.as_secs_f64();
+    let mut f = Fields(Vec::with_capacity(20));
+    let null_unless = |applies: bool, v: Value| if applies { v } else { Value::Null };
+    f.add("mode", "mode", Value::from(cfg.mode.name()), "");
+    f.add("addr", "address", Value::from(cfg.addr.to_string()), "");
+    f.add(
+        "connections",
+        "connections",
+        null_unless(cfg.mode != Mode::Connrate, Value::from(cfg.connections)),
+        "",
+    );
+    let size = match cfg.mode {
+        Mode::Pingpong => Value::from(cfg.size),
+        Mode::Connrate | Mode::Hold => Value::from(SMALL_MESSAGE),
+        Mode::Bulk => Value::Null,
+    };
+    f.add("size", "message size", size, "B");
+    f.add(
+        "parallel",
+        "parallel loops",
+        null_unless(cfg.mode == Mode::Connrate, Value::from(cfg.parallel)),
+        "",
+    );
+    f.add("threads", "threads", Value::from(s.threads), "");
+    f.add("duration_s", "duration", round3(secs), "s");
+    match cfg.mode {
+        Mode::Pingpong => {
+            f.add("round_trips", "round trips", Value::from(s.count), "");
+            f.add(
+                "round_trips_per_sec",
+                "round trips/s",
+                per_sec(s.count as f64, secs),
+                "",
+            );
+            let hist = s.hist.as_ref().filter(|h| !h.is_empty());
+            let q = |q: f64| hist.map_or(Value::Null, |h| Value::from(h.value_at_quantile(q)));
+            f.add("p50_us", "latency p50", q(0.50), "us");
+            f.add("p99_us", "latency p99", q(0.99), "us");
+            f.add("p999_us", "latency p99.9", q(0.999), "us");
+            f.add(
+                "max_us",
+                "latency max",
+                hist.map_or(Value::Null, |h| Value::from(h.max())),
+                "us",
+            );
+        }
+        Mode::Bulk => {
+            f.add("bytes_echoed", "bytes echoed", Value::from(s.bytes), "");
+            f.add(
+                "mib_per_sec",
+                "throughput",
+                per_sec(s.bytes as f64 / (1u64 << 20) as f64, secs),
+                "MiB/s",
+            );
+            f.add("completed", "completed", Value::from(s.count), "");
+        }
+        Mode::Connrate => {
+            f.add(
+                "connections_made",
+                "connections made",
+                Value::from(s.count),
+                "",
+            );
+            f.add(
+                "connections_per_sec",
+                "connections/s",
+                per_sec(s.count as f64, secs),
+                "",
+            );
+        }
+        Mode::Hold => {
+            f.add("held", "held", Value::from(s.count), "");
+            f.add("failed", "failed", Value::from(s.failed), "");
+        }
+    }
+    f.add("errors", "errors", Value::from(s.tally.errors), "");
+    f.add(
+        "verify_errors",
+        "verify errors",
+        Value::from(s.tally.verify_errors),
+        "",
+    );
+    f
+}
+
+/// The single-line JSON report.
+pub fn json(cfg: &Config, s: &Summary) -> String {
+    let map: Map<String, Value> = fields(cfg, s)
+        .0
+        .into_iter()
+        .map(|f| (f.key.to_string(), f.value))
+        .collect();
+    Value::Object(map).to_string()
+}
+
+/// The human-readable table; inapplicable rows are left out.
+pub fn table(cfg: &Config, s: &Summary) -> String {
+    let mut out = String::new();
+    for f in fields(cfg, s).0 {
+        let value = match &f.value {
+            Value::Null => continue,
+            Value::String(text) => text.clone(),
+            other => other.to_string(),
+        };
+        let unit = if f.unit.is_empty() {
+            String::new()
+        } else {
+            format!(" {}", f.unit)
+        };
+        out.push_str(&format!("{:<18}{value}{unit}\n", f.label));
+    }
+    out
+}

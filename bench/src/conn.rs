@@ -58,7 +58,7 @@ impl fmt::Display for Failure {
                 f,
                 "server sent more than it was sent (at least {echoed} bytes for {sent})"
             ),
-            Failure::Stalled => write!(f, "no answer before the hard time limit (stalled)"),
+            Failure::Stalled => write!(f, "stalled: no answer before the time limit"),
         }
     }
 }

@@ -34,7 +34,7 @@ pub fn run(ctx: &Ctx, ids: Range<usize>, lp: &mut EventLoop) -> Outcome {
     loop {
         ctx.progress.open(open);
         ctx.progress.errors(tally.errors);
-        if Instant::now() >= go {
+        if open == 0 || Instant::now() >= go {
             break;
         }
         if let Err(e) = lp.wait(go) {

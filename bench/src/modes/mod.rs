@@ -105,6 +105,10 @@ pub struct Ctx<'a> {
     pub run_start: Instant,
     /// Nothing runs past this, whatever the server does.
     pub hard_cap: Instant,
+    /// Connections not open by this time are given up on, so that what
+    /// did open still gets measured (or, in `hold`, answered) before the
+    /// hard cap: half the grace period before it.
+    pub connect_by: Instant,
     max_connecting: usize,
 }
 
@@ -238,6 +242,7 @@ pub fn run(cfg: &Config) -> Summary {
                 progress,
                 run_start,
                 hard_cap,
+                connect_by: hard_cap.checked_sub(HARD_CAP_GRACE / 2).unwrap_or(hard_cap),
                 max_connecting: (MAX_CONNECTING / threads).max(1),
             };
             let spawned = thread::Builder::new()
@@ -369,7 +374,7 @@ pub fn open(lp: &EventLoop, addr: SocketAddr, slot: usize, base: u64) -> Result<
 /// Opens one connection per id (slot `i` for id `ids.start + i`) and waits
 /// until each is settled: established, and past a [`PROBE`]-byte echo
 /// (stream bytes `0..PROBE`; the mode's own traffic follows). Failures are
-/// tallied and leave `None`. Bounded by the hard cap: connections not
+/// tallied and leave `None`. Bounded by `ctx.connect_by`: connections not
 /// settled by then count as stalled.
 ///
 /// At most a few hundred connections are unsettled at once. A connect
@@ -390,7 +395,7 @@ pub fn connect_all(
     let (mut next, mut unsettled, mut open_count) = (0usize, 0usize, 0u64);
     let settled = |c: &Conn| c.is_established() && c.echoed() >= PROBE;
     loop {
-        let stop = if Instant::now() >= ctx.hard_cap {
+        let stop = if Instant::now() >= ctx.connect_by {
             Some(Failure::Stalled)
         } else {
             while unsettled < ctx.max_connecting && next < n {
@@ -407,7 +412,7 @@ pub fn connect_all(
             if unsettled == 0 {
                 break; // every id started (max_connecting >= 1) and settled
             }
-            lp.wait(ctx.hard_cap).err().map(Failure::Io)
+            lp.wait(ctx.connect_by).err().map(Failure::Io)
         };
         if let Some(failure) = stop {
             // Give up on everything not yet settled.

@@ -12,6 +12,7 @@ use std::fmt;
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// Stack size of connection threads. The echo buffer lives on the heap, so a
@@ -89,7 +90,16 @@ pub(crate) struct ConnectionTable {
 #[derive(Debug, Default)]
 struct Table {
     next_id: u64,
-    live: HashMap<u64, Arc<Stream>>,
+    live: HashMap<u64, Entry>,
+    /// Threads whose connection has ended, to be joined: joining is what
+    /// makes "no connection thread is left" exact once `run` returns.
+    finished: Vec<JoinHandle<()>>,
+}
+
+#[derive(Debug)]
+struct Entry {
+    stream: Arc<Stream>,
+    thread: Option<JoinHandle<()>>,
 }
 
 impl ConnectionTable {
@@ -102,19 +112,36 @@ impl ConnectionTable {
         let mut table = self.lock();
         let id = table.next_id;
         table.next_id += 1;
-        table.live.insert(id, stream);
+        table.live.insert(
+            id,
+            Entry {
+                stream,
+                thread: None,
+            },
+        );
         // Updated under the lock so that `active` is 0 exactly when the table
         // is empty.
         Counters::add(&counters.active, 1);
         id
     }
 
+    /// Records the thread serving `id`, so that it can be joined.
+    fn attach(&self, id: u64, thread: JoinHandle<()>) {
+        let mut table = self.lock();
+        match table.live.get_mut(&id) {
+            Some(entry) => entry.thread = Some(thread),
+            // The connection was over before its thread was recorded.
+            None => table.finished.push(thread),
+        }
+    }
+
     fn remove(&self, id: u64, counters: &Counters) {
         let mut table = self.lock();
-        if table.live.remove(&id).is_some() {
+        if let Some(entry) = table.live.remove(&id) {
             counters
                 .active
                 .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            table.finished.extend(entry.thread);
         }
         if table.live.is_empty() {
             self.emptied.notify_all();
@@ -125,9 +152,20 @@ impl ConnectionTable {
     /// `read` return end of file, so its thread echoes what it already has
     /// and closes; `Both` also fails pending writes.
     pub(crate) fn shutdown_all(&self, how: Shutdown) {
-        for stream in self.lock().live.values() {
+        for entry in self.lock().live.values() {
             // Fails only if the peer is already gone, which is the goal anyway.
-            let _ = stream.0.shutdown(how);
+            let _ = entry.stream.0.shutdown(how);
+        }
+    }
+
+    /// Joins the threads of connections that have ended. Each is past its
+    /// last use of shared state, so this waits microseconds at most.
+    pub(crate) fn reap(&self) {
+        let finished = std::mem::take(&mut self.lock().finished);
+        for thread in finished {
+            if thread.join().is_err() {
+                log::error!("a connection thread panicked");
+            }
         }
     }
 
@@ -151,9 +189,9 @@ impl ConnectionTable {
     }
 }
 
-/// Serves `socket` on a thread of its own (an idle one, or a new one) until
-/// the client is done. On error (the OS refused a thread) the connection has
-/// been closed and its slot freed.
+/// Starts a thread that serves `socket` until the client is done. On error
+/// (the OS refused a thread) the connection has been closed and its slot
+/// freed.
 pub(crate) fn spawn(
     socket: Socket,
     peer: Peer,
@@ -170,9 +208,14 @@ pub(crate) fn spawn(
         _source_slot: source_slot,
         _permit: permit,
     };
-    // If no thread can be had the job, and with it `slot`, is dropped,
-    // which closes the socket and frees the slot.
-    ctx.workers.run(Box::new(move || serve(slot, peer)))
+    let thread = std::thread::Builder::new()
+        .name("echo-conn".to_owned())
+        .stack_size(STACK_SIZE)
+        // If the spawn fails the closure, and with it `slot`, is dropped,
+        // which closes the socket and frees the slot.
+        .spawn(move || serve(slot, peer))?;
+    ctx.table.attach(id, thread);
+    Ok(())
 }
 
 /// Everything a connection holds, released in order when its thread ends:

@@ -58,7 +58,6 @@ mod stats;
 pub mod udp;
 #[cfg(unix)]
 mod unix;
-mod workers;
 
 pub use builder::{
     ServerBuilder, DEFAULT_BACKLOG, DEFAULT_MAX_CONNECTIONS, DEFAULT_SHUTDOWN_GRACE,

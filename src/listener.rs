@@ -130,6 +130,7 @@ impl StreamListener {
                 break; // most likely our own wake-up connection
             }
             backoff.reset();
+            ctx.table.reap();
             Counters::add(&ctx.counters.accepted, 1);
             let peer = Peer::from_sockaddr(&addr);
             let mut source_slot = None;

@@ -9,7 +9,6 @@ use crate::rate_limit::RateLimit;
 use crate::shutdown::Shutdown;
 use crate::stats::{Counters, Stats};
 use crate::udp::DatagramSocket;
-use crate::workers::Workers;
 use std::io;
 use std::net::{self, SocketAddr};
 use std::sync::Arc;
@@ -79,7 +78,6 @@ pub(crate) struct Context {
     pub(crate) limit: Arc<ConnectionLimit>,
     pub(crate) per_source: Option<Arc<SourceCap>>,
     pub(crate) table: ConnectionTable,
-    pub(crate) workers: Arc<Workers>,
 }
 
 /// An echo server with its sockets bound, ready to [`run`](Self::run).
@@ -120,7 +118,6 @@ impl Server {
             shutdown,
             limit,
             table: ConnectionTable::default(),
-            workers: Workers::new(crate::connection::STACK_SIZE),
         });
         Server { ctx, listeners }
     }
@@ -191,8 +188,7 @@ fn drain(ctx: &Context) {
             return;
         }
     }
-    // Every connection is closed: end idle threads and join them all.
-    ctx.workers.shutdown();
+    table.reap();
 }
 
 fn join_all(threads: Vec<thread::JoinHandle<()>>) {

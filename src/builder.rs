@@ -79,6 +79,7 @@ impl Default for ServerBuilder {
                 write_timeout: Some(DEFAULT_WRITE_TIMEOUT),
                 max_per_source: None,
                 log_data: false,
+                splice: true,
                 shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
                 udp: UdpSettings {
                     filter_sources: true,
@@ -195,6 +196,15 @@ impl ServerBuilder {
     /// through the `log` crate. Off by default.
     pub fn log_data(mut self, on: bool) -> Self {
         self.settings.log_data = on;
+        self
+    }
+
+    /// Whether a connection that sends in bulk is echoed with `splice(2)`
+    /// (Linux; socket to pipe to socket, never through user space). On by
+    /// default; elsewhere, and with [`log_data`](Self::log_data), the
+    /// portable loop is used.
+    pub fn splice(mut self, on: bool) -> Self {
+        self.settings.splice = on;
         self
     }
 

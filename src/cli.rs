@@ -104,6 +104,11 @@ pub struct Args {
           value_parser = parse_datagram_size)]
     pub udp_max_datagram: usize,
 
+    /// Echo bulk traffic with the portable read/write loop instead of
+    /// splice(2) (Linux zero-copy; the default there).
+    #[arg(long)]
+    pub no_splice: bool,
+
     /// Log each connection too (repeat for more detail).
     #[arg(short, long, action = clap::ArgAction::Count, conflicts_with = "quiet")]
     pub verbose: u8,
@@ -176,6 +181,7 @@ impl Args {
             .write_timeout((!self.no_write_timeout).then_some(self.write_timeout))
             .max_per_source(self.max_per_source)
             .log_data(self.log_data)
+            .splice(!self.no_splice)
             .udp_source_filter(!self.udp_allow_any_source)
             .udp_rate_limit(rate_limit)
             .udp_max_datagram(self.udp_max_datagram);

@@ -6,6 +6,7 @@ use crate::escape::escape;
 use crate::limit::{Permit, SourceSlot};
 use crate::server::Context;
 use crate::stats::Counters;
+use crate::Progress;
 use socket2::{SockAddr, Socket};
 use std::collections::HashMap;
 use std::fmt;
@@ -258,7 +259,12 @@ fn serve(slot: Slot, peer: Peer) {
         peer: &peer,
         last_op: Op::Read,
     };
-    match crate::echo(&mut metered) {
+    let result = match crate::echo_until_bulk(&mut metered) {
+        Ok(Progress::Done(n)) => Ok(n),
+        Ok(Progress::Bulk(n)) => bulk(&mut metered).map(|m| n + m),
+        Err(e) => Err(e),
+    };
+    match result {
         Ok(n) => {
             // Half-close: everything read has been written back; now tell the
             // client we are done too.
@@ -277,6 +283,47 @@ fn serve(slot: Slot, peer: Peer) {
         // than a debug line.
         Err(e) => log::debug!("{peer}: {e}"),
     }
+}
+
+/// `splice` is used only while at most this many connections are open.
+/// Measured (echo-bench bulk, 3 alternating rounds): one connection gains
+/// about 18% with `splice`, 50 busy connections lose about 20% (more pipes,
+/// more page references in flight), so it is kept for the few-streams case.
+#[cfg(target_os = "linux")]
+const SPLICE_MAX_ACTIVE: u64 = 8;
+
+/// The rest of a connection that sends in bulk: `splice` on Linux when few
+/// connections are open, unless disabled or data is being logged (logging
+/// needs the bytes in user space); else the portable loop, large buffer.
+fn bulk(metered: &mut Metered<'_>) -> io::Result<u64> {
+    #[cfg(target_os = "linux")]
+    if metered.ctx.settings.splice
+        && !metered.ctx.settings.log_data
+        && metered
+            .ctx
+            .counters
+            .active
+            .load(std::sync::atomic::Ordering::Relaxed)
+            <= SPLICE_MAX_ACTIVE
+    {
+        let counters = &metered.ctx.counters;
+        let spliced = crate::splice::echo(&metered.stream.0, |n| {
+            Counters::add(&counters.bytes_echoed, n as u64)
+        });
+        match spliced {
+            Ok(n) => return Ok(n),
+            // Nothing consumed yet: the portable loop takes over.
+            Err((_, e)) if e.kind() == ErrorKind::Unsupported => {}
+            Err((side, e)) => {
+                metered.last_op = match side {
+                    crate::splice::Side::Read => Op::Read,
+                    crate::splice::Side::Write => Op::Write,
+                };
+                return Err(e);
+            }
+        }
+    }
+    crate::echo_with_buffer(metered, &mut vec![0u8; crate::DEFAULT_BUFFER_SIZE])
 }
 
 pub(crate) fn is_timeout(e: &io::Error) -> bool {

@@ -54,20 +54,47 @@ pub const SMALL_BUFFER_SIZE: usize = 1024;
 /// # }
 /// ```
 pub fn echo<S: Read + Write + ?Sized>(stream: &mut S) -> io::Result<u64> {
+    match echo_until_bulk(stream)? {
+        Progress::Done(n) => Ok(n),
+        Progress::Bulk(n) => {
+            let mut big = vec![0u8; DEFAULT_BUFFER_SIZE];
+            Ok(n + echo_with_buffer(stream, &mut big)?)
+        }
+    }
+}
+
+/// How [`echo_until_bulk`] stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    /// End of file: the echo is complete, with this many bytes.
+    Done(u64),
+    /// A read filled the small buffer: the client sends in bulk. This many
+    /// bytes were echoed so far; the rest is for a bulk engine (such as
+    /// [`echo_with_buffer`] with a large buffer).
+    Bulk(u64),
+}
+
+/// The first phase of [`echo`]: echoes through a [`SMALL_BUFFER_SIZE`] stack
+/// buffer until end of file or until a read fills it. Transports with a
+/// faster way to move bulk data (Linux `splice`) take over from there.
+///
+/// # Errors
+///
+/// As [`echo_with_buffer`].
+pub fn echo_until_bulk<S: Read + Write + ?Sized>(stream: &mut S) -> io::Result<Progress> {
     let mut small = [0u8; SMALL_BUFFER_SIZE];
     let mut echoed: u64 = 0;
     loop {
         let n = match echo_chunk(stream, &mut small)? {
-            0 => return Ok(echoed),
+            0 => return Ok(Progress::Done(echoed)),
             n => n,
         };
         echoed += n as u64;
         if n == small.len() {
-            break; // bulk traffic: a bigger buffer means fewer system calls
+            // Bulk traffic: a bigger buffer means fewer system calls.
+            return Ok(Progress::Bulk(echoed));
         }
     }
-    let mut big = vec![0u8; DEFAULT_BUFFER_SIZE];
-    Ok(echoed + echo_with_buffer(stream, &mut big)?)
 }
 
 /// [`echo`] with a caller-provided buffer, which sets the largest chunk read

@@ -54,6 +54,8 @@ mod rate_limit;
 pub mod scripted;
 mod server;
 mod shutdown;
+#[cfg(target_os = "linux")]
+mod splice;
 mod stats;
 pub mod udp;
 #[cfg(unix)]
@@ -63,7 +65,9 @@ pub use builder::{
     ServerBuilder, DEFAULT_BACKLOG, DEFAULT_MAX_CONNECTIONS, DEFAULT_SHUTDOWN_GRACE,
     DEFAULT_WRITE_TIMEOUT,
 };
-pub use echo::{echo, echo_with_buffer, DEFAULT_BUFFER_SIZE, SMALL_BUFFER_SIZE};
+pub use echo::{
+    echo, echo_until_bulk, echo_with_buffer, Progress, DEFAULT_BUFFER_SIZE, SMALL_BUFFER_SIZE,
+};
 pub use escape::{escape, unescape};
 pub use listener::ListenAddr;
 pub use rate_limit::{RateLimit, DEFAULT_UDP_BURST, DEFAULT_UDP_RATE};

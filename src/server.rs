@@ -26,6 +26,8 @@ pub(crate) struct Settings {
     pub(crate) write_timeout: Option<Duration>,
     pub(crate) max_per_source: Option<usize>,
     pub(crate) log_data: bool,
+    /// Bulk echo through `splice(2)` on Linux.
+    pub(crate) splice: bool,
     pub(crate) shutdown_grace: Duration,
     pub(crate) udp: UdpSettings,
 }

@@ -29,7 +29,16 @@ fn echoes_every_byte_value_including_nul() {
 
 #[test]
 fn echoes_one_mebibyte_written_in_random_chunks() {
-    let server = TestServer::loopback();
+    // Bulk goes through splice(2) on Linux, and through the portable loop
+    // with the switch off: both engines must be exact.
+    for splice in [true, false] {
+        let server = TestServer::start(Server::builder().tcp(([127, 0, 0, 1], 0)).splice(splice));
+        one_mebibyte_in_random_chunks(&server);
+        assert_eq!(server.stop().bytes_echoed, 1 << 20, "splice {splice}");
+    }
+}
+
+fn one_mebibyte_in_random_chunks(server: &TestServer) {
     let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed);
     let mut data = vec![0u8; 1 << 20];
     rng.fill_bytes(&mut data);

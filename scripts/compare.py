@@ -212,8 +212,8 @@ def write(table, args):
     lines = [
         f"Medians of {args.rounds} alternating rounds, {args.duration:g} s each, on "
         f"{os.cpu_count()} cores ({platform.machine()}, Linux {platform.release()}); "
-        "client and server share the cores. Ratio = ours / best peer (for RSS: best peer / ours, "
-        "so above 1 is better everywhere). p99 latency in µs in brackets.",
+        "client and server share the cores. Ratio = ours / the peer the target names (tokio, "
+        "or else the best peer). p99 latency in µs in brackets.",
         "",
         "| scenario | unit | " + " | ".join(servers_seen) + " | ratio | target |",
         "|---|---|" + "---|" * len(servers_seen) + "---|---|",
@@ -226,14 +226,15 @@ def write(table, args):
             if p99.get(n) is not None:
                 cell += f" ({fmt(p99[n])})"
             cells.append(cell)
-        peers = [v for n, v in med.items() if n != "ours" and v is not None]
+        # The ratio the target names: against tokio, or against the best peer;
+        # memory has an absolute target instead.
+        against = "tokio" if "vs tokio" in target else None
+        peers = [v for n, v in med.items()
+                 if n != "ours" and v is not None and (against is None or n == against)]
         ours = med.get("ours")
         ratio = "–"
-        if ours is not None and peers:
-            if key == "rss_per_conn_kib":
-                ratio = f"{min(peers) / ours:.2f}" if ours > 0 else "–"
-            else:
-                ratio = f"{ours / max(peers):.2f}"
+        if ours is not None and peers and key != "rss_per_conn_kib":
+            ratio = f"{ours / max(peers):.2f}"
         lines.append(f"| {label} | {unit} | " + " | ".join(cells) + f" | {ratio} | {target} |")
     lines += ["", "Command: `python3 scripts/compare.py " + " ".join(sys.argv[1:]) + "`"]
     text = "\n".join(lines) + "\n"

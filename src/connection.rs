@@ -16,10 +16,11 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// Stack size of connection threads. The echo buffer lives on the heap, so a
-/// connection needs little stack: the whole test suite, debug build with
-/// `--log-data`, passes with 16 KiB (the glibc minimum). 64 KiB leaves room
-/// for a panic message and logging formats; untouched pages cost no memory.
+/// Stack size of connection threads. `echo` keeps 1 KiB on the stack and its
+/// bulk buffer on the heap, so a connection needs little: the TCP, Unix and
+/// CLI suites (debug build, `--log-data` included) pass with 16 KiB, the
+/// glibc minimum. 64 KiB leaves room for panic messages and log formatting;
+/// untouched pages cost no memory.
 pub(crate) const STACK_SIZE: usize = 64 * 1024;
 
 /// `send(2)` flags: never raise SIGPIPE when the client has gone, so a library

@@ -137,6 +137,12 @@ impl ConnectionTable {
         }
     }
 
+    /// Threads whose connection has ended and that are not joined yet.
+    #[cfg(test)]
+    pub(crate) fn unjoined(&self) -> usize {
+        self.lock().finished.len()
+    }
+
     fn remove(&self, id: u64, counters: &Counters) {
         let mut table = self.lock();
         if let Some(entry) = table.live.remove(&id) {

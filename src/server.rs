@@ -218,3 +218,47 @@ impl ServerHandle {
         self.ctx.counters.snapshot()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::{Shutdown, TcpStream};
+    use std::time::Instant;
+
+    /// Each accept joins the threads of connections that ended before it,
+    /// so finished threads never pile up, and shutdown joins the rest.
+    #[test]
+    fn finished_connection_threads_are_joined() {
+        let server = Server::builder().tcp(([127, 0, 0, 1], 0)).build().unwrap();
+        let addr = server.local_addr().unwrap();
+        let ctx = Arc::clone(&server.ctx);
+        let running = thread::spawn(move || server.run());
+        for _ in 0..20 {
+            let mut c = TcpStream::connect(addr).unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+            c.write_all(b"x").unwrap();
+            c.shutdown(Shutdown::Write).unwrap();
+            let mut back = Vec::new();
+            c.read_to_end(&mut back).unwrap();
+            assert_eq!(back, b"x");
+        }
+        // Only the last connection's thread is left to join.
+        let start = Instant::now();
+        while ctx.table.unjoined() != 1 {
+            assert!(
+                ctx.table.unjoined() <= 1,
+                "{} threads never joined",
+                ctx.table.unjoined()
+            );
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "the last thread was not recorded"
+            );
+            thread::yield_now();
+        }
+        ctx.shutdown.request();
+        running.join().unwrap().unwrap();
+        assert_eq!(ctx.table.unjoined(), 0);
+    }
+}

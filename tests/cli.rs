@@ -164,6 +164,28 @@ fn log_data_escapes_control_bytes_and_invalid_utf8() {
 }
 
 #[test]
+fn log_data_sees_bulk_traffic_too() {
+    // Bulk traffic would go through splice(2), which never sees the bytes:
+    // with --log-data every byte must still be logged.
+    let mut server = Binary::spawn(&["--log-data", "0"]);
+    let addr = server.tcp_addr();
+    let payload: Vec<u8> = (0..20_000u32).map(|i| (i % 256) as u8).collect();
+    assert_eq!(round_trip(connect(addr), payload.clone()), payload);
+    let mut logged = Vec::new();
+    while logged.len() < payload.len() {
+        let line = server.expect_line("a logged chunk", |l| l.contains(" bytes: \""));
+        let quoted = line
+            .split_once(" bytes: \"")
+            .unwrap()
+            .1
+            .strip_suffix('"')
+            .unwrap();
+        logged.extend(echo_server::unescape(quoted).expect("valid escapes"));
+    }
+    assert_eq!(logged, payload);
+}
+
+#[test]
 fn max_connections_from_the_command_line() {
     let mut server = Binary::spawn(&["--max-connections", "1", "0"]);
     let addr = server.tcp_addr();

@@ -223,6 +223,72 @@ mod tests {
         assert_eq!(stream.0, 9, "gave up at the first refused write");
     }
 
+    /// Bytes written become visible only on flush; reading the next chunk
+    /// while some are unflushed is a protocol bug (the peer would wait).
+    struct FlushChecked {
+        input: Vec<u8>,
+        unflushed: usize,
+        visible: Vec<u8>,
+        flush_error: Option<ErrorKind>,
+        failed_flushes: u32,
+    }
+
+    impl Read for FlushChecked {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            assert_eq!(self.unflushed, 0, "read again before flushing the echo");
+            let n = self.input.len().min(buf.len()).min(3);
+            buf[..n].copy_from_slice(&self.input[..n]);
+            self.input.drain(..n);
+            Ok(n)
+        }
+    }
+
+    impl Write for FlushChecked {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.unflushed += buf.len();
+            self.visible.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            if let Some(kind) = self.flush_error {
+                self.failed_flushes += 1;
+                assert!(
+                    self.failed_flushes < 100,
+                    "a failed flush is retried forever"
+                );
+                return Err(kind.into());
+            }
+            self.unflushed = 0;
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn every_chunk_is_flushed_before_the_next_read() {
+        let mut s = FlushChecked {
+            input: b"one two three".to_vec(),
+            unflushed: 0,
+            visible: Vec::new(),
+            flush_error: None,
+            failed_flushes: 0,
+        };
+        assert_eq!(echo(&mut s).unwrap(), 13);
+        assert_eq!(s.visible, b"one two three");
+        assert_eq!(s.unflushed, 0);
+    }
+
+    #[test]
+    fn a_failed_flush_is_returned_not_retried() {
+        let mut s = FlushChecked {
+            input: b"abc".to_vec(),
+            unflushed: 0,
+            visible: Vec::new(),
+            flush_error: Some(ErrorKind::BrokenPipe),
+            failed_flushes: 0,
+        };
+        assert_eq!(echo(&mut s).unwrap_err().kind(), ErrorKind::BrokenPipe);
+    }
+
     #[test]
     fn empty_buffer_is_rejected() {
         let mut s = ScriptedStream::new(b"x".to_vec(), [], []);

@@ -183,6 +183,14 @@ fn log_data_sees_bulk_traffic_too() {
         logged.extend(echo_server::unescape(quoted).expect("valid escapes"));
     }
     assert_eq!(logged, payload);
+    server.signal(libc::SIGTERM);
+    assert_eq!(server.wait_exit().code(), Some(0));
+    // End of file is not data.
+    assert!(
+        !server.seen.iter().any(|l| l.contains("sent 0 bytes")),
+        "{:#?}",
+        server.seen
+    );
 }
 
 #[test]

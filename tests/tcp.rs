@@ -253,7 +253,10 @@ fn shutdown_unblocks_run_with_idle_clients_connected() {
     wait_for("clients to be accepted", || {
         server.handle.stats().active == 5
     });
+    assert!(!server.handle.is_shutdown());
+    let handle = server.handle.clone();
     let stats = server.stop(); // asserts run() returns within the deadline
+    assert!(handle.is_shutdown());
     assert_eq!(stats.active, 0);
     for c in &mut idle {
         assert!(is_closed(c, DEADLINE));

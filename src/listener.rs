@@ -363,6 +363,10 @@ mod tests {
             connectable("10.0.0.1:7".parse().unwrap()),
             "10.0.0.1:7".parse().unwrap()
         );
+        assert_eq!(
+            connectable("[fd00::1]:7".parse().unwrap()),
+            "[fd00::1]:7".parse().unwrap()
+        );
     }
 
     #[test]

@@ -6,6 +6,56 @@
 use clap::Parser;
 use echo_server::cli::Args;
 use libfuzzer_sys::fuzz_target;
+use std::time::Duration;
+
+/// The canonical command line for `args`: every option spelled out as
+/// `--name=value` (so no value can pass for an option), PORT after `--`.
+fn render(args: &Args) -> Vec<String> {
+    let mut line = vec![
+        "echo-server".to_owned(),
+        format!("--bind={}", args.bind),
+        format!("--max-connections={}", args.max_connections),
+        format!("--udp-rate={}", args.udp_rate),
+        format!("--udp-burst={}", args.udp_burst),
+        format!("--udp-max-datagram={}", args.udp_max_datagram),
+    ];
+    if args.no_write_timeout {
+        line.push("--no-write-timeout".to_owned());
+    } else {
+        line.push(format!("--write-timeout={}", args.write_timeout.as_secs_f64()));
+    }
+    if let Some(t) = args.idle_timeout {
+        line.push(format!("--idle-timeout={}", t.as_secs_f64()));
+    }
+    if let Some(n) = args.max_per_source {
+        line.push(format!("--max-per-source={n}"));
+    }
+    if let Some(path) = &args.unix {
+        line.push(format!("--unix={}", path.to_str().expect("parsed from UTF-8")));
+    }
+    for (on, flag) in [
+        (args.udp, "--udp"),
+        (args.log_data, "--log-data"),
+        (args.udp_allow_any_source, "--udp-allow-any-source"),
+        (args.no_splice, "--no-splice"),
+        (args.quiet, "--quiet"),
+    ] {
+        if on {
+            line.push(flag.to_owned());
+        }
+    }
+    line.extend((0..args.verbose).map(|_| "--verbose".to_owned()));
+    if let Some(port) = args.port {
+        line.push("--".to_owned());
+        line.push(port.to_string());
+    }
+    line
+}
+
+/// Seconds go through decimal text: allow the last nanosecond to differ.
+fn close(a: Duration, b: Duration) -> bool {
+    a.abs_diff(b) <= Duration::from_nanos(1)
+}
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
@@ -15,29 +65,27 @@ fuzz_target!(|data: &[u8]| {
     let Ok(args) = Args::try_parse_from(argv) else {
         return;
     };
-    let mut canonical = vec![
-        "echo-server".to_owned(),
-        "--bind".to_owned(),
-        args.bind.to_string(),
-        "--max-connections".to_owned(),
-        args.max_connections.to_string(),
-    ];
-    if let Some(t) = args.idle_timeout {
-        canonical.push("--idle-timeout".to_owned());
-        canonical.push(t.as_secs_f64().to_string());
-    }
-    if args.log_data {
-        canonical.push("--log-data".to_owned());
-    }
-    canonical.push("--".to_owned());
-    canonical.push(args.port.to_string());
-    let again = Args::try_parse_from(&canonical).expect("canonical form parses");
+    let canonical = render(&args);
+    let again = Args::try_parse_from(&canonical)
+        .unwrap_or_else(|e| panic!("canonical form {canonical:?} does not parse: {e}"));
     assert_eq!(again.port, args.port);
     assert_eq!(again.bind, args.bind);
+    assert_eq!(again.udp, args.udp);
+    assert_eq!(again.unix, args.unix);
     assert_eq!(again.max_connections, args.max_connections);
-    assert_eq!(again.log_data, args.log_data);
+    assert_eq!(again.max_per_source, args.max_per_source);
+    assert_eq!(again.no_write_timeout, args.no_write_timeout);
+    assert!(close(again.write_timeout, args.write_timeout));
     match (again.idle_timeout, args.idle_timeout) {
-        (Some(a), Some(b)) => assert!(a.abs_diff(b).as_nanos() <= 1, "{a:?} vs {b:?}"),
+        (Some(a), Some(b)) => assert!(close(a, b), "{a:?} vs {b:?}"),
         (a, b) => assert_eq!(a, b),
     }
+    assert_eq!(again.log_data, args.log_data);
+    assert_eq!(again.udp_allow_any_source, args.udp_allow_any_source);
+    assert_eq!(
+        (again.udp_rate, again.udp_burst, again.udp_max_datagram),
+        (args.udp_rate, args.udp_burst, args.udp_max_datagram)
+    );
+    assert_eq!(again.no_splice, args.no_splice);
+    assert_eq!((again.verbose, again.quiet), (args.verbose, args.quiet));
 });

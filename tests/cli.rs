@@ -134,6 +134,21 @@ fn port_in_use_exits_1_naming_address_and_reason() {
     assert!(stderr.to_lowercase().contains("in use"), "{stderr}");
 }
 
+/// Collects `--log-data` lines until they add up to `len` bytes (a chunk may
+/// arrive in pieces) and returns the unescaped data. Each line names the
+/// client.
+fn logged_data(server: &mut Binary, len: usize) -> Vec<u8> {
+    let mut logged = Vec::new();
+    while logged.len() < len {
+        let line = server.expect_line("a logged chunk", |l| l.contains(" bytes: \""));
+        assert!(line.starts_with("127.0.0.1:"), "names the client: {line}");
+        let (_, quoted) = line.split_once(" bytes: \"").unwrap();
+        let quoted = quoted.strip_suffix('"').unwrap();
+        logged.extend(echo_server::unescape(quoted).expect("valid escapes"));
+    }
+    logged
+}
+
 #[test]
 fn log_data_escapes_control_bytes_and_invalid_utf8() {
     let mut server = Binary::spawn(&["--log-data", "0"]);
@@ -142,19 +157,7 @@ fn log_data_escapes_control_bytes_and_invalid_utf8() {
     assert_eq!(round_trip(connect(addr), payload.clone()), payload);
     // The chunk may arrive in pieces: unescape every logged piece and
     // check they add up to the payload.
-    let mut logged = Vec::new();
-    while logged.len() < payload.len() {
-        let line = server.expect_line("a logged chunk", |l| l.contains(" bytes: \""));
-        assert!(line.starts_with("127.0.0.1:"), "names the client: {line}");
-        let quoted = line
-            .split_once(" bytes: \"")
-            .unwrap()
-            .1
-            .strip_suffix('"')
-            .unwrap();
-        logged.extend(echo_server::unescape(quoted).expect("valid escapes"));
-    }
-    assert_eq!(logged, payload);
+    assert_eq!(logged_data(&mut server, payload.len()), payload);
     for line in &server.seen {
         assert!(
             line.bytes().all(|b| (0x20..0x7f).contains(&b)),
@@ -171,18 +174,7 @@ fn log_data_sees_bulk_traffic_too() {
     let addr = server.tcp_addr();
     let payload: Vec<u8> = (0..20_000u32).map(|i| (i % 256) as u8).collect();
     assert_eq!(round_trip(connect(addr), payload.clone()), payload);
-    let mut logged = Vec::new();
-    while logged.len() < payload.len() {
-        let line = server.expect_line("a logged chunk", |l| l.contains(" bytes: \""));
-        let quoted = line
-            .split_once(" bytes: \"")
-            .unwrap()
-            .1
-            .strip_suffix('"')
-            .unwrap();
-        logged.extend(echo_server::unescape(quoted).expect("valid escapes"));
-    }
-    assert_eq!(logged, payload);
+    assert_eq!(logged_data(&mut server, payload.len()), payload);
     server.signal(libc::SIGTERM);
     assert_eq!(server.wait_exit().code(), Some(0));
     // End of file is not data.

@@ -4,7 +4,7 @@ use crate::listener::{self, ListenAddr, StreamListener};
 use crate::rate_limit::RateLimit;
 use crate::server::{Listener, Server, Settings, UdpSettings};
 use crate::udp::{self, DatagramSocket};
-use socket2::{Socket, Type};
+use socket2::Socket;
 use std::io;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 #[cfg(unix)]
@@ -299,6 +299,7 @@ fn bind(source: Source, backlog: i32) -> io::Result<Listener> {
 /// Serves an inherited socket according to its type.
 #[cfg(unix)]
 fn adopt(socket: Socket) -> io::Result<Listener> {
+    use socket2::Type;
     let ty = socket.r#type()?;
     if ty == Type::STREAM {
         if !socket.is_listener()? {

@@ -70,13 +70,7 @@ pub fn run(ctx: &Ctx, ids: Range<usize>, lp: &mut EventLoop) -> Outcome {
             lp.wait(until).map_err(Failure::Io)
         };
         if let Err(failure) = waited {
-            for conn in conns.iter_mut().filter(|c| c.is_some()) {
-                *conn = None;
-                tally.fail(Failure::Stalled);
-            }
-            if !matches!(failure, Failure::Stalled) {
-                tally.fail(failure);
-            }
+            tally.abandon(conns.iter_mut(), failure);
             break;
         }
         for k in 0..lp.ready.len() {

@@ -73,13 +73,7 @@ pub fn run(ctx: &Ctx, ids: Range<usize>, lp: &mut EventLoop) -> Outcome {
             lp.wait(ctx.hard_cap).map_err(Failure::Io)
         };
         if let Err(failure) = waited {
-            for slot in conns.iter_mut().filter(|c| c.is_some()) {
-                *slot = None;
-                tally.fail(Failure::Stalled);
-            }
-            if !matches!(failure, Failure::Stalled) {
-                tally.fail(failure);
-            }
+            tally.abandon(conns.iter_mut(), failure);
             break;
         }
         for k in 0..lp.ready.len() {

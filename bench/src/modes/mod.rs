@@ -139,6 +139,24 @@ impl Tally {
         }
     }
 
+    /// The run is over because of `failure` (the hard cap passed, or the
+    /// poller broke): every connection still open counts as one stalled
+    /// error and is closed, and a poller error is counted too.
+    pub fn abandon<'a>(
+        &mut self,
+        open: impl IntoIterator<Item = &'a mut Option<Conn>>,
+        failure: Failure,
+    ) {
+        for conn in open {
+            if conn.take().is_some() {
+                self.fail(Failure::Stalled);
+            }
+        }
+        if !matches!(failure, Failure::Stalled) {
+            self.fail(failure);
+        }
+    }
+
     fn merge(&mut self, other: Tally) {
         self.errors += other.errors;
         self.verify_errors += other.verify_errors;

@@ -76,15 +76,8 @@ pub fn run(ctx: &Ctx, ids: Range<usize>, lp: &mut EventLoop) -> Outcome {
             lp.wait(until).map_err(Failure::Io)
         };
         if let Err(failure) = waited {
-            // In flight past the hard cap (or the poller broke): each
-            // unanswered message is an error.
-            for slot in slots.iter_mut().filter(|s| s.conn.is_some()) {
-                slot.conn = None;
-                tally.fail(Failure::Stalled);
-            }
-            if !matches!(failure, Failure::Stalled) {
-                tally.fail(failure);
-            }
+            // Each message still unanswered is an error.
+            tally.abandon(slots.iter_mut().map(|s| &mut s.conn), failure);
             break;
         }
         for k in 0..lp.ready.len() {

@@ -2,7 +2,9 @@
 
 use crate::listener::{self, ListenAddr, StreamListener};
 use crate::rate_limit::RateLimit;
-use crate::server::{Listener, Server, Settings, UdpSettings};
+use crate::server::{Listener, Server};
+use crate::settings::{Engine, Settings, UdpSettings};
+use crate::thread_budget::ThreadBudget;
 use crate::udp::{self, DatagramSocket};
 use socket2::Socket;
 use std::io;
@@ -13,10 +15,16 @@ use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// Connections served at once unless configured otherwise. Threads are cheap
-/// when idle (a small stack, no buffer touched), so this is set by what a
-/// default file descriptor limit allows rather than by memory.
+/// Connections served at once unless configured otherwise: what a default
+/// file descriptor limit allows rather than what memory does. Raise it (and
+/// the descriptor limit) to hold more; past the first
+/// [`DEFAULT_THREAD_CONNECTIONS`], connections cost an event loop entry
+/// and their socket buffers, not a thread.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+
+/// Under [`Engine::Auto`], connections served on threads before new ones go
+/// to the event loops.
+pub const DEFAULT_THREAD_CONNECTIONS: usize = 8;
 
 /// Listen backlog: how many clients may wait for `accept` (also while the
 /// connection limit is reached). The kernel caps it at `somaxconn`.
@@ -81,6 +89,10 @@ impl Default for ServerBuilder {
                 log_data: false,
                 splice: true,
                 shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+                engine: Engine::default(),
+                event_loops: 0,
+                thread_connections: DEFAULT_THREAD_CONNECTIONS,
+                max_threads: None,
                 udp: UdpSettings {
                     filter_sources: true,
                     rate_limit: Some(RateLimit::default()),
@@ -88,6 +100,13 @@ impl Default for ServerBuilder {
                 },
             },
         }
+    }
+}
+
+impl Server {
+    /// A builder with the defaults.
+    pub fn builder() -> ServerBuilder {
+        ServerBuilder::default()
     }
 }
 
@@ -215,6 +234,39 @@ impl ServerBuilder {
         self
     }
 
+    /// How connections are served: a thread each, event loops, or threads
+    /// first and event loops for the rest (the default). See [`Engine`].
+    /// [`Engine::Events`] needs a Unix system; elsewhere `Auto` serves
+    /// every connection on a thread.
+    pub fn engine(mut self, engine: Engine) -> Self {
+        self.settings.engine = engine;
+        self
+    }
+
+    /// Number of event loops; 0 (the default) runs one per available core.
+    pub fn event_loops(mut self, loops: usize) -> Self {
+        self.settings.event_loops = loops;
+        self
+    }
+
+    /// Under [`Engine::Auto`]: how many connections are served on threads
+    /// before new ones go to the event loops. Default
+    /// [`DEFAULT_THREAD_CONNECTIONS`]; 0 puts every connection on a loop.
+    pub fn thread_connections(mut self, n: usize) -> Self {
+        self.settings.thread_connections = n;
+        self
+    }
+
+    /// At most `max` connection threads, whatever the engine. The server
+    /// never starts more threads than the OS can give (it works that out
+    /// from `vm.max_map_count`, `kernel.threads-max`, `kernel.pid_max` and
+    /// `RLIMIT_NPROC` at start-up); this lowers that further. Under
+    /// [`Engine::Threads`] it also caps the connection limit.
+    pub fn max_threads(mut self, max: Option<usize>) -> Self {
+        self.settings.max_threads = max;
+        self
+    }
+
     /// Listen backlog for listeners this builder binds. Default
     /// [`DEFAULT_BACKLOG`].
     pub fn backlog(mut self, backlog: i32) -> Self {
@@ -254,6 +306,11 @@ impl ServerBuilder {
                 "a UDP rate limit needs a rate and a burst above zero",
             ));
         }
+        #[cfg(not(unix))]
+        if self.settings.engine == Engine::Events {
+            return Err(invalid("the events engine needs a Unix system"));
+        }
+        let (max_connections, thread_seats) = self.thread_plan();
         let mut listeners: Vec<Listener> = Vec::with_capacity(self.sources.len());
         for mut source in self.sources {
             // UDP on port 0 shares the port of a TCP listener on the same
@@ -269,7 +326,61 @@ impl ServerBuilder {
             }
             listeners.push(bind(source, self.backlog)?);
         }
-        Ok(Server::new(listeners, self.max_connections, self.settings))
+        Ok(Server::new(
+            listeners,
+            max_connections,
+            thread_seats,
+            self.settings,
+        ))
+    }
+
+    /// The connection limit and how many connections may have a thread,
+    /// within what the OS can give. Under `Threads`, a connection limit
+    /// above that is lowered, with a warning: past it the server would
+    /// abort for want of a thread, not just refuse.
+    fn thread_plan(&self) -> (usize, usize) {
+        // The server's own threads: one per listener, the signal handler of
+        // the CLI, and the event loops.
+        let loops = match self.settings.engine {
+            Engine::Threads => 0,
+            _ => crate::engine::event_loop_count(self.settings.event_loops),
+        };
+        let budget = ThreadBudget::of_this_process(self.sources.len() + 1 + loops);
+        let threads = budget
+            .threads
+            .min(self.settings.max_threads.unwrap_or(usize::MAX));
+        let events = cfg!(unix);
+        match self.settings.engine {
+            Engine::Threads | Engine::Auto if !events => {
+                (self.clamped(threads, budget), self.max_connections)
+            }
+            Engine::Threads => (self.clamped(threads, budget), self.max_connections),
+            Engine::Events => (self.max_connections, 0),
+            _ => (
+                self.max_connections,
+                self.settings.thread_connections.min(threads),
+            ),
+        }
+    }
+
+    fn clamped(&self, threads: usize, budget: ThreadBudget) -> usize {
+        if self.max_connections <= threads {
+            return self.max_connections;
+        }
+        let why = match (self.settings.max_threads, budget.bound_by) {
+            (Some(max), _) if max <= budget.threads => {
+                format!("at most {max} connection threads were asked for")
+            }
+            (_, Some(bound)) => format!("this system allows about {threads} threads: {bound}"),
+            (_, None) => format!("at most {threads} connection threads are possible"),
+        };
+        let serving = threads.max(1);
+        log::warn!(
+            "serving at most {serving} connections at once, not {}: {why}; clients beyond \
+             that wait (--engine auto or events is not limited by threads)",
+            self.max_connections
+        );
+        serving
     }
 }
 
@@ -289,7 +400,7 @@ fn bind(source: Source, backlog: i32) -> io::Result<Listener> {
         Source::UdpSocket(s) => Listener::Datagram(DatagramSocket::from_socket(Socket::from(s))?),
         #[cfg(unix)]
         Source::Unix(path) => Listener::Stream(
-            crate::unix::bind_unix(&path, backlog).map_err(context(ListenAddr::Unix(path)))?,
+            StreamListener::bind_unix(&path, backlog).map_err(context(ListenAddr::Unix(path)))?,
         ),
         #[cfg(unix)]
         Source::Inherited(fd) => adopt(Socket::from(fd))?,

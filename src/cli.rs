@@ -4,7 +4,10 @@
 //! Exit statuses: 0 after a clean shutdown (or `--help`), 1 when the server
 //! cannot run (such as a port in use), 2 for a usage error.
 
-use crate::{udp, RateLimit, Server, ServerBuilder, DEFAULT_MAX_CONNECTIONS};
+use crate::{
+    udp, Engine, RateLimit, Server, ServerBuilder, DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_THREAD_CONNECTIONS,
+};
 use clap::{CommandFactory, Parser};
 use std::ffi::OsString;
 use std::io::Write as _;
@@ -21,8 +24,8 @@ use std::time::Duration;
     version,
     about = "Echo server (RFC 862): every byte a client sends comes back.",
     long_about = "Echo server (RFC 862): every byte a client sends comes back.\n\n\
-        Each TCP or Unix-socket connection is served by its own thread; with --udp, each \
-        datagram is answered with the same bytes. Logs go to stderr; for each listener one \
+        The first TCP or Unix-socket connections are served by a thread each, the rest by \
+        event loops (--engine); with --udp, each datagram is answered with the same bytes. Logs go to stderr; for each listener one \
         line says `listening on <tcp|udp|unix> ADDRESS`. SIGINT or SIGTERM stops \
         accepting, lets connections finish echoing what they sent, and exits 0. Sockets \
         passed by systemd (LISTEN_FDS) are served too; then PORT may be omitted.",
@@ -58,6 +61,28 @@ pub struct Args {
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CONNECTIONS,
           value_parser = parse_max_connections)]
     pub max_connections: usize,
+
+    /// How connections are served: `threads` (a thread each: lowest latency
+    /// for a few connections), `events` (event loops, one per core: many
+    /// busy connections, up to the descriptor limit), or `auto` (threads for
+    /// the first --thread-connections, event loops for the rest).
+    #[arg(long, value_name = "ENGINE", default_value = "auto", value_parser = parse_engine)]
+    pub engine: Engine,
+
+    /// Under --engine auto: connections served on threads before new ones
+    /// go to the event loops.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_THREAD_CONNECTIONS)]
+    pub thread_connections: usize,
+
+    /// Number of event loops [default: one per core]
+    #[arg(long, value_name = "N", value_parser = parse_max_connections)]
+    pub event_loops: Option<usize>,
+
+    /// Start at most N connection threads (never more than the OS can give,
+    /// which is worked out at start-up). Under --engine threads this also
+    /// caps --max-connections [default: what the OS allows]
+    #[arg(long, value_name = "N", value_parser = parse_max_connections)]
+    pub max_threads: Option<usize>,
 
     /// Close a connection whose client has sent nothing for SECS seconds
     /// (fractions allowed, e.g. 0.5) [default: off]
@@ -116,6 +141,10 @@ pub struct Args {
     /// Log only warnings and errors (the listening lines are always shown).
     #[arg(short, long)]
     pub quiet: bool,
+}
+
+fn parse_engine(s: &str) -> Result<Engine, String> {
+    s.parse()
 }
 
 fn parse_max_connections(s: &str) -> Result<usize, String> {
@@ -177,6 +206,10 @@ impl Args {
         });
         let mut builder = Server::builder()
             .max_connections(self.max_connections)
+            .engine(self.engine)
+            .thread_connections(self.thread_connections)
+            .event_loops(self.event_loops.unwrap_or(0))
+            .max_threads(self.max_threads)
             .idle_timeout(self.idle_timeout)
             .write_timeout((!self.no_write_timeout).then_some(self.write_timeout))
             .max_per_source(self.max_per_source)
@@ -386,6 +419,34 @@ mod tests {
         assert_eq!(a.idle_timeout, None);
         assert!(!a.log_data);
         assert_eq!(a.log_level(), log::LevelFilter::Info);
+        assert_eq!(a.engine, Engine::Auto);
+        assert_eq!(a.thread_connections, DEFAULT_THREAD_CONNECTIONS);
+        assert_eq!(a.event_loops, None);
+        assert_eq!(a.max_threads, None);
+    }
+
+    #[test]
+    fn engine_options() {
+        let a = parse(&[
+            "--engine",
+            "events",
+            "--event-loops",
+            "3",
+            "--thread-connections",
+            "0",
+            "--max-threads",
+            "5",
+            "7",
+        ])
+        .unwrap();
+        assert_eq!(a.engine, Engine::Events);
+        assert_eq!(a.event_loops, Some(3));
+        assert_eq!(a.thread_connections, 0);
+        assert_eq!(a.max_threads, Some(5));
+        assert_eq!(
+            parse(&["--engine", "threads", "7"]).unwrap().engine,
+            Engine::Threads
+        );
     }
 
     #[test]
@@ -426,6 +487,9 @@ mod tests {
             &["--idle-timeout", "nan", "7"],
             &["--idle-timeout", "-3", "7"],
             &["--frobnicate", "7"],
+            &["--engine", "fibers", "7"],
+            &["--event-loops", "0", "7"],
+            &["--max-threads", "0", "7"],
             &["-q", "-v", "7"],
         ] {
             let err = parse(bad).unwrap_err();

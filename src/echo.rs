@@ -1,8 +1,17 @@
-//! The echo loop: the one function every transport and every test goes through.
+//! The echo core: the one piece of code every transport, engine and test
+//! goes through.
 //!
-//! Invariant: nothing in this file knows about sockets. It sees a `Read + Write`
-//! value and a buffer, so it can be driven by an in-memory mock in property
-//! tests and fuzz targets exactly as it is driven by TCP or Unix streams.
+//! [`Echo`] is a resumable state machine: it moves bytes from a `Read +
+//! Write` until the stream would block, ends or fails, remembers what it
+//! read but could not write yet, and continues exactly there on the next
+//! call. The event engine drives it over non-blocking sockets; [`echo`] and
+//! [`echo_with_buffer`] are the blocking API on top of it, which the thread
+//! engine uses.
+//!
+//! Invariant: nothing in this file knows about sockets. It sees a `Read +
+//! Write` value and a buffer, so it can be driven by an in-memory mock in
+//! property tests and fuzz targets exactly as it is driven by TCP or Unix
+//! streams.
 
 use std::io::{self, ErrorKind, Read, Write};
 
@@ -14,6 +23,231 @@ pub const DEFAULT_BUFFER_SIZE: usize = 64 * 1024;
 /// is small messages; an idle or chatty connection then costs no heap at
 /// all, which is what keeps thousands of idle connections cheap.
 pub const SMALL_BUFFER_SIZE: usize = 1024;
+
+/// A resumable echo: the state of one stream's echo between calls.
+///
+/// [`resume`](Echo::resume) reads into a scratch buffer the caller lends
+/// and writes every chunk back before it reads again. When the stream
+/// reports `WouldBlock`, it returns [`Status::Blocked`]; bytes read but not
+/// yet written are kept here (and only then: an idle `Echo` owns no
+/// buffer), so any scratch buffer can be lent to the next call. Nothing is
+/// read while an earlier chunk is unwritten, so a client that does not read
+/// its echo is held back by flow control and memory stays bounded by one
+/// chunk.
+///
+/// # Examples
+///
+/// ```
+/// use echo_server::{Echo, Status};
+/// use std::io::{self, Read, Write};
+///
+/// /// Reads "ping", then would block once, then reads "pong" and ends.
+/// struct Stream { reads: Vec<io::Result<&'static [u8]>>, out: Vec<u8> }
+/// impl Read for Stream {
+///     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+///         if self.reads.is_empty() { return Ok(0) }
+///         let data = self.reads.remove(0)?;
+///         buf[..data.len()].copy_from_slice(data);
+///         Ok(data.len())
+///     }
+/// }
+/// impl Write for Stream {
+///     fn write(&mut self, buf: &[u8]) -> io::Result<usize> { self.out.write(buf) }
+///     fn flush(&mut self) -> io::Result<()> { Ok(()) }
+/// }
+///
+/// let mut stream = Stream {
+///     reads: vec![Ok(b"ping"), Err(io::ErrorKind::WouldBlock.into()), Ok(b"pong")],
+///     out: Vec::new(),
+/// };
+/// let mut echo = Echo::new();
+/// let mut scratch = [0u8; 16];
+/// assert_eq!(echo.resume(&mut stream, &mut scratch)?, Status::Blocked);
+/// assert_eq!(echo.resume(&mut stream, &mut scratch)?, Status::Finished);
+/// assert_eq!(stream.out, b"pingpong");
+/// assert_eq!(echo.echoed(), 8);
+/// # Ok::<(), io::Error>(())
+/// ```
+#[derive(Debug, Default, Clone)]
+pub struct Echo {
+    /// Bytes read but not yet written, from `written` on. Empty (and
+    /// without an allocation) whenever no echo is partly written.
+    unwritten: Vec<u8>,
+    written: usize,
+    /// Every byte of the last chunk is written; the flush is still owed.
+    unflushed: bool,
+    echoed: u64,
+}
+
+/// Where [`Echo::resume`] stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Status {
+    /// The stream would block: call `resume` again once it is ready
+    /// (readable, or writable when [`Echo::is_writing`]).
+    Blocked,
+    /// End of file, and everything read has been written back and flushed.
+    Finished,
+}
+
+/// What one [`Echo::step`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Step {
+    /// Read a chunk of this many bytes, wrote all of it back and flushed.
+    Echoed(usize),
+    /// The stream would block.
+    Blocked,
+    /// End of file; nothing is left to write.
+    Finished,
+}
+
+impl Echo {
+    /// A new echo, with nothing read yet.
+    pub fn new() -> Echo {
+        Echo::default()
+    }
+
+    /// Bytes written back so far.
+    pub fn echoed(&self) -> u64 {
+        self.echoed
+    }
+
+    /// Whether some bytes read are not yet written back (or not flushed):
+    /// the echo is waiting for the stream to become writable, and reads
+    /// nothing until then.
+    pub fn is_writing(&self) -> bool {
+        self.unflushed || self.written < self.unwritten.len()
+    }
+
+    /// Moves bytes until the stream would block, ends or fails.
+    ///
+    /// `scratch` is where reads land; it may be a different buffer on each
+    /// call, and its length sets the largest chunk read at once.
+    ///
+    /// # Errors
+    ///
+    /// `ErrorKind::InvalidInput` if `scratch` is empty, `ErrorKind::WriteZero`
+    /// if the stream accepts no more bytes, and any other error of the
+    /// stream (except `Interrupted`, which is retried, and `WouldBlock`,
+    /// which is [`Status::Blocked`]) as it is. After an error the echo
+    /// cannot go on.
+    pub fn resume<S: Read + Write + ?Sized>(
+        &mut self,
+        stream: &mut S,
+        scratch: &mut [u8],
+    ) -> io::Result<Status> {
+        loop {
+            match self.step(stream, scratch)? {
+                Step::Echoed(_) => continue,
+                Step::Blocked => return Ok(Status::Blocked),
+                Step::Finished => return Ok(Status::Finished),
+            }
+        }
+    }
+
+    /// One chunk: first finishes what an earlier call left unwritten, then
+    /// reads one chunk and writes it back. Engines call this directly to
+    /// see chunk sizes (bulk detection) or to bound the work done for one
+    /// connection before serving others.
+    pub(crate) fn step<S: Read + Write + ?Sized>(
+        &mut self,
+        stream: &mut S,
+        scratch: &mut [u8],
+    ) -> io::Result<Step> {
+        if scratch.is_empty() {
+            return Err(io::Error::new(
+                ErrorKind::InvalidInput,
+                "echo buffer must not be empty",
+            ));
+        }
+        if self.is_writing() {
+            let chunk = self.unwritten.len();
+            self.written += write_from(stream, &self.unwritten[self.written..], &mut self.echoed)?;
+            if self.written < chunk {
+                return Ok(Step::Blocked);
+            }
+            // Done with it: an idle connection holds no buffer.
+            self.unwritten = Vec::new();
+            self.written = 0;
+            self.unflushed = true;
+            return Ok(if self.flush(stream)? {
+                Step::Echoed(chunk)
+            } else {
+                Step::Blocked
+            });
+        }
+        let n = loop {
+            match stream.read(scratch) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(Step::Blocked),
+                Err(e) => return Err(e),
+            }
+        };
+        if n == 0 {
+            return Ok(Step::Finished);
+        }
+        let done = write_from(stream, &scratch[..n], &mut self.echoed)?;
+        if done < n {
+            // Copied out, so the caller's scratch buffer is free for other
+            // streams while this one waits to be writable.
+            self.unwritten = scratch[done..n].to_vec();
+            self.written = 0;
+            return Ok(Step::Blocked);
+        }
+        self.unflushed = true;
+        Ok(if self.flush(stream)? {
+            Step::Echoed(n)
+        } else {
+            Step::Blocked
+        })
+    }
+
+    /// Flushes the owed flush. Returns `false` if the stream would block
+    /// (the flush stays owed).
+    fn flush<S: Write + ?Sized>(&mut self, stream: &mut S) -> io::Result<bool> {
+        loop {
+            match stream.flush() {
+                Ok(()) => {
+                    self.unflushed = false;
+                    return Ok(true);
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(false),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// Writes `buf` until all of it is written or the stream would block;
+/// returns how much was written and adds it to `echoed`.
+fn write_from<S: Write + ?Sized>(
+    stream: &mut S,
+    buf: &[u8],
+    echoed: &mut u64,
+) -> io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match stream.write(&buf[done..]) {
+            // A write of zero bytes would loop forever.
+            Ok(0) => {
+                return Err(io::Error::new(
+                    ErrorKind::WriteZero,
+                    "the stream accepted no bytes of the echo",
+                ))
+            }
+            Ok(n) => {
+                done += n;
+                *echoed += n as u64;
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}
 
 /// Copies everything read from `stream` back to it until end of file, and
 /// returns the number of bytes echoed.
@@ -28,9 +262,10 @@ pub const SMALL_BUFFER_SIZE: usize = 1024;
 /// one, so memory follows the traffic.
 ///
 /// It returns `Ok` when `read` reports end of file (the peer closed or shut
-/// down its write side); any other error ends the loop and is returned.
-/// Bytes echoed before an error are not reported: wrap the stream to observe
-/// progress.
+/// down its write side); any other error ends the loop and is returned, and
+/// so is `WouldBlock` (a blocking socket's timeout): use [`Echo`] to resume
+/// non-blocking streams. Bytes echoed before an error are not reported:
+/// wrap the stream to observe progress.
 ///
 /// # Examples
 ///
@@ -54,11 +289,12 @@ pub const SMALL_BUFFER_SIZE: usize = 1024;
 /// # }
 /// ```
 pub fn echo<S: Read + Write + ?Sized>(stream: &mut S) -> io::Result<u64> {
-    match echo_until_bulk(stream)? {
-        Progress::Done(n) => Ok(n),
-        Progress::Bulk(n) => {
+    let mut echo = Echo::new();
+    match echo_until_bulk(&mut echo, stream)? {
+        Progress::Done => Ok(echo.echoed()),
+        Progress::Bulk => {
             let mut big = vec![0u8; DEFAULT_BUFFER_SIZE];
-            Ok(n + echo_with_buffer(stream, &mut big)?)
+            finish(&mut echo, stream, &mut big)
         }
     }
 }
@@ -66,33 +302,35 @@ pub fn echo<S: Read + Write + ?Sized>(stream: &mut S) -> io::Result<u64> {
 /// How [`echo_until_bulk`] stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Progress {
-    /// End of file: the echo is complete, with this many bytes.
-    Done(u64),
-    /// A read filled the small buffer: the client sends in bulk. This many
-    /// bytes were echoed so far; the rest is for a bulk engine (such as
-    /// [`echo_with_buffer`] with a large buffer).
-    Bulk(u64),
+    /// End of file: the echo is complete.
+    Done,
+    /// A read filled the small buffer: the client sends in bulk. The rest
+    /// is for a bulk engine (such as [`echo_with_buffer`] with a large
+    /// buffer).
+    Bulk,
 }
 
-/// The first phase of [`echo`]: echoes through a [`SMALL_BUFFER_SIZE`] stack
-/// buffer until end of file or until a read fills it. Transports with a
-/// faster way to move bulk data (Linux `splice`) take over from there.
+/// The first phase of [`echo`] over a blocking stream: echoes through a
+/// [`SMALL_BUFFER_SIZE`] stack buffer until end of file or until a read
+/// fills it. Transports with a faster way to move bulk data (Linux
+/// `splice`) take over from there; [`Echo::echoed`] tells how much was
+/// echoed so far.
 ///
 /// # Errors
 ///
 /// As [`echo_with_buffer`].
-pub fn echo_until_bulk<S: Read + Write + ?Sized>(stream: &mut S) -> io::Result<Progress> {
+pub fn echo_until_bulk<S: Read + Write + ?Sized>(
+    echo: &mut Echo,
+    stream: &mut S,
+) -> io::Result<Progress> {
     let mut small = [0u8; SMALL_BUFFER_SIZE];
-    let mut echoed: u64 = 0;
     loop {
-        let n = match echo_chunk(stream, &mut small)? {
-            0 => return Ok(Progress::Done(echoed)),
-            n => n,
-        };
-        echoed += n as u64;
-        if n == small.len() {
+        match echo.step(stream, &mut small)? {
+            Step::Finished => return Ok(Progress::Done),
             // Bulk traffic: a bigger buffer means fewer system calls.
-            return Ok(Progress::Bulk(echoed));
+            Step::Echoed(n) if n == small.len() => return Ok(Progress::Bulk),
+            Step::Echoed(_) => {}
+            Step::Blocked => return Err(ErrorKind::WouldBlock.into()),
         }
     }
 }
@@ -103,52 +341,25 @@ pub fn echo_until_bulk<S: Read + Write + ?Sized>(stream: &mut S) -> io::Result<P
 /// # Errors
 ///
 /// Returns `ErrorKind::InvalidInput` if `buf` is empty (no progress is
-/// possible), `ErrorKind::WriteZero` if the stream accepts no more bytes, and
-/// any other error from the stream as it is.
+/// possible), `ErrorKind::WriteZero` if the stream accepts no more bytes,
+/// `ErrorKind::WouldBlock` if the stream would block (a timeout on a
+/// blocking socket), and any other error from the stream as it is.
 pub fn echo_with_buffer<S: Read + Write + ?Sized>(
     stream: &mut S,
     buf: &mut [u8],
 ) -> io::Result<u64> {
-    if buf.is_empty() {
-        return Err(io::Error::new(
-            ErrorKind::InvalidInput,
-            "echo buffer must not be empty",
-        ));
-    }
-    let mut echoed: u64 = 0;
-    loop {
-        match echo_chunk(stream, buf)? {
-            0 => return Ok(echoed),
-            n => echoed += n as u64,
-        }
-    }
+    finish(&mut Echo::new(), stream, buf)
 }
 
-/// Reads one chunk into `buf` and writes all of it back. Returns its length;
-/// 0 means end of file.
-fn echo_chunk<S: Read + Write + ?Sized>(stream: &mut S, buf: &mut [u8]) -> io::Result<usize> {
-    let n = loop {
-        match stream.read(buf) {
-            Ok(n) => break n,
-            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        }
-    };
-    if n > 0 {
-        // `write_all` retries short writes and `Interrupted`, and turns a
-        // write of zero bytes into `WriteZero` instead of looping forever.
-        stream.write_all(&buf[..n])?;
-        flush(stream)?;
-    }
-    Ok(n)
-}
-
-fn flush<S: Write + ?Sized>(stream: &mut S) -> io::Result<()> {
-    loop {
-        match stream.flush() {
-            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            other => return other,
-        }
+/// Runs `echo` to the end over a blocking stream.
+fn finish<S: Read + Write + ?Sized>(
+    echo: &mut Echo,
+    stream: &mut S,
+    buf: &mut [u8],
+) -> io::Result<u64> {
+    match echo.resume(stream, buf)? {
+        Status::Finished => Ok(echo.echoed()),
+        Status::Blocked => Err(ErrorKind::WouldBlock.into()),
     }
 }
 

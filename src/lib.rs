@@ -38,38 +38,54 @@
 #![deny(missing_docs, missing_debug_implementations)]
 #![warn(rust_2018_idioms, unreachable_pub)]
 
-#[cfg(unix)]
-pub mod activation;
-mod builder;
-pub mod cli;
-mod connection;
+// Layers, bottom up; a module imports only from layers below it.
+// 1. The echo core and plain values: no other module of the crate.
 mod echo;
 mod escape;
-mod limit;
-mod listener;
-#[cfg(test)]
-mod properties;
 mod rate_limit;
-#[cfg(any(test, feature = "scripted"))]
-pub mod scripted;
-mod server;
+mod settings;
 mod shutdown;
+mod source;
+mod thread_budget;
+// 2. Shared state: counters, limits, the stream type, the connection table.
+mod context;
+mod limit;
+mod stats;
+mod stream;
+mod table;
+// 3. One connection's life, and the two engines that serve connections.
+mod connection;
+mod engine;
 #[cfg(target_os = "linux")]
 mod splice;
-mod stats;
+// 4. Transports: listeners and their accept loop, Unix paths, UDP, systemd.
+#[cfg(unix)]
+pub mod activation;
+mod listener;
 pub mod udp;
 #[cfg(unix)]
 mod unix;
+// 5. The server, its builder, and the command line.
+mod builder;
+pub mod cli;
+mod server;
+
+#[cfg(test)]
+mod properties;
+#[cfg(any(test, feature = "scripted"))]
+pub mod scripted;
 
 pub use builder::{
     ServerBuilder, DEFAULT_BACKLOG, DEFAULT_MAX_CONNECTIONS, DEFAULT_SHUTDOWN_GRACE,
-    DEFAULT_WRITE_TIMEOUT,
+    DEFAULT_THREAD_CONNECTIONS, DEFAULT_WRITE_TIMEOUT,
 };
 pub use echo::{
-    echo, echo_until_bulk, echo_with_buffer, Progress, DEFAULT_BUFFER_SIZE, SMALL_BUFFER_SIZE,
+    echo, echo_until_bulk, echo_with_buffer, Echo, Progress, Status, DEFAULT_BUFFER_SIZE,
+    SMALL_BUFFER_SIZE,
 };
 pub use escape::{escape, unescape};
 pub use listener::ListenAddr;
 pub use rate_limit::{RateLimit, DEFAULT_UDP_BURST, DEFAULT_UDP_RATE};
 pub use server::{Server, ServerHandle};
+pub use settings::Engine;
 pub use stats::Stats;

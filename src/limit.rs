@@ -1,5 +1,6 @@
-//! The connection limits: at most `max` connections are served at once, and
-//! optionally at most `per_source` from one IP address.
+//! The connection limits: at most `max` connections are served at once,
+//! optionally at most `per_source` from one IP address, and at most so many
+//! of them on their own thread.
 //!
 //! The accept loop takes a [`Permit`] *before* calling `accept`, so when every
 //! slot is taken the server simply stops accepting: new clients wait in the
@@ -9,6 +10,7 @@
 use crate::shutdown::Shutdown;
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering::AcqRel, Ordering::Acquire};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
 #[derive(Debug)]
@@ -152,6 +154,53 @@ impl Drop for SourceSlot {
     }
 }
 
+/// Seats for connection threads: how many connections may have a thread of
+/// their own. Unlike [`ConnectionLimit`] nobody waits for a seat; a
+/// connection that finds none is served another way (an event loop).
+#[derive(Debug)]
+pub(crate) struct ThreadSeats {
+    max: usize,
+    taken: AtomicUsize,
+}
+
+/// A connection's seat on a thread; dropping it frees the seat.
+#[derive(Debug)]
+pub(crate) struct Seat {
+    seats: Arc<ThreadSeats>,
+}
+
+impl ThreadSeats {
+    pub(crate) fn new(max: usize) -> Arc<ThreadSeats> {
+        Arc::new(ThreadSeats {
+            max,
+            taken: AtomicUsize::new(0),
+        })
+    }
+
+    /// Takes a seat if one is free. A compare-and-swap loop, so that two
+    /// accept loops can never take more than `max` between them.
+    pub(crate) fn try_take(self: &Arc<Self>) -> Option<Seat> {
+        self.taken
+            .fetch_update(AcqRel, Acquire, |n| (n < self.max).then_some(n + 1))
+            .ok()
+            .map(|_| Seat {
+                seats: Arc::clone(self),
+            })
+    }
+
+    /// Seats taken now.
+    #[cfg(test)]
+    pub(crate) fn taken(&self) -> usize {
+        self.taken.load(Acquire)
+    }
+}
+
+impl Drop for Seat {
+    fn drop(&mut self) {
+        self.seats.taken.fetch_sub(1, AcqRel);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -208,5 +257,17 @@ mod tests {
         assert!(cap.admit(a).is_some());
         drop(b1);
         assert!(!cap.lock().contains_key(&b), "idle sources are forgotten");
+    }
+
+    #[test]
+    fn thread_seats_never_exceed_max_and_free_on_drop() {
+        let seats = ThreadSeats::new(2);
+        let a = seats.try_take().unwrap();
+        let _b = seats.try_take().unwrap();
+        assert!(seats.try_take().is_none());
+        assert_eq!(seats.taken(), 2);
+        drop(a);
+        assert!(seats.try_take().is_some());
+        assert!(ThreadSeats::new(0).try_take().is_none());
     }
 }

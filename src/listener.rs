@@ -1,10 +1,13 @@
 //! Listening sockets: binding them (through socket2, so every option is set
-//! before `listen`), and the accept loop that hands each connection to its
-//! own thread.
+//! before `listen`), and the accept loop that admits each connection (the
+//! connection limit, the per-source cap) and hands it to the engines.
 
-use crate::connection::{self, Peer};
-use crate::server::Context;
+use crate::connection::Connection;
+use crate::context::Context;
+use crate::engine::{Engines, Refused};
+use crate::source::normalize;
 use crate::stats::Counters;
+use crate::stream::{is_timeout, Peer};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use std::fmt;
 use std::io::{self, ErrorKind};
@@ -53,9 +56,7 @@ pub(crate) struct StreamListener {
     spare: Option<std::fs::File>,
     /// For a Unix socket this server created: removes the file on drop.
     #[cfg(unix)]
-    pub(crate) cleanup: Option<crate::unix::SocketFile>,
-    #[cfg(not(unix))]
-    pub(crate) cleanup: Option<std::convert::Infallible>,
+    cleanup: Option<crate::unix::SocketFile>,
 }
 
 /// Binds a TCP listener with a real backlog. `SO_REUSEADDR` lets a restarted
@@ -86,8 +87,19 @@ impl StreamListener {
             socket,
             addr,
             spare: spare_fd(),
+            #[cfg(unix)]
             cleanup: None,
         })
+    }
+
+    /// A Unix socket at a path this server created, removed when the
+    /// listener is dropped.
+    #[cfg(unix)]
+    pub(crate) fn bind_unix(path: &std::path::Path, backlog: i32) -> io::Result<StreamListener> {
+        let (socket, file) = crate::unix::bind_unix(path, backlog)?;
+        let mut listener = StreamListener::from_socket(socket)?;
+        listener.cleanup = Some(file);
+        Ok(listener)
     }
 
     /// A wake-up for a thread blocked in `accept`: connect to the listener,
@@ -107,9 +119,9 @@ impl StreamListener {
         }
     }
 
-    /// Accepts connections until shutdown, one thread each. Errors never end
-    /// the loop: the server keeps serving everyone else.
-    pub(crate) fn accept_loop(mut self, ctx: &Arc<Context>) {
+    /// Accepts connections until shutdown and hands each to `engines`.
+    /// Errors never end the loop: the server keeps serving everyone else.
+    pub(crate) fn accept_loop(mut self, ctx: &Arc<Context>, engines: &Engines) {
         let mut backoff = Backoff::default();
         let limit_reached = || Counters::add(&ctx.counters.limit_reached, 1);
         while let Some(permit) = ctx.limit.acquire(&ctx.shutdown, limit_reached) {
@@ -136,7 +148,7 @@ impl StreamListener {
             let mut source_slot = None;
             if let Peer::Ip(ip) = peer {
                 if let Some(cap) = &ctx.per_source {
-                    match cap.admit(crate::udp::normalize(ip).ip()) {
+                    match cap.admit(normalize(ip).ip()) {
                         Some(slot) => source_slot = Some(slot),
                         None => {
                             Counters::add(&ctx.counters.refused_per_source, 1);
@@ -149,8 +161,8 @@ impl StreamListener {
                 // Echo replies are small and latency-bound: never hold them back.
                 let _ = socket.set_tcp_nodelay(true);
             }
-            if let Err(e) = connection::spawn(socket, peer.clone(), ctx, permit, source_slot) {
-                Counters::add(&ctx.counters.thread_refused, 1);
+            let conn = Connection::admit(socket, peer.clone(), ctx, permit, source_slot);
+            if let Err(Refused(e)) = engines.serve(conn) {
                 log::warn!(
                     "{}: no thread for connection from {peer}, closed it: {e}",
                     self.addr
@@ -166,7 +178,7 @@ impl StreamListener {
     /// Deals with a failed `accept`. Returns `false` if shutdown was
     /// requested during the back-off.
     fn accept_failed(&mut self, e: &io::Error, ctx: &Context, backoff: &mut Backoff) -> bool {
-        if connection::is_timeout(e) {
+        if is_timeout(e) {
             return true; // the POLL backstop: nothing to accept
         }
         if is_transient(e) {

@@ -1,13 +1,12 @@
-//! The server: its listeners, the state every connection shares, and the
-//! shutdown sequence that drains it.
+//! The server: its listeners, its engines, and the shutdown sequence that
+//! drains them.
 
-use crate::builder::ServerBuilder;
-use crate::connection::ConnectionTable;
-use crate::limit::{ConnectionLimit, SourceCap};
+use crate::context::Context;
+use crate::engine::Engines;
 use crate::listener::{ListenAddr, StreamListener};
-use crate::rate_limit::RateLimit;
+use crate::settings::Settings;
 use crate::shutdown::Shutdown;
-use crate::stats::{Counters, Stats};
+use crate::stats::Stats;
 use crate::udp::DatagramSocket;
 use std::io;
 use std::net::{self, SocketAddr};
@@ -18,27 +17,6 @@ use std::time::Duration;
 /// After the grace period, connections are shut down in both directions;
 /// their threads then end within microseconds. This bounds the wait anyway.
 const FORCED_CLOSE_WAIT: Duration = Duration::from_secs(10);
-
-/// How each connection is served.
-#[derive(Debug, Clone)]
-pub(crate) struct Settings {
-    pub(crate) idle_timeout: Option<Duration>,
-    pub(crate) write_timeout: Option<Duration>,
-    pub(crate) max_per_source: Option<usize>,
-    pub(crate) log_data: bool,
-    /// Bulk echo through `splice(2)` on Linux.
-    pub(crate) splice: bool,
-    pub(crate) shutdown_grace: Duration,
-    pub(crate) udp: UdpSettings,
-}
-
-/// How each UDP datagram is judged.
-#[derive(Debug, Clone)]
-pub(crate) struct UdpSettings {
-    pub(crate) filter_sources: bool,
-    pub(crate) rate_limit: Option<RateLimit>,
-    pub(crate) max_datagram: usize,
-}
 
 /// A bound socket and how it is served: an accept loop for streams, a
 /// receive loop for datagrams.
@@ -63,23 +41,12 @@ impl Listener {
         }
     }
 
-    fn serve(self, ctx: &Arc<Context>) {
+    fn serve(self, ctx: &Arc<Context>, engines: &Engines) {
         match self {
-            Listener::Stream(l) => l.accept_loop(ctx),
+            Listener::Stream(l) => l.accept_loop(ctx, engines),
             Listener::Datagram(d) => d.serve(ctx),
         }
     }
-}
-
-/// State shared by the accept loops and every connection thread.
-#[derive(Debug)]
-pub(crate) struct Context {
-    pub(crate) settings: Settings,
-    pub(crate) counters: Counters,
-    pub(crate) shutdown: Shutdown,
-    pub(crate) limit: Arc<ConnectionLimit>,
-    pub(crate) per_source: Option<Arc<SourceCap>>,
-    pub(crate) table: ConnectionTable,
 }
 
 /// An echo server with its sockets bound, ready to [`run`](Self::run).
@@ -87,6 +54,8 @@ pub(crate) struct Context {
 pub struct Server {
     ctx: Arc<Context>,
     listeners: Vec<Listener>,
+    /// Connections that may have a thread of their own.
+    thread_seats: usize,
 }
 
 /// A cloneable handle to a server: stop it from any thread and read its
@@ -97,31 +66,21 @@ pub struct ServerHandle {
 }
 
 impl Server {
-    /// A builder with the defaults.
-    pub fn builder() -> ServerBuilder {
-        ServerBuilder::default()
-    }
-
     pub(crate) fn new(
         listeners: Vec<Listener>,
         max_connections: usize,
+        thread_seats: usize,
         settings: Settings,
     ) -> Server {
-        let shutdown = Shutdown::default();
-        let limit = ConnectionLimit::new(max_connections, &shutdown);
+        let ctx = Arc::new(Context::new(settings, max_connections));
         for listener in &listeners {
-            listener.register_waker(&shutdown);
+            listener.register_waker(&ctx.shutdown);
         }
-        let per_source = settings.max_per_source.map(SourceCap::new);
-        let ctx = Arc::new(Context {
-            per_source,
-            settings,
-            counters: Counters::default(),
-            shutdown,
-            limit,
-            table: ConnectionTable::default(),
-        });
-        Server { ctx, listeners }
+        Server {
+            ctx,
+            listeners,
+            thread_seats,
+        }
     }
 
     /// The address of the first TCP listener, with the real port when it was
@@ -155,40 +114,53 @@ impl Server {
     ///
     /// Only if the OS refuses the accept threads at start-up.
     pub fn run(self) -> io::Result<Stats> {
-        let Server { ctx, listeners } = self;
+        let Server {
+            ctx,
+            listeners,
+            thread_seats,
+        } = self;
+        let engines = Arc::new(Engines::start(&ctx, thread_seats)?);
         let mut accept_threads = Vec::with_capacity(listeners.len());
         for listener in listeners {
             let loop_ctx = Arc::clone(&ctx);
+            let loop_engines = Arc::clone(&engines);
             let spawned = thread::Builder::new()
                 .name("echo-listen".to_owned())
-                .spawn(move || listener.serve(&loop_ctx));
+                .spawn(move || listener.serve(&loop_ctx, &loop_engines));
             match spawned {
                 Ok(t) => accept_threads.push(t),
                 Err(e) => {
                     ctx.shutdown.request();
                     join_all(accept_threads);
-                    drain(&ctx);
+                    drain(&ctx, engines);
                     return Err(e);
                 }
             }
         }
         join_all(accept_threads);
-        drain(&ctx);
+        drain(&ctx, engines);
         Ok(ctx.counters.snapshot())
     }
 }
 
-/// Lets every connection finish what it has read, then closes what is left.
-fn drain(ctx: &Context) {
+/// Lets every connection finish what it has read, then closes what is left,
+/// on every engine. The accept loops have ended, so no connection is handed
+/// to an engine any more; every connection is in the table.
+fn drain(ctx: &Context, engines: Arc<Engines>) {
     let table = &ctx.table;
     table.shutdown_all(net::Shutdown::Read);
+    engines.nudge();
     if !table.wait_until_empty(ctx.settings.shutdown_grace) {
         log::warn!("closing connections still busy after the shutdown grace period");
         table.shutdown_all(net::Shutdown::Both);
+        engines.nudge();
         if !table.wait_until_empty(FORCED_CLOSE_WAIT) {
-            log::error!("some connection threads did not stop");
+            log::error!("some connections did not stop");
         }
     }
+    // Stops the event loops (closing anything left) and joins them: the
+    // accept threads, the only other owners, are joined already.
+    drop(engines);
     // Joins every thread whose connection has ended (all of them, normally).
     table.reap();
 }

@@ -1,7 +1,7 @@
 //! Counters: what the server has done, readable live from a
 //! [`ServerHandle`](crate::ServerHandle) and printed on shutdown.
 
-use crate::udp::Refusal;
+use crate::source::Refusal;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
@@ -13,6 +13,10 @@ pub struct Stats {
     pub accepted: u64,
     /// Connections being served right now.
     pub active: u64,
+    /// Of the active connections, those served by a thread of their own.
+    pub active_threads: u64,
+    /// Of the active connections, those served by an event loop.
+    pub active_events: u64,
     /// Bytes written back to clients, over every transport.
     pub bytes_echoed: u64,
     /// Connections closed because the client sent nothing for the idle timeout.
@@ -50,7 +54,7 @@ impl fmt::Display for Stats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} connections accepted, {} active, {} bytes echoed, {} idle timeouts, \
+            "{} connections accepted, {} active ({} on threads, {} on event loops), {} bytes echoed, {} idle timeouts, \
              {} write timeouts, connection limit reached {} times, {} refused by the \
              per-source cap, {} refused for lack of threads, {} reset for lack of file \
              descriptors, {} accept errors; \
@@ -58,6 +62,8 @@ impl fmt::Display for Stats {
              {} from invalid sources, {} rate limited, {} too large",
             self.accepted,
             self.active,
+            self.active_threads,
+            self.active_events,
             self.bytes_echoed,
             self.idle_timeouts,
             self.write_timeouts,
@@ -81,6 +87,8 @@ impl fmt::Display for Stats {
 pub(crate) struct Counters {
     pub(crate) accepted: AtomicU64,
     pub(crate) active: AtomicU64,
+    pub(crate) active_threads: AtomicU64,
+    pub(crate) active_events: AtomicU64,
     pub(crate) bytes_echoed: AtomicU64,
     pub(crate) idle_timeouts: AtomicU64,
     pub(crate) write_timeouts: AtomicU64,
@@ -101,6 +109,10 @@ impl Counters {
         counter.fetch_add(n, Relaxed);
     }
 
+    pub(crate) fn sub(counter: &AtomicU64, n: u64) {
+        counter.fetch_sub(n, Relaxed);
+    }
+
     pub(crate) fn refused(&self, refusal: Refusal) {
         let counter = match refusal {
             Refusal::PrivilegedPort => &self.refused_privileged_port,
@@ -115,6 +127,8 @@ impl Counters {
         Stats {
             accepted: self.accepted.load(Relaxed),
             active: self.active.load(Relaxed),
+            active_threads: self.active_threads.load(Relaxed),
+            active_events: self.active_events.load(Relaxed),
             bytes_echoed: self.bytes_echoed.load(Relaxed),
             idle_timeouts: self.idle_timeouts.load(Relaxed),
             write_timeouts: self.write_timeouts.load(Relaxed),

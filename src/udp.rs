@@ -5,74 +5,20 @@
 //! One thread serves each UDP socket. The datagram goes through the same
 //! [`echo`](crate::echo) as every stream, over an in-memory exchange.
 
+use crate::context::Context;
 use crate::listener::{self, ListenAddr, POLL};
 use crate::rate_limit::SourceBuckets;
-use crate::server::Context;
+pub use crate::source::{check_source, normalize, Refusal};
 use crate::stats::Counters;
 use socket2::{Domain, MaybeUninitSlice, Protocol, SockAddr, Socket, Type};
 use std::io::{self, Read, Write};
 use std::mem::MaybeUninit;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Instant;
 
 /// The largest UDP payload: 65,535 minus the 8-byte UDP header (IPv6 without
 /// jumbograms; IPv4 allows 65,507). Larger datagrams cannot exist.
 pub const MAX_DATAGRAM: usize = 65_527;
-
-/// Why a datagram got no answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum Refusal {
-    /// From a privileged port (below 1024): answering could start an endless
-    /// loop with another UDP service such as echo, chargen or daytime.
-    PrivilegedPort,
-    /// From a broadcast, multicast or unspecified address: no real host
-    /// sends from those, so the source is forged.
-    InvalidSource,
-    /// The source has used up its rate limit.
-    RateLimited,
-    /// Larger than the configured maximum: dropped whole, never echoed in part.
-    Truncated,
-}
-
-/// Rewrites an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) to plain IPv4, so
-/// that a dual-stack socket judges IPv4 sources as IPv4.
-pub fn normalize(addr: SocketAddr) -> SocketAddr {
-    match addr {
-        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
-            Some(v4) => SocketAddr::new(IpAddr::V4(v4), v6.port()),
-            None => addr,
-        },
-        SocketAddr::V4(_) => addr,
-    }
-}
-
-/// The loop and reflection filter: whether a datagram from `source` may be
-/// answered. Refuses privileged source ports and broadcast, multicast and
-/// unspecified source addresses, after [`normalize`].
-///
-/// # Examples
-///
-/// ```
-/// use echo_server::udp::{check_source, Refusal};
-/// assert_eq!(check_source("127.0.0.1:40000".parse().unwrap()), Ok(()));
-/// assert_eq!(check_source("127.0.0.1:7".parse().unwrap()), Err(Refusal::PrivilegedPort));
-/// assert_eq!(check_source("[::ffff:224.0.0.1]:40000".parse().unwrap()), Err(Refusal::InvalidSource));
-/// ```
-pub fn check_source(source: SocketAddr) -> Result<(), Refusal> {
-    let source = normalize(source);
-    let invalid = match source.ip() {
-        IpAddr::V4(ip) => ip.is_unspecified() || ip.is_multicast() || ip == Ipv4Addr::BROADCAST,
-        IpAddr::V6(ip) => ip.is_unspecified() || ip.is_multicast(),
-    };
-    if invalid {
-        Err(Refusal::InvalidSource)
-    } else if source.port() < 1024 {
-        Err(Refusal::PrivilegedPort)
-    } else {
-        Ok(())
-    }
-}
 
 /// A bound UDP socket.
 #[derive(Debug)]
@@ -143,7 +89,7 @@ impl DatagramSocket {
         while !ctx.shutdown.is_requested() {
             let (len, from, arrival) = match self.recv(&mut request) {
                 Ok(received) => received,
-                Err(e) if crate::connection::is_timeout(&e) => continue,
+                Err(e) if crate::stream::is_timeout(&e) => continue,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     // ICMP errors from earlier replies surface here on some
@@ -435,45 +381,5 @@ mod pktinfo {
 
     pub(crate) fn send(_: &Socket, _: &[u8], _: &SockAddr, from: Arrival) -> io::Result<usize> {
         match from {}
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn refusal(s: &str) -> Result<(), Refusal> {
-        check_source(s.parse().unwrap())
-    }
-
-    #[test]
-    fn source_filter() {
-        assert_eq!(refusal("127.0.0.1:1024"), Ok(()));
-        assert_eq!(refusal("[::1]:50000"), Ok(()));
-        assert_eq!(refusal("127.0.0.1:1023"), Err(Refusal::PrivilegedPort));
-        assert_eq!(refusal("127.0.0.1:0"), Err(Refusal::PrivilegedPort));
-        assert_eq!(refusal("[::1]:19"), Err(Refusal::PrivilegedPort));
-        assert_eq!(refusal("255.255.255.255:5000"), Err(Refusal::InvalidSource));
-        assert_eq!(refusal("224.0.0.251:5353"), Err(Refusal::InvalidSource));
-        assert_eq!(refusal("0.0.0.0:5000"), Err(Refusal::InvalidSource));
-        assert_eq!(refusal("[ff02::1]:5000"), Err(Refusal::InvalidSource));
-        assert_eq!(refusal("[::]:5000"), Err(Refusal::InvalidSource));
-        assert_eq!(
-            refusal("[::ffff:255.255.255.255]:5000"),
-            Err(Refusal::InvalidSource)
-        );
-        assert_eq!(
-            refusal("[::ffff:127.0.0.1]:7"),
-            Err(Refusal::PrivilegedPort)
-        );
-        assert_eq!(refusal("[::ffff:127.0.0.1]:7007"), Ok(()));
-    }
-
-    #[test]
-    fn normalize_unmaps_ipv4_mapped_addresses_only() {
-        let n = |s: &str| normalize(s.parse().unwrap()).to_string();
-        assert_eq!(n("[::ffff:10.1.2.3]:9"), "10.1.2.3:9");
-        assert_eq!(n("[::1]:9"), "[::1]:9");
-        assert_eq!(n("10.1.2.3:9"), "10.1.2.3:9");
     }
 }

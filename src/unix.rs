@@ -1,7 +1,6 @@
 //! Unix stream sockets: binding a path without ever stealing a live socket,
 //! and removing the file again on shutdown.
 
-use crate::listener::StreamListener;
 use socket2::{Domain, SockAddr, Socket, Type};
 use std::fs;
 use std::io::{self, ErrorKind};
@@ -9,10 +8,11 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// Binds a listening Unix socket at `path`. If something is already there:
+/// Binds a listening Unix socket at `path`, and returns it with the file it
+/// created. If something is already there:
 /// a socket a server answers on is left alone (`AddrInUse`), a stale socket
 /// file (nobody answers) is replaced, anything else is refused.
-pub(crate) fn bind_unix(path: &Path, backlog: i32) -> io::Result<StreamListener> {
+pub(crate) fn bind_unix(path: &Path, backlog: i32) -> io::Result<(Socket, SocketFile)> {
     match fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {
             if is_live(path)? {
@@ -37,9 +37,7 @@ pub(crate) fn bind_unix(path: &Path, backlog: i32) -> io::Result<StreamListener>
     socket.bind(&SockAddr::unix(path)?)?;
     let file = SocketFile::new(path)?;
     socket.listen(backlog)?;
-    let mut listener = StreamListener::from_socket(socket)?;
-    listener.cleanup = Some(file);
-    Ok(listener)
+    Ok((socket, file))
 }
 
 /// Whether a server answers at `path`. A connection attempt that is refused

@@ -103,16 +103,11 @@ fn out_of_file_descriptors_resets_extra_clients_and_recovers() {
     );
 }
 
-#[test]
-fn refused_threads_close_that_connection_and_the_server_recovers() {
-    // RLIMIT_NPROC does not bind root, so run the child as `nobody`.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: needs root to run the server as another user");
-        return;
-    }
-    // main + signal thread + accept thread + 2 connection threads.
-    let mut server = spawn_limited(&["0"], || {
-        set_rlimit(libc::RLIMIT_NPROC, 5)?;
+/// The server as `nobody` with `RLIMIT_NPROC` at `nproc`: a user that may
+/// run only a handful of threads (root is not held to the limit).
+fn spawn_as_nobody_with_nproc(args: &[&str], nproc: u64) -> Binary {
+    spawn_limited(args, move || {
+        set_rlimit(libc::RLIMIT_NPROC, nproc)?;
         // SAFETY: plain syscalls on constants.
         unsafe {
             if libc::setgid(65534) != 0 || libc::setuid(65534) != 0 {
@@ -120,35 +115,67 @@ fn refused_threads_close_that_connection_and_the_server_recovers() {
             }
         }
         Ok(())
-    });
+    })
+}
+
+/// The process limit binds: under `threads` the server works out at
+/// start-up how many connection threads it can have, says so, serves that
+/// many at once and keeps the rest waiting, never refusing or crashing;
+/// under `auto` the rest go to the event loops and everyone is served at
+/// once. (One test: both servers run as the same user and would count
+/// against each other's limit.)
+#[test]
+fn a_low_process_limit_caps_threads_and_auto_serves_the_rest_on_event_loops() {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root to run the server as another user");
+        return;
+    }
+    // main + signal thread + accept thread + 2 connection threads.
+    let mut server = spawn_as_nobody_with_nproc(&["--engine", "threads", "0"], 5);
     let addr = server.tcp_addr();
-    let mut fates = Vec::new();
+    let warning = server
+        .seen
+        .iter()
+        .find(|l| l.contains("serving at most 2 connections at once"))
+        .cloned()
+        .unwrap_or_else(|| panic!("no warning about the thread budget: {:#?}", server.seen));
+    assert!(warning.contains("RLIMIT_NPROC"), "{warning}");
+    assert!(warning.contains("not 4096"), "{warning}");
     let mut served = Vec::new();
+    let mut waiting = Vec::new();
     for _ in 0..4 {
-        let (fate, s) = try_client(addr, Duration::from_secs(10));
-        if fate == Fate::Echoed {
-            served.extend(s);
+        match try_client(addr, Duration::from_secs(2)) {
+            (Fate::Echoed, Some(s)) => served.push(s),
+            (Fate::Hanging, Some(s)) => waiting.push(s),
+            (fate, _) => panic!("a client was {fate:?}"),
         }
-        fates.push(fate);
     }
-    assert!(fates.contains(&Fate::Echoed), "{fates:?}");
-    assert!(fates.contains(&Fate::Refused), "{fates:?}");
-    assert!(!fates.contains(&Fate::Hanging), "{fates:?}");
-    for s in &served {
-        s.shutdown(Shutdown::Both).unwrap();
-    }
+    assert_eq!((served.len(), waiting.len()), (2, 2));
+    // Slots free up: the waiting clients are served, nothing was lost.
     drop(served);
-    // Threads end; after the back-off, clients are served again.
-    let start = Instant::now();
-    loop {
-        if try_client(addr, DEADLINE).0 == Fate::Echoed {
-            break;
-        }
-        assert!(start.elapsed() < DEADLINE, "never served again");
-        thread::sleep(Duration::from_millis(50));
+    for mut s in waiting {
+        s.set_read_timeout(Some(DEADLINE)).unwrap();
+        assert_eq!(
+            read_n(&mut s, 1),
+            b"x",
+            "a waiting client got its byte back"
+        );
     }
     let line = summary(&mut server);
-    assert!(!line.contains(" 0 refused for lack of threads"), "{line}");
+    assert!(line.contains(" 0 refused for lack of threads"), "{line}");
+
+    // main + signal + accept + 2 event loops + 1 connection thread.
+    let mut server = spawn_as_nobody_with_nproc(&["--event-loops", "2", "0"], 6);
+    let addr = server.tcp_addr();
+    let mut served = Vec::new();
+    for _ in 0..6 {
+        let (fate, s) = try_client(addr, DEADLINE);
+        assert_eq!(fate, Fate::Echoed);
+        served.extend(s);
+    }
+    drop(served);
+    let line = summary(&mut server);
+    assert!(line.contains(" 0 refused for lack of threads"), "{line}");
 }
 
 fn rss_kib(pid: u32) -> u64 {

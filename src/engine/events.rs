@@ -1,0 +1,337 @@
+//! The event engine: a fixed number of event loops, each a thread waiting on
+//! the OS's readiness API through `mio` (epoll on Linux, kqueue on the
+//! BSDs and macOS) and serving many non-blocking connections through the
+//! resumable echo core.
+//!
+//! Each loop lends one scratch buffer to whichever connection is ready; a
+//! connection keeps bytes of its own only while an echo is partly written,
+//! and is not read again until that echo is out, so the kernel's flow
+//! control holds back a client that does not read. Idle and write timeouts
+//! are deadlines each loop checks on a tick.
+
+use crate::connection::{Connection, Outcome};
+use crate::context::Context;
+use crate::echo::{Echo, Step, DEFAULT_BUFFER_SIZE};
+use crate::stream::Op;
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token, Waker};
+use std::io::{self, ErrorKind};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+/// The loop's own token: its inbox has something.
+const INBOX: Token = Token(usize::MAX);
+
+/// Chunks one connection may echo before the loop serves the others: a bulk
+/// client that keeps its socket full must not starve the rest.
+const CHUNKS_PER_TURN: u32 = 16;
+
+/// What an event loop is asked to do.
+enum Command {
+    /// Serve this connection from now on.
+    Serve(Connection),
+    /// Try every connection once now: shutdown has shut down their read
+    /// sides and each must see its end of file.
+    Nudge,
+    /// Close every connection left and end.
+    Stop,
+}
+
+/// The running event loops and how to reach them.
+#[derive(Debug)]
+pub(crate) struct EventLoops {
+    loops: Vec<LoopHandle>,
+}
+
+#[derive(Debug)]
+struct LoopHandle {
+    inbox: Sender<Command>,
+    waker: Arc<Waker>,
+    /// Connections this loop serves (or has been handed), to balance.
+    load: Arc<AtomicUsize>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl EventLoops {
+    /// Starts `count` event loops (at least one).
+    pub(crate) fn start(count: usize, ctx: &Arc<Context>) -> io::Result<EventLoops> {
+        let mut loops = EventLoops { loops: Vec::new() };
+        for _ in 0..count.max(1) {
+            let poll = Poll::new()?;
+            let waker = Arc::new(Waker::new(poll.registry(), INBOX)?);
+            let (inbox, commands) = mpsc::channel();
+            let load = Arc::new(AtomicUsize::new(0));
+            let mut event_loop = EventLoop {
+                poll,
+                commands,
+                load: Arc::clone(&load),
+                ctx: Arc::clone(ctx),
+                served: Vec::new(),
+                free: Vec::new(),
+                again: Vec::new(),
+                scratch: vec![0; DEFAULT_BUFFER_SIZE],
+            };
+            // A failure here drops the loops started so far, which stops them.
+            let thread = thread::Builder::new()
+                .name("echo-events".to_owned())
+                .spawn(move || event_loop.run())?;
+            loops.loops.push(LoopHandle {
+                inbox,
+                waker,
+                load,
+                thread: Some(thread),
+            });
+        }
+        Ok(loops)
+    }
+
+    /// Hands `conn` to the loop with the fewest connections. Gives it back
+    /// if no loop can take it.
+    pub(crate) fn serve(&self, mut conn: Connection) -> Result<(), Connection> {
+        let Some(target) = self.loops.iter().min_by_key(|l| l.load.load(Relaxed)) else {
+            return Err(conn);
+        };
+        conn.place_on_event_loop();
+        target.load.fetch_add(1, Relaxed);
+        match target.inbox.send(Command::Serve(conn)) {
+            Ok(()) => {
+                // A failed wake-up leaves the connection waiting for the next
+                // event of that loop; the loop's tick bounds the wait.
+                let _ = target.waker.wake();
+                Ok(())
+            }
+            Err(mpsc::SendError(command)) => {
+                target.load.fetch_sub(1, Relaxed);
+                match command {
+                    Command::Serve(conn) => Err(conn),
+                    _ => Ok(()),
+                }
+            }
+        }
+    }
+
+    /// Makes every loop try each of its connections once.
+    pub(crate) fn nudge(&self) {
+        for l in &self.loops {
+            if l.inbox.send(Command::Nudge).is_ok() {
+                let _ = l.waker.wake();
+            }
+        }
+    }
+}
+
+impl Drop for EventLoops {
+    /// Stops every loop (closing what connections are left) and joins it.
+    fn drop(&mut self) {
+        for l in &self.loops {
+            if l.inbox.send(Command::Stop).is_ok() {
+                let _ = l.waker.wake();
+            }
+        }
+        for l in &mut self.loops {
+            if let Some(thread) = l.thread.take() {
+                if thread.join().is_err() {
+                    log::error!("an event loop panicked");
+                }
+            }
+        }
+    }
+}
+
+/// One connection on a loop.
+struct Served {
+    conn: Connection,
+    echo: Echo,
+    /// When it last made progress (read or wrote), for the timeouts.
+    since: Instant,
+}
+
+struct EventLoop {
+    poll: Poll,
+    commands: Receiver<Command>,
+    load: Arc<AtomicUsize>,
+    ctx: Arc<Context>,
+    /// Indexed by token; `None` slots are listed in `free`.
+    served: Vec<Option<Served>>,
+    free: Vec<usize>,
+    /// Connections that used their turn up while still readable.
+    again: Vec<usize>,
+    scratch: Vec<u8>,
+}
+
+impl EventLoop {
+    fn run(&mut self) {
+        let mut events = Events::with_capacity(1024);
+        let tick = self.tick();
+        let mut next_sweep = tick.map(|t| Instant::now() + t);
+        loop {
+            let timeout = if !self.again.is_empty() {
+                Some(Duration::ZERO)
+            } else {
+                next_sweep.map(|at| at.saturating_duration_since(Instant::now()))
+            };
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() != ErrorKind::Interrupted {
+                    log::error!("event loop: poll failed: {e}");
+                    thread::sleep(Duration::from_millis(10));
+                }
+                continue;
+            }
+            let now = Instant::now();
+            for event in events.iter() {
+                if event.token() == INBOX {
+                    continue; // read below, whatever the events
+                }
+                self.serve(event.token().0, now);
+            }
+            for index in std::mem::take(&mut self.again) {
+                self.serve(index, now);
+            }
+            if !self.read_commands(now) {
+                break;
+            }
+            if let (Some(at), Some(tick)) = (next_sweep, tick) {
+                if now >= at {
+                    self.sweep(now);
+                    next_sweep = Some(now + tick);
+                }
+            }
+        }
+        // Stopped: whatever is left was already shut down by the server.
+        for index in 0..self.served.len() {
+            if let Some(served) = self.served[index].take() {
+                self.load.fetch_sub(1, Relaxed);
+                drop(served);
+            }
+        }
+    }
+
+    /// How often timeouts are checked: often enough that a timeout fires
+    /// within a quarter of itself, at most once per 10 ms.
+    fn tick(&self) -> Option<Duration> {
+        let settings = &self.ctx.settings;
+        let shortest = match (settings.idle_timeout, settings.write_timeout) {
+            (Some(a), Some(b)) => a.min(b),
+            (a, b) => a.or(b)?,
+        };
+        Some((shortest / 4).clamp(Duration::from_millis(10), Duration::from_secs(1)))
+    }
+
+    /// Takes the commands waiting in the inbox. Returns `false` on `Stop`.
+    fn read_commands(&mut self, now: Instant) -> bool {
+        loop {
+            match self.commands.try_recv() {
+                Ok(Command::Serve(conn)) => self.add(conn, now),
+                Ok(Command::Nudge) => {
+                    for index in 0..self.served.len() {
+                        self.serve(index, now);
+                    }
+                }
+                Ok(Command::Stop) | Err(TryRecvError::Disconnected) => return false,
+                Err(TryRecvError::Empty) => return true,
+            }
+        }
+    }
+
+    fn add(&mut self, conn: Connection, now: Instant) {
+        let index = match self.free.pop() {
+            Some(index) => index,
+            None => {
+                self.served.push(None);
+                self.served.len() - 1
+            }
+        };
+        let fd = conn.stream.0.as_raw_fd();
+        let registered = conn.stream.0.set_nonblocking(true).and_then(|()| {
+            self.poll.registry().register(
+                &mut SourceFd(&fd),
+                Token(index),
+                // Edge-triggered, both ways at once: what the echo waits for
+                // next (reading, or writing an echo that did not fit) is
+                // its own business, and re-registering would cost a call.
+                Interest::READABLE | Interest::WRITABLE,
+            )
+        });
+        if let Err(e) = registered {
+            log::warn!("{}: cannot watch the connection: {e}", conn.peer);
+            self.free.push(index);
+            self.load.fetch_sub(1, Relaxed);
+            conn.close(Outcome::Failed(e));
+            return;
+        }
+        log::debug!("{}: connected", conn.peer);
+        self.served[index] = Some(Served {
+            conn,
+            echo: Echo::new(),
+            since: now,
+        });
+    }
+
+    /// Echoes what `index` has for us, for one turn.
+    fn serve(&mut self, index: usize, now: Instant) {
+        let Some(Some(served)) = self.served.get_mut(index) else {
+            return; // a stale event for a connection already closed
+        };
+        let before = (served.echo.echoed(), served.echo.is_writing());
+        let mut metered = served.conn.metered();
+        let mut turn = CHUNKS_PER_TURN;
+        let ended = loop {
+            match served.echo.step(&mut metered, &mut self.scratch) {
+                Ok(Step::Echoed(_)) => {
+                    turn -= 1;
+                    if turn == 0 {
+                        self.again.push(index);
+                        break None;
+                    }
+                }
+                Ok(Step::Blocked) => break None,
+                Ok(Step::Finished) => break Some(Outcome::Finished(served.echo.echoed())),
+                Err(e) => break Some(Outcome::Failed(e)),
+            }
+        };
+        if (served.echo.echoed(), served.echo.is_writing()) != before {
+            served.since = now;
+        }
+        if let Some(outcome) = ended {
+            self.close(index, outcome);
+        }
+    }
+
+    /// Closes the connections that have waited too long.
+    fn sweep(&mut self, now: Instant) {
+        let (idle, write) = (
+            self.ctx.settings.idle_timeout,
+            self.ctx.settings.write_timeout,
+        );
+        for index in 0..self.served.len() {
+            let Some(served) = &self.served[index] else {
+                continue;
+            };
+            let (limit, op) = if served.echo.is_writing() {
+                (write, Op::Write)
+            } else {
+                (idle, Op::Read)
+            };
+            if limit.is_some_and(|limit| now.duration_since(served.since) >= limit) {
+                self.close(index, Outcome::TimedOut(op));
+            }
+        }
+    }
+
+    fn close(&mut self, index: usize, outcome: Outcome) {
+        let Some(served) = self.served[index].take() else {
+            return;
+        };
+        let fd = served.conn.stream.0.as_raw_fd();
+        // Closing the socket would also remove it from the poll set; saying
+        // so keeps mio's registry exact on every platform.
+        let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
+        self.free.push(index);
+        self.load.fetch_sub(1, Relaxed);
+        served.conn.close(outcome);
+    }
+}

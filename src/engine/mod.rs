@@ -1,0 +1,117 @@
+//! The engines: two ways to wait for a connection's next bytes, one echo
+//! core. [`Engines::serve`] places each admitted connection on a thread of
+//! its own or on an event loop, by the configured [`Engine`], and never
+//! moves it afterwards.
+
+#[cfg(unix)]
+mod events;
+pub(crate) mod threads;
+
+use crate::connection::Connection;
+use crate::context::Context;
+use crate::limit::ThreadSeats;
+use crate::settings::Engine;
+use crate::stats::Counters;
+use std::io;
+use std::sync::Arc;
+
+/// The engines of one server.
+#[derive(Debug)]
+pub(crate) struct Engines {
+    engine: Engine,
+    /// Connections allowed on threads: every one under `Threads` (the
+    /// connection limit is clamped to the thread budget), the first ones
+    /// under `Auto`, none under `Events`.
+    seats: Arc<ThreadSeats>,
+    #[cfg(unix)]
+    loops: Option<events::EventLoops>,
+}
+
+/// Why a connection could not be served; it has been closed.
+#[derive(Debug)]
+pub(crate) struct Refused(pub(crate) io::Error);
+
+impl Engines {
+    /// Starts the event loops the engine needs. `thread_seats` is how many
+    /// connections may have their own thread.
+    pub(crate) fn start(ctx: &Arc<Context>, thread_seats: usize) -> io::Result<Engines> {
+        let engine = ctx.settings.engine;
+        #[cfg(unix)]
+        let loops = match engine {
+            Engine::Threads => None,
+            _ => Some(events::EventLoops::start(
+                event_loop_count(ctx.settings.event_loops),
+                ctx,
+            )?),
+        };
+        Ok(Engines {
+            engine,
+            seats: ThreadSeats::new(thread_seats),
+            #[cfg(unix)]
+            loops,
+        })
+    }
+
+    /// Serves `conn` on a thread if it may have one, else on the least busy
+    /// event loop. Under `Auto`, a connection the OS refuses a thread goes
+    /// to an event loop; under `Threads` it is closed.
+    pub(crate) fn serve(&self, mut conn: Connection) -> Result<(), Refused> {
+        if let Some(seat) = self.seats.try_take() {
+            conn.place_on_thread(seat);
+            match threads::spawn(conn) {
+                Ok(()) => return Ok(()),
+                Err((back, e)) => {
+                    if self.engine == Engine::Threads {
+                        return Err(refuse(back, e));
+                    }
+                    log::debug!(
+                        "{}: no thread ({e}), serving it on an event loop",
+                        back.peer
+                    );
+                    conn = back.unplaced();
+                }
+            }
+        }
+        self.serve_on_event_loop(conn)
+    }
+
+    #[cfg(unix)]
+    fn serve_on_event_loop(&self, conn: Connection) -> Result<(), Refused> {
+        match &self.loops {
+            Some(loops) => loops
+                .serve(conn)
+                .map_err(|conn| refuse(conn, io::Error::other("no event loop is running"))),
+            None => Err(refuse(conn, io::Error::other("no thread seat is free"))),
+        }
+    }
+
+    #[cfg(not(unix))]
+    fn serve_on_event_loop(&self, conn: Connection) -> Result<(), Refused> {
+        Err(refuse(conn, io::Error::other("no thread seat is free")))
+    }
+
+    /// After shutdown has shut down every connection's read side: makes the
+    /// event loops look at each of their connections at once.
+    pub(crate) fn nudge(&self) {
+        #[cfg(unix)]
+        if let Some(loops) = &self.loops {
+            loops.nudge();
+        }
+    }
+
+}
+
+/// Closes `conn` (dropping it frees its slots) and counts it.
+fn refuse(conn: Connection, e: io::Error) -> Refused {
+    Counters::add(&conn.ctx().counters.thread_refused, 1);
+    drop(conn);
+    Refused(e)
+}
+
+/// `0` means one loop per available core.
+pub(crate) fn event_loop_count(configured: usize) -> usize {
+    if configured > 0 {
+        return configured;
+    }
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}

@@ -1,0 +1,105 @@
+//! How the server serves: the configuration every layer reads, set once by
+//! the builder and never changed while the server runs.
+
+use crate::rate_limit::RateLimit;
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// How connections wait for their next bytes. Every engine serves through
+/// the same echo core, connection limit, timeouts, counters and shutdown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum Engine {
+    /// A thread per connection, blocking in `read`: the lowest latency for
+    /// a few connections, and `splice(2)` for bulk streams on Linux. The
+    /// number of connections is capped by the threads the OS can give.
+    Threads,
+    /// A few event loops (one per core by default) on the OS's readiness
+    /// API (epoll, kqueue), each serving many non-blocking connections: no
+    /// context switch per message, and as many connections as there are
+    /// file descriptors. Unix only.
+    Events,
+    /// Threads for the first connections, event loops for the rest: a new
+    /// connection gets its own thread while fewer than the threshold are on
+    /// threads, otherwise it goes to the least busy event loop. A connection
+    /// never moves. The default (threads only where there are no event
+    /// loops).
+    #[default]
+    Auto,
+}
+
+impl Engine {
+    /// Every engine, for tests and help texts.
+    pub const ALL: [Engine; 3] = [Engine::Threads, Engine::Events, Engine::Auto];
+
+    /// The name used on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Engine::Threads => "threads",
+            Engine::Events => "events",
+            Engine::Auto => "auto",
+        }
+    }
+}
+
+impl fmt::Display for Engine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Engine {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Engine, String> {
+        Engine::ALL
+            .into_iter()
+            .find(|e| e.name() == s)
+            .ok_or_else(|| format!("`{s}` is not an engine (threads, events or auto)"))
+    }
+}
+
+/// How each connection is served.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub(crate) idle_timeout: Option<Duration>,
+    pub(crate) write_timeout: Option<Duration>,
+    pub(crate) max_per_source: Option<usize>,
+    pub(crate) log_data: bool,
+    /// Bulk echo through `splice(2)` on Linux (thread engine).
+    pub(crate) splice: bool,
+    pub(crate) shutdown_grace: Duration,
+    pub(crate) engine: Engine,
+    /// Event loops to run (0: one per available core).
+    pub(crate) event_loops: usize,
+    /// Under [`Engine::Auto`]: connections served on threads before new
+    /// ones go to the event loops.
+    pub(crate) thread_connections: usize,
+    /// At most this many connection threads, below what the OS allows.
+    pub(crate) max_threads: Option<usize>,
+    pub(crate) udp: UdpSettings,
+}
+
+/// How each UDP datagram is judged.
+#[derive(Debug, Clone)]
+pub(crate) struct UdpSettings {
+    pub(crate) filter_sources: bool,
+    pub(crate) rate_limit: Option<RateLimit>,
+    pub(crate) max_datagram: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn engine_names_round_trip() {
+        for engine in Engine::ALL {
+            assert_eq!(engine.name().parse::<Engine>(), Ok(engine));
+            assert_eq!(engine.to_string(), engine.name());
+        }
+        assert!("fibers".parse::<Engine>().is_err());
+        assert_eq!(Engine::default(), Engine::Auto);
+    }
+}

@@ -1,0 +1,101 @@
+//! Who a client is: source addresses normalized so that IPv4 clients of a
+//! dual-stack socket count as IPv4, and the source filter UDP answers only
+//! through. The per-source connection cap and the UDP rate limit key on
+//! [`normalize`]d addresses.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+/// Why a datagram got no answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// From a privileged port (below 1024): answering could start an endless
+    /// loop with another UDP service such as echo, chargen or daytime.
+    PrivilegedPort,
+    /// From a broadcast, multicast or unspecified address: no real host
+    /// sends from those, so the source is forged.
+    InvalidSource,
+    /// The source has used up its rate limit.
+    RateLimited,
+    /// Larger than the configured maximum: dropped whole, never echoed in part.
+    Truncated,
+}
+
+/// Rewrites an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) to plain IPv4, so
+/// that a dual-stack socket judges IPv4 sources as IPv4.
+pub fn normalize(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(IpAddr::V4(v4), v6.port()),
+            None => addr,
+        },
+        SocketAddr::V4(_) => addr,
+    }
+}
+
+/// The loop and reflection filter: whether a datagram from `source` may be
+/// answered. Refuses privileged source ports and broadcast, multicast and
+/// unspecified source addresses, after [`normalize`].
+///
+/// # Examples
+///
+/// ```
+/// use echo_server::udp::{check_source, Refusal};
+/// assert_eq!(check_source("127.0.0.1:40000".parse().unwrap()), Ok(()));
+/// assert_eq!(check_source("127.0.0.1:7".parse().unwrap()), Err(Refusal::PrivilegedPort));
+/// assert_eq!(check_source("[::ffff:224.0.0.1]:40000".parse().unwrap()), Err(Refusal::InvalidSource));
+/// ```
+pub fn check_source(source: SocketAddr) -> Result<(), Refusal> {
+    let source = normalize(source);
+    let invalid = match source.ip() {
+        IpAddr::V4(ip) => ip.is_unspecified() || ip.is_multicast() || ip == Ipv4Addr::BROADCAST,
+        IpAddr::V6(ip) => ip.is_unspecified() || ip.is_multicast(),
+    };
+    if invalid {
+        Err(Refusal::InvalidSource)
+    } else if source.port() < 1024 {
+        Err(Refusal::PrivilegedPort)
+    } else {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refusal(s: &str) -> Result<(), Refusal> {
+        check_source(s.parse().unwrap())
+    }
+
+    #[test]
+    fn source_filter() {
+        assert_eq!(refusal("127.0.0.1:1024"), Ok(()));
+        assert_eq!(refusal("[::1]:50000"), Ok(()));
+        assert_eq!(refusal("127.0.0.1:1023"), Err(Refusal::PrivilegedPort));
+        assert_eq!(refusal("127.0.0.1:0"), Err(Refusal::PrivilegedPort));
+        assert_eq!(refusal("[::1]:19"), Err(Refusal::PrivilegedPort));
+        assert_eq!(refusal("255.255.255.255:5000"), Err(Refusal::InvalidSource));
+        assert_eq!(refusal("224.0.0.251:5353"), Err(Refusal::InvalidSource));
+        assert_eq!(refusal("0.0.0.0:5000"), Err(Refusal::InvalidSource));
+        assert_eq!(refusal("[ff02::1]:5000"), Err(Refusal::InvalidSource));
+        assert_eq!(refusal("[::]:5000"), Err(Refusal::InvalidSource));
+        assert_eq!(
+            refusal("[::ffff:255.255.255.255]:5000"),
+            Err(Refusal::InvalidSource)
+        );
+        assert_eq!(
+            refusal("[::ffff:127.0.0.1]:7"),
+            Err(Refusal::PrivilegedPort)
+        );
+        assert_eq!(refusal("[::ffff:127.0.0.1]:7007"), Ok(()));
+    }
+
+    #[test]
+    fn normalize_unmaps_ipv4_mapped_addresses_only() {
+        let n = |s: &str| normalize(s.parse().unwrap()).to_string();
+        assert_eq!(n("[::ffff:10.1.2.3]:9"), "10.1.2.3:9");
+        assert_eq!(n("[::1]:9"), "[::1]:9");
+        assert_eq!(n("10.1.2.3:9"), "10.1.2.3:9");
+    }
+}

@@ -1,0 +1,138 @@
+//! The stream transports (TCP, Unix) as every engine sees them: one socket
+//! type that never raises SIGPIPE, who is on the other end, and the metered
+//! view the echo core runs over (byte counters, `--log-data`).
+
+use crate::escape::escape;
+use crate::stats::Counters;
+use socket2::{SockAddr, Socket};
+use std::fmt;
+use std::io::{self, ErrorKind, Read, Write};
+use std::net::SocketAddr;
+
+/// `send(2)` flags: never raise SIGPIPE when the client has gone, so a library
+/// user that did not ignore SIGPIPE is not killed by a vanished client. (On
+/// Apple platforms socket2 sets `SO_NOSIGPIPE` on the socket instead.)
+#[cfg(any(target_os = "linux", target_os = "android"))]
+const SEND_FLAGS: i32 = libc::MSG_NOSIGNAL;
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+const SEND_FLAGS: i32 = 0;
+
+/// An accepted stream socket, TCP or Unix.
+#[derive(Debug)]
+pub(crate) struct Stream(pub(crate) Socket);
+
+impl Read for &Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        (&self.0).read(buf)
+    }
+}
+
+impl Write for &Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.send_with_flags(buf, SEND_FLAGS)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Who is on the other end, for logs.
+#[derive(Debug, Clone)]
+pub(crate) enum Peer {
+    Ip(SocketAddr),
+    Local(String),
+}
+
+impl Peer {
+    pub(crate) fn from_sockaddr(addr: &SockAddr) -> Peer {
+        if let Some(ip) = addr.as_socket() {
+            return Peer::Ip(ip);
+        }
+        #[cfg(unix)]
+        if let Some(path) = addr.as_pathname() {
+            return Peer::Local(path.display().to_string());
+        }
+        Peer::Local("unix client".to_owned())
+    }
+}
+
+impl fmt::Display for Peer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Peer::Ip(addr) => addr.fmt(f),
+            Peer::Local(name) => f.write_str(name),
+        }
+    }
+}
+
+/// Which operation of a stream failed last: a timeout while reading means an
+/// idle client, while writing a client that does not read its echo.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Op {
+    Read,
+    Write,
+}
+
+/// The stream as the echo core sees it: counts echoed bytes, logs received
+/// data when asked to, and remembers which operation it did last.
+pub(crate) struct Metered<'a> {
+    pub(crate) stream: &'a Stream,
+    pub(crate) counters: &'a Counters,
+    pub(crate) log_data: bool,
+    pub(crate) peer: &'a Peer,
+    pub(crate) last_op: Op,
+}
+
+impl Read for Metered<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.last_op = Op::Read;
+        let n = { self.stream }.read(buf)?;
+        if self.log_data && n > 0 {
+            log::info!("{} sent {n} bytes: \"{}\"", self.peer, escape(&buf[..n]));
+        }
+        Ok(n)
+    }
+}
+
+impl Write for Metered<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.last_op = Op::Write;
+        let n = { self.stream }.write(buf)?;
+        Counters::add(&self.counters.bytes_echoed, n as u64);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Whether an error is a blocking socket's timeout (`SO_RCVTIMEO` and
+/// `SO_SNDTIMEO` report `EAGAIN`).
+pub(crate) fn is_timeout(e: &io::Error) -> bool {
+    matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+    use std::net::{Shutdown, TcpListener, TcpStream};
+
+    /// A library user that never ignored SIGPIPE must not be killed when the
+    /// server writes to a connection that can no longer be written to.
+    #[test]
+    fn writes_never_raise_sigpipe() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let _client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let stream = Stream(Socket::from(listener.accept().unwrap().0));
+        stream.0.shutdown(Shutdown::Write).unwrap();
+        // SAFETY: swaps the process's SIGPIPE action for the default
+        // (terminate) and back; every other write in this process passes
+        // MSG_NOSIGNAL too, so the window harms no other test.
+        let previous = unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+        let result = { &stream }.write(b"x");
+        unsafe { libc::signal(libc::SIGPIPE, previous) };
+        assert_eq!(result.unwrap_err().kind(), ErrorKind::BrokenPipe);
+    }
+}

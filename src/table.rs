@@ -1,0 +1,127 @@
+//! The table of live connections, whatever engine serves them: shutdown
+//! reaches every connection through it, and `run` waits on it until no
+//! connection is left.
+
+use crate::stats::Counters;
+use crate::stream::Stream;
+use std::collections::HashMap;
+use std::net::Shutdown;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Live connections, so that shutdown can reach each one. Holding an `Arc`
+/// (not a raw fd) means a socket cannot be closed and its fd reused while
+/// shutdown is working on it.
+#[derive(Debug, Default)]
+pub(crate) struct ConnectionTable {
+    streams: Mutex<Table>,
+    emptied: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    next_id: u64,
+    live: HashMap<u64, Entry>,
+    /// Threads whose connection has ended, to be joined: joining is what
+    /// makes "no connection thread is left" exact once `run` returns.
+    finished: Vec<JoinHandle<()>>,
+}
+
+#[derive(Debug)]
+struct Entry {
+    stream: Arc<Stream>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl ConnectionTable {
+    fn lock(&self) -> MutexGuard<'_, Table> {
+        // Insert and remove leave the map consistent at every step.
+        self.streams.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn insert(&self, stream: Arc<Stream>, counters: &Counters) -> u64 {
+        let mut table = self.lock();
+        let id = table.next_id;
+        table.next_id += 1;
+        table.live.insert(
+            id,
+            Entry {
+                stream,
+                thread: None,
+            },
+        );
+        // Updated under the lock so that `active` is 0 exactly when the table
+        // is empty.
+        Counters::add(&counters.active, 1);
+        id
+    }
+
+    /// Records the thread serving `id`, so that it can be joined (thread
+    /// engine only: an event loop is joined by the server).
+    pub(crate) fn attach(&self, id: u64, thread: JoinHandle<()>) {
+        let mut table = self.lock();
+        match table.live.get_mut(&id) {
+            Some(entry) => entry.thread = Some(thread),
+            // The connection was over before its thread was recorded.
+            None => table.finished.push(thread),
+        }
+    }
+
+    /// Threads whose connection has ended and that are not joined yet.
+    #[cfg(test)]
+    pub(crate) fn unjoined(&self) -> usize {
+        self.lock().finished.len()
+    }
+
+    pub(crate) fn remove(&self, id: u64, counters: &Counters) {
+        let mut table = self.lock();
+        if let Some(entry) = table.live.remove(&id) {
+            Counters::sub(&counters.active, 1);
+            table.finished.extend(entry.thread);
+        }
+        if table.live.is_empty() {
+            self.emptied.notify_all();
+        }
+    }
+
+    /// Shuts down `how` on every live connection. `Read` makes each blocked
+    /// `read` return end of file, so its thread echoes what it already has
+    /// and closes; `Both` also fails pending writes.
+    pub(crate) fn shutdown_all(&self, how: Shutdown) {
+        for entry in self.lock().live.values() {
+            // Fails only if the peer is already gone, which is the goal anyway.
+            let _ = entry.stream.0.shutdown(how);
+        }
+    }
+
+    /// Joins the threads of connections that have ended. Each is past its
+    /// last use of shared state, so this waits microseconds at most.
+    pub(crate) fn reap(&self) {
+        let finished = std::mem::take(&mut self.lock().finished);
+        for thread in finished {
+            if thread.join().is_err() {
+                log::error!("a connection thread panicked");
+            }
+        }
+    }
+
+    /// Waits until no connection is left, at most `timeout`. Returns whether
+    /// the table is empty.
+    pub(crate) fn wait_until_empty(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut table = self.lock();
+        while !table.live.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            table = self
+                .emptied
+                .wait_timeout(table, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        true
+    }
+}

@@ -1,0 +1,308 @@
+//! How many connection threads the OS can give this process, worked out at
+//! start-up from its limits, so that no number of clients can make the
+//! process abort for want of a thread.
+//!
+//! A Rust thread on Linux takes about four memory mappings (its stack and
+//! guard page, its signal stack and guard page), and a process may have at
+//! most `vm.max_map_count` mappings (65,530 by default): about 16,000
+//! threads. Threads are also tasks: `kernel.threads-max` and
+//! `kernel.pid_max` bound them system-wide, `RLIMIT_NPROC` per user. Past
+//! any of these, spawning a thread fails at best and aborts the process at
+//! worst (the signal stack allocation), so the server stays below all of
+//! them, with headroom for the rest of the process and the system.
+
+use std::fmt;
+
+/// Memory mappings one connection thread takes.
+const MAPS_PER_THREAD: u64 = 4;
+
+/// Mappings left for everything else the process maps (libraries, heap
+/// arenas, the event loops' buffers).
+const MAP_HEADROOM: u64 = 2048;
+
+/// Tasks (threads or processes) left for the rest of the system.
+const TASK_HEADROOM: u64 = 1024;
+
+/// The OS limits a thread budget is computed from; `None` where unknown.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct OsLimits {
+    /// `vm.max_map_count`.
+    pub(crate) max_map_count: Option<u64>,
+    /// Mappings this process has now.
+    pub(crate) maps_in_use: u64,
+    /// `kernel.threads-max`.
+    pub(crate) threads_max: Option<u64>,
+    /// `kernel.pid_max`.
+    pub(crate) pid_max: Option<u64>,
+    /// `RLIMIT_NPROC` (soft), unless unlimited or not enforced (root).
+    pub(crate) nproc: Option<u64>,
+    /// Tasks running on the system now.
+    pub(crate) tasks_in_use: u64,
+    /// Tasks of our user now (what `RLIMIT_NPROC` counts).
+    pub(crate) user_tasks: u64,
+    /// Threads the server will run besides connection threads (signal
+    /// handling, accept loops, event loops) that are not running yet.
+    pub(crate) reserved: u64,
+}
+
+/// At most this many connection threads, and the limit that sets it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ThreadBudget {
+    pub(crate) threads: usize,
+    /// The limit that binds, or `None` when no limit is known.
+    pub(crate) bound_by: Option<Bound>,
+}
+
+/// Which OS limit bounds the number of threads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Bound {
+    MaxMapCount(u64),
+    ThreadsMax(u64),
+    PidMax(u64),
+    Nproc(u64),
+}
+
+impl fmt::Display for Bound {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Bound::MaxMapCount(n) => write!(
+                f,
+                "vm.max_map_count is {n} and each thread takes {MAPS_PER_THREAD} mappings \
+                 (raise it with `sysctl vm.max_map_count=N`)"
+            ),
+            Bound::ThreadsMax(n) => write!(
+                f,
+                "kernel.threads-max is {n} (raise it with `sysctl kernel.threads-max=N`)"
+            ),
+            Bound::PidMax(n) => write!(
+                f,
+                "kernel.pid_max is {n} (raise it with `sysctl kernel.pid_max=N`)"
+            ),
+            Bound::Nproc(n) => write!(
+                f,
+                "the process limit (RLIMIT_NPROC) is {n} (raise it with `ulimit -u`)"
+            ),
+        }
+    }
+}
+
+impl ThreadBudget {
+    /// The budget these limits allow.
+    pub(crate) fn from_limits(limits: &OsLimits) -> ThreadBudget {
+        let reserved = limits.reserved;
+        let tasks_left =
+            |max: u64| max.saturating_sub(limits.tasks_in_use + reserved + TASK_HEADROOM);
+        let candidates = [
+            limits.max_map_count.map(|n| {
+                let left = n.saturating_sub(limits.maps_in_use + MAP_HEADROOM);
+                (
+                    (left / MAPS_PER_THREAD).saturating_sub(reserved),
+                    Bound::MaxMapCount(n),
+                )
+            }),
+            limits
+                .threads_max
+                .map(|n| (tasks_left(n), Bound::ThreadsMax(n))),
+            limits.pid_max.map(|n| (tasks_left(n), Bound::PidMax(n))),
+            // Per user and usually small when set: exact, no headroom.
+            limits.nproc.map(|n| {
+                (
+                    n.saturating_sub(limits.user_tasks + reserved),
+                    Bound::Nproc(n),
+                )
+            }),
+        ];
+        match candidates.into_iter().flatten().min_by_key(|(n, _)| *n) {
+            Some((n, bound)) => ThreadBudget {
+                threads: usize::try_from(n).unwrap_or(usize::MAX),
+                bound_by: Some(bound),
+            },
+            None => ThreadBudget {
+                threads: usize::MAX,
+                bound_by: None,
+            },
+        }
+    }
+
+    /// The budget of this process now, keeping `reserved` threads for the
+    /// server's own use.
+    pub(crate) fn of_this_process(reserved: usize) -> ThreadBudget {
+        let mut limits = read_limits();
+        limits.reserved = reserved as u64;
+        ThreadBudget::from_limits(&limits)
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn read_limits() -> OsLimits {
+    use std::fs;
+    let number = |path: &str| -> Option<u64> { fs::read_to_string(path).ok()?.trim().parse().ok() };
+    let maps_in_use = fs::read("/proc/self/maps")
+        .map(|maps| maps.iter().filter(|&&b| b == b'\n').count() as u64)
+        .unwrap_or(0);
+    // The fourth field of /proc/loadavg is "running/total" tasks.
+    let tasks_in_use = fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(3)?.split('/').nth(1)?.parse().ok())
+        .unwrap_or(0);
+    let nproc = nproc_limit();
+    OsLimits {
+        max_map_count: number("/proc/sys/vm/max_map_count"),
+        maps_in_use,
+        threads_max: number("/proc/sys/kernel/threads-max"),
+        pid_max: number("/proc/sys/kernel/pid_max"),
+        user_tasks: if nproc.is_some() { user_tasks() } else { 0 },
+        nproc,
+        tasks_in_use,
+        reserved: 0,
+    }
+}
+
+/// Tasks (threads) of processes whose real user is ours, as
+/// `RLIMIT_NPROC` counts them. Read once, at start-up.
+#[cfg(target_os = "linux")]
+fn user_tasks() -> u64 {
+    // SAFETY: getuid cannot fail.
+    let uid = unsafe { libc::getuid() }.to_string();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 1;
+    };
+    let mut tasks = 0;
+    for entry in dir.flatten() {
+        // Processes only: not `self` or `thread-self`, which repeat ours.
+        if !entry
+            .file_name()
+            .to_string_lossy()
+            .bytes()
+            .all(|b| b.is_ascii_digit())
+        {
+            continue;
+        }
+        let Ok(status) = std::fs::read_to_string(entry.path().join("status")) else {
+            continue; // not a process, or gone
+        };
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(str::split_whitespace)
+        };
+        let ours = field("Uid:").and_then(|mut ids| ids.next()) == Some(uid.as_str());
+        if ours {
+            tasks += field("Threads:")
+                .and_then(|mut n| n.next()?.parse().ok())
+                .unwrap_or(1);
+        }
+    }
+    tasks.max(1)
+}
+
+#[cfg(all(unix, not(target_os = "linux")))]
+fn read_limits() -> OsLimits {
+    // Without /proc the user's tasks are unknown: this process's only.
+    OsLimits {
+        nproc: nproc_limit(),
+        user_tasks: 1,
+        ..OsLimits::default()
+    }
+}
+
+#[cfg(not(unix))]
+fn read_limits() -> OsLimits {
+    OsLimits::default()
+}
+
+#[cfg(unix)]
+fn nproc_limit() -> Option<u64> {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        return None; // root is not held to RLIMIT_NPROC
+    }
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct passed in.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NPROC, &mut lim) } != 0
+        || lim.rlim_cur == libc::RLIM_INFINITY
+    {
+        return None;
+    }
+    #[allow(clippy::unnecessary_cast)] // rlim_t is not u64 on every Unix
+    Some(lim.rlim_cur as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// This machine's numbers when the crash was seen: 65,530 mappings,
+    /// pid_max 32,768.
+    fn typical() -> OsLimits {
+        OsLimits {
+            max_map_count: Some(65_530),
+            maps_in_use: 120,
+            threads_max: Some(190_000),
+            pid_max: Some(32_768),
+            nproc: None,
+            tasks_in_use: 600,
+            user_tasks: 1,
+            reserved: 4,
+        }
+    }
+
+    #[test]
+    fn mappings_bind_first_on_a_default_linux() {
+        let b = ThreadBudget::from_limits(&typical());
+        assert_eq!(b.threads, (65_530 - 120 - 2048) / 4 - 4);
+        assert_eq!(b.bound_by, Some(Bound::MaxMapCount(65_530)));
+        assert!(b.threads < 16_363, "below where the process aborted");
+    }
+
+    #[test]
+    fn the_tightest_limit_wins_and_is_named() {
+        let limits = OsLimits {
+            pid_max: Some(4_000),
+            ..typical()
+        };
+        let b = ThreadBudget::from_limits(&limits);
+        assert_eq!(b.threads, 4_000 - 600 - 4 - 1024);
+        assert_eq!(b.bound_by, Some(Bound::PidMax(4_000)));
+        assert!(b
+            .bound_by
+            .unwrap()
+            .to_string()
+            .contains("kernel.pid_max is 4000"));
+        // RLIMIT_NPROC counts only our user's tasks, and the threads the
+        // server keeps for itself.
+        let limits = OsLimits {
+            nproc: Some(20),
+            user_tasks: 3,
+            ..typical()
+        };
+        let b = ThreadBudget::from_limits(&limits);
+        assert_eq!(b.bound_by, Some(Bound::Nproc(20)));
+        assert_eq!(b.threads, 20 - 3 - 4);
+    }
+
+    #[test]
+    fn exhausted_limits_give_no_threads_and_unknown_ones_no_bound() {
+        let limits = OsLimits {
+            max_map_count: Some(1_000),
+            maps_in_use: 900,
+            ..typical()
+        };
+        assert_eq!(ThreadBudget::from_limits(&limits).threads, 0);
+        let none = ThreadBudget::from_limits(&OsLimits::default());
+        assert_eq!(none.threads, usize::MAX);
+        assert_eq!(none.bound_by, None);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn this_process_has_a_positive_bounded_budget() {
+        let b = ThreadBudget::of_this_process(4);
+        assert!(b.threads > 0 && b.threads < usize::MAX, "{b:?}");
+        assert!(b.bound_by.is_some());
+    }
+}

@@ -514,6 +514,45 @@ mod tests {
         assert!(s.output().is_empty());
     }
 
+    #[test]
+    fn resumes_exactly_where_it_would_block_and_idles_without_a_buffer() {
+        let mut s = ScriptedStream::new(
+            b"abcdefgh".to_vec(),
+            [ReadStep::Chunk(4), ReadStep::WouldBlock],
+            [
+                WriteStep::Accept(1),
+                WriteStep::WouldBlock,
+                WriteStep::Accept(3),
+                WriteStep::WouldBlock, // the flush
+            ],
+        );
+        let mut echo = Echo::new();
+        let mut scratch = [0u8; 8];
+        // Wrote "a", then the write blocked: "bcd" is kept.
+        assert_eq!(echo.resume(&mut s, &mut scratch).unwrap(), Status::Blocked);
+        assert!(echo.is_writing());
+        assert_eq!((s.output(), echo.echoed()), (&b"a"[..], 1));
+        assert_eq!(echo.unwritten, b"bcd");
+        // Blocked at the flush after writing "bcd": nothing read meanwhile.
+        assert_eq!(echo.resume(&mut s, &mut scratch).unwrap(), Status::Blocked);
+        assert!(echo.is_writing());
+        assert_eq!(s.consumed(), b"abcd");
+        assert_eq!(s.output(), b"abcd");
+        // Flushed; then the read would block: idle, and no buffer held.
+        let mut other_scratch = [0u8; 3];
+        assert_eq!(
+            echo.resume(&mut s, &mut other_scratch).unwrap(),
+            Status::Blocked
+        );
+        assert!(!echo.is_writing());
+        assert_eq!(echo.unwritten.capacity(), 0);
+        assert_eq!(
+            echo.resume(&mut s, &mut other_scratch).unwrap(),
+            Status::Finished
+        );
+        assert_eq!((s.output(), echo.echoed()), (&b"abcdefgh"[..], 8));
+    }
+
     fn read_step() -> impl Strategy<Value = ReadStep> {
         prop_oneof![
             6 => (1usize..300).prop_map(ReadStep::Chunk),
@@ -530,7 +569,59 @@ mod tests {
         ]
     }
 
+    fn nonblocking_read_step() -> impl Strategy<Value = ReadStep> {
+        prop_oneof![
+            4 => read_step(),
+            1 => Just(ReadStep::WouldBlock),
+        ]
+    }
+
+    fn nonblocking_write_step() -> impl Strategy<Value = WriteStep> {
+        prop_oneof![
+            4 => write_step(),
+            1 => Just(WriteStep::WouldBlock),
+        ]
+    }
+
     proptest! {
+        /// Any pattern of `WouldBlock` on reads, writes and flushes, with a
+        /// different scratch buffer lent on every call: resuming until the
+        /// end gives exactly the input, in order, with the right count; a
+        /// blocked echo never holds more than one chunk, and holds no
+        /// buffer at all while it waits to read.
+        #[test]
+        fn resumed_echo_matches_the_reference(
+            input in vec(any::<u8>(), 0..4096),
+            reads in vec(nonblocking_read_step(), 0..96),
+            writes in vec(nonblocking_write_step(), 0..96),
+            scratch_lens in vec(1usize..600, 1..8),
+        ) {
+            let mut stream = ScriptedStream::new(input.clone(), reads, writes);
+            let mut echo = Echo::new();
+            let mut calls = 0;
+            loop {
+                let len = scratch_lens[calls % scratch_lens.len()];
+                let max_len = *scratch_lens.iter().max().unwrap();
+                calls += 1;
+                prop_assert!(calls < 10_000, "no progress");
+                match echo.resume(&mut stream, &mut vec![0; len]).unwrap() {
+                    Status::Finished => break,
+                    Status::Blocked => {
+                        let held = stream.consumed().len() - stream.output().len();
+                        prop_assert!(held <= max_len, "holds {} bytes", held);
+                        prop_assert_eq!(held, echo.unwritten.len() - echo.written);
+                        if !echo.is_writing() {
+                            prop_assert_eq!(echo.unwritten.capacity(), 0);
+                        }
+                    }
+                }
+            }
+            let (expected, count) = reference(&input);
+            prop_assert_eq!(stream.output(), &expected[..]);
+            prop_assert_eq!(echo.echoed(), count);
+            prop_assert!(!echo.is_writing());
+        }
+
         /// Whatever the chunking, interrupts and buffer size, the output is
         /// the input and the count is its length.
         #[test]

@@ -6,7 +6,7 @@
 //! `proptest-regressions/properties.txt` at the crate root. Default case
 //! counts keep `cargo test` quick; `PROPTEST_CASES=N` raises them.
 
-use crate::{Server, ServerHandle, Stats};
+use crate::{Engine, Server, ServerHandle, Stats};
 use proptest::collection::vec;
 use proptest::prelude::*;
 use std::io::{self, Read, Write};
@@ -39,10 +39,23 @@ struct Running {
     thread: JoinHandle<io::Result<Stats>>,
 }
 
-fn start(max_connections: usize) -> Running {
+/// Any engine; under `auto`, so few connections on threads that most cases
+/// have connections on both engines at once.
+fn engine() -> impl Strategy<Value = Engine> {
+    prop_oneof![
+        Just(Engine::Threads),
+        Just(Engine::Events),
+        Just(Engine::Auto),
+    ]
+}
+
+fn start(max_connections: usize, engine: Engine) -> Running {
     let server = Server::builder()
         .tcp(([127, 0, 0, 1], 0))
         .max_connections(max_connections)
+        .engine(engine)
+        .thread_connections(3)
+        .event_loops(2)
         .build()
         .unwrap();
     let addr = server.local_addr().unwrap();
@@ -78,13 +91,13 @@ fn connect(addr: SocketAddr) -> TcpStream {
     s
 }
 
-/// Connection threads alive in this process, by name.
+/// Connection threads and event loops alive in this process, by name.
 #[cfg(target_os = "linux")]
-fn connection_threads() -> usize {
+fn serving_threads() -> usize {
     std::fs::read_dir("/proc/self/task")
         .unwrap()
         .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
-        .filter(|name| name.trim_end() == "echo-conn")
+        .filter(|name| matches!(name.trim_end(), "echo-conn" | "echo-events"))
         .count()
 }
 
@@ -141,9 +154,12 @@ proptest! {
     /// pauses and half-close point: each gets exactly its own bytes back, in
     /// order, then end of file.
     #[test]
-    fn concurrent_clients_each_get_their_own_bytes(plans in vec(client_plan(), 64..80)) {
+    fn concurrent_clients_each_get_their_own_bytes(
+        plans in vec(client_plan(), 64..80),
+        engine in engine(),
+    ) {
         let _serial = SERIAL.lock().unwrap_or_else(PoisonError::into_inner);
-        let server = start(1024);
+        let server = start(1024, engine);
         let clients: Vec<_> = plans
             .iter()
             .cloned()
@@ -167,9 +183,10 @@ proptest! {
     fn connection_limit_holds_and_every_client_is_served(
         max in 1usize..=4,
         holds in vec(0u64..8, 6..20),
+        engine in engine(),
     ) {
         let _serial = SERIAL.lock().unwrap_or_else(PoisonError::into_inner);
-        let server = start(max);
+        let server = start(max, engine);
         let served = Arc::new(AtomicUsize::new(0));
         let peak = Arc::new(AtomicUsize::new(0));
         let done = Arc::new(AtomicBool::new(false));
@@ -216,16 +233,18 @@ proptest! {
         prop_assert_eq!(server.stop().accepted, holds.len() as u64);
     }
 
-    /// Once `run` returns after shutdown, no connection thread is left,
+    /// Once `run` returns after shutdown, no connection thread or event
+    /// loop is left,
     /// every client got its in-flight bytes and then end of file, and the
     /// port can be bound again.
     #[test]
     fn shutdown_leaves_nothing_behind(
         idle in 0usize..6,
         busy in vec(vec(any::<u8>(), 1..2048), 0..6),
+        engine in engine(),
     ) {
         let _serial = SERIAL.lock().unwrap_or_else(PoisonError::into_inner);
-        let server = start(64);
+        let server = start(64, engine);
         let mut idle_clients: Vec<_> = (0..idle).map(|_| connect(server.addr)).collect();
         let mut busy_clients: Vec<_> = busy
             .iter()
@@ -247,7 +266,7 @@ proptest! {
         let stats = server.stop();
         prop_assert_eq!(stats.active, 0);
         #[cfg(target_os = "linux")]
-        prop_assert_eq!(connection_threads(), 0);
+        prop_assert_eq!(serving_threads(), 0);
         for (s, payload) in busy_clients.iter_mut().zip(&busy) {
             let mut got = Vec::new();
             s.read_to_end(&mut got).unwrap();

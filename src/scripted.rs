@@ -18,6 +18,9 @@ pub enum ReadStep {
     Interrupted,
     /// Fail with `ErrorKind::ConnectionReset`: the peer went away.
     Reset,
+    /// Fail with `ErrorKind::WouldBlock`: a non-blocking stream with
+    /// nothing to read yet.
+    WouldBlock,
 }
 
 /// What the next `write` (or `flush`) does.
@@ -27,6 +30,9 @@ pub enum WriteStep {
     Accept(usize),
     /// Fail with `ErrorKind::Interrupted`, to be retried.
     Interrupted,
+    /// Fail with `ErrorKind::WouldBlock`: a non-blocking stream whose send
+    /// buffer is full.
+    WouldBlock,
 }
 
 /// A stream that reads `input` and records what is written, one scripted
@@ -75,6 +81,7 @@ impl Read for ScriptedStream {
         let limit = match self.reads.pop_front() {
             Some(ReadStep::Interrupted) => return Err(ErrorKind::Interrupted.into()),
             Some(ReadStep::Reset) => return Err(ErrorKind::ConnectionReset.into()),
+            Some(ReadStep::WouldBlock) => return Err(ErrorKind::WouldBlock.into()),
             Some(ReadStep::Chunk(n)) => n.max(1),
             None => usize::MAX,
         };
@@ -89,6 +96,7 @@ impl Write for ScriptedStream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let limit = match self.writes.pop_front() {
             Some(WriteStep::Interrupted) => return Err(ErrorKind::Interrupted.into()),
+            Some(WriteStep::WouldBlock) => return Err(ErrorKind::WouldBlock.into()),
             Some(WriteStep::Accept(n)) => n.max(1),
             None => usize::MAX,
         };
@@ -98,11 +106,18 @@ impl Write for ScriptedStream {
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        // Flushes can be interrupted too; they consume an interrupt step.
-        if self.writes.front() == Some(&WriteStep::Interrupted) {
-            self.writes.pop_front();
-            return Err(ErrorKind::Interrupted.into());
+        // Flushes can be interrupted or blocked too; they consume such a
+        // step, and leave chunk sizes to the writes.
+        match self.writes.front() {
+            Some(WriteStep::Interrupted) => {
+                self.writes.pop_front();
+                Err(ErrorKind::Interrupted.into())
+            }
+            Some(WriteStep::WouldBlock) => {
+                self.writes.pop_front();
+                Err(ErrorKind::WouldBlock.into())
+            }
+            _ => Ok(()),
         }
-        Ok(())
     }
 }

@@ -5,14 +5,14 @@
 
 mod support;
 
+use echo_server::Engine;
 use std::io::Write;
 use std::net::{Shutdown, SocketAddr, TcpListener};
 use std::time::Duration;
 use support::*;
 
-#[test]
-fn prints_the_listening_line_echoes_and_exits_0_on_sigterm() {
-    let mut server = Binary::spawn(&["0"]);
+fn prints_the_listening_line_echoes_and_exits_0_on_sigterm(engine: Engine) {
+    let mut server = Binary::spawn(&on_engine(engine, &["0"]));
     let addr = server.tcp_addr();
     assert_eq!(addr.ip(), std::net::Ipv4Addr::LOCALHOST);
     assert_ne!(addr.port(), 0);
@@ -46,9 +46,8 @@ fn prints_the_listening_line_echoes_and_exits_0_on_sigterm() {
     );
 }
 
-#[test]
-fn sigint_with_idle_clients_exits_0_promptly() {
-    let mut server = Binary::spawn(&["0"]);
+fn sigint_with_idle_clients_exits_0_promptly(engine: Engine) {
+    let mut server = Binary::spawn(&on_engine(engine, &["0"]));
     let addr = server.tcp_addr();
     let mut idle: Vec<_> = (0..3).map(|_| connect(addr)).collect();
     let mut talking = connect(addr);
@@ -149,9 +148,8 @@ fn logged_data(server: &mut Binary, len: usize) -> Vec<u8> {
     logged
 }
 
-#[test]
-fn log_data_escapes_control_bytes_and_invalid_utf8() {
-    let mut server = Binary::spawn(&["--log-data", "0"]);
+fn log_data_escapes_control_bytes_and_invalid_utf8(engine: Engine) {
+    let mut server = Binary::spawn(&on_engine(engine, &["--log-data", "0"]));
     let addr = server.tcp_addr();
     let payload = b"hi\x1b[2J\x00\xff\n".to_vec();
     assert_eq!(round_trip(connect(addr), payload.clone()), payload);
@@ -166,11 +164,10 @@ fn log_data_escapes_control_bytes_and_invalid_utf8() {
     }
 }
 
-#[test]
-fn log_data_sees_bulk_traffic_too() {
+fn log_data_sees_bulk_traffic_too(engine: Engine) {
     // Bulk traffic would go through splice(2), which never sees the bytes:
     // with --log-data every byte must still be logged.
-    let mut server = Binary::spawn(&["--log-data", "0"]);
+    let mut server = Binary::spawn(&on_engine(engine, &["--log-data", "0"]));
     let addr = server.tcp_addr();
     let payload: Vec<u8> = (0..20_000u32).map(|i| (i % 256) as u8).collect();
     assert_eq!(round_trip(connect(addr), payload.clone()), payload);
@@ -185,9 +182,8 @@ fn log_data_sees_bulk_traffic_too() {
     );
 }
 
-#[test]
-fn max_connections_from_the_command_line() {
-    let mut server = Binary::spawn(&["--max-connections", "1", "0"]);
+fn max_connections_from_the_command_line(engine: Engine) {
+    let mut server = Binary::spawn(&on_engine(engine, &["--max-connections", "1", "0"]));
     let addr = server.tcp_addr();
     let mut first = connect(addr);
     first.write_all(b"a").unwrap();
@@ -200,9 +196,8 @@ fn max_connections_from_the_command_line() {
     assert_eq!(read_n(&mut second, 6), b"queued");
 }
 
-#[test]
-fn idle_timeout_from_the_command_line() {
-    let mut server = Binary::spawn(&["--idle-timeout", "0.3", "0"]);
+fn idle_timeout_from_the_command_line(engine: Engine) {
+    let mut server = Binary::spawn(&on_engine(engine, &["--idle-timeout", "0.3", "0"]));
     let addr = server.tcp_addr();
     let mut c = connect(addr);
     c.write_all(b"x").unwrap();
@@ -278,4 +273,13 @@ fn activation_for_another_process_is_ignored() {
     let mut server = Binary::spawn_command(cmd);
     // Not for us: no sockets, and no PORT either, so a usage error.
     assert_eq!(server.wait_exit().code(), Some(2), "{:#?}", server.seen);
+}
+
+engine_tests! {
+    prints_the_listening_line_echoes_and_exits_0_on_sigterm,
+    sigint_with_idle_clients_exits_0_promptly,
+    log_data_escapes_control_bytes_and_invalid_utf8,
+    log_data_sees_bulk_traffic_too,
+    max_connections_from_the_command_line,
+    idle_timeout_from_the_command_line,
 }

@@ -4,7 +4,7 @@
 
 mod support;
 
-use echo_server::Server;
+use echo_server::Engine;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt;
@@ -77,9 +77,10 @@ fn summary(server: &mut Binary) -> String {
         .expect("a shutdown summary")
 }
 
-#[test]
-fn out_of_file_descriptors_resets_extra_clients_and_recovers() {
-    let mut server = spawn_limited(&["0"], || set_rlimit(libc::RLIMIT_NOFILE, 16));
+fn out_of_file_descriptors_resets_extra_clients_and_recovers(engine: Engine) {
+    let mut server = spawn_limited(&on_engine(engine, &["0"]), || {
+        set_rlimit(libc::RLIMIT_NOFILE, 16)
+    });
     let addr = server.tcp_addr();
     let mut served = Vec::new();
     let mut refused = 0;
@@ -187,9 +188,8 @@ fn rss_kib(pid: u32) -> u64 {
         .expect("VmRSS")
 }
 
-#[test]
-fn a_stalled_reader_holds_bounded_memory_until_the_write_timeout() {
-    let mut server = Binary::spawn(&["--write-timeout", "1", "0"]);
+fn a_stalled_reader_holds_bounded_memory_until_the_write_timeout(engine: Engine) {
+    let mut server = Binary::spawn(&on_engine(engine, &["--write-timeout", "1", "0"]));
     let addr = server.tcp_addr();
     let before = rss_kib(server.child.id());
     let mut s = connect(addr);
@@ -236,9 +236,8 @@ fn is_closed_or_reset(s: &mut TcpStream) -> bool {
     false
 }
 
-#[test]
-fn a_client_that_sends_256_mib_before_reading_gets_it_all_back() {
-    let mut server = Binary::spawn(&["0"]);
+fn a_client_that_sends_256_mib_before_reading_gets_it_all_back(engine: Engine) {
+    let mut server = Binary::spawn(&on_engine(engine, &["0"]));
     let addr = server.tcp_addr();
     let pid = server.child.id();
     let base = rss_kib(pid);
@@ -287,9 +286,8 @@ fn a_client_that_sends_256_mib_before_reading_gets_it_all_back() {
     );
 }
 
-#[test]
-fn a_storm_of_resets_and_silent_clients_disturbs_no_one() {
-    let mut server = Binary::spawn(&["0"]);
+fn a_storm_of_resets_and_silent_clients_disturbs_no_one(engine: Engine) {
+    let mut server = Binary::spawn(&on_engine(engine, &["0"]));
     let addr = server.tcp_addr();
     let mut steady = connect(addr);
     for i in 0..300 {
@@ -329,10 +327,9 @@ fn a_storm_of_resets_and_silent_clients_disturbs_no_one() {
     assert!(server.seen.len() <= 5, "log spam: {:#?}", server.seen);
 }
 
-#[test]
-fn per_source_cap_resets_only_the_excess_from_one_address() {
+fn per_source_cap_resets_only_the_excess_from_one_address(engine: Engine) {
     let server = TestServer::start(
-        Server::builder()
+        builder(engine)
             .tcp(([127, 0, 0, 1], 0))
             .max_per_source(Some(2)),
     );
@@ -359,4 +356,12 @@ fn per_source_cap_resets_only_the_excess_from_one_address() {
     assert_eq!(try_client(server.addr, DEADLINE).0, Fate::Echoed);
     drop(second);
     assert_eq!(server.handle.stats().refused_per_source, 1);
+}
+
+engine_tests! {
+    out_of_file_descriptors_resets_extra_clients_and_recovers,
+    a_stalled_reader_holds_bounded_memory_until_the_write_timeout,
+    a_client_that_sends_256_mib_before_reading_gets_it_all_back,
+    a_storm_of_resets_and_silent_clients_disturbs_no_one,
+    per_source_cap_resets_only_the_excess_from_one_address,
 }

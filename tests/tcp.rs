@@ -2,7 +2,7 @@
 
 mod support;
 
-use echo_server::Server;
+use echo_server::Engine;
 use rand::{Rng, RngCore, SeedableRng};
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener};
@@ -10,9 +10,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 use support::*;
 
-#[test]
-fn echoes_a_line() {
-    let server = TestServer::loopback();
+fn echoes_a_line(engine: Engine) {
+    let server = TestServer::loopback(engine);
     let mut c = connect(server.addr);
     c.write_all(b"hello\n").unwrap();
     assert_eq!(read_n(&mut c, 6), b"hello\n");
@@ -20,19 +19,17 @@ fn echoes_a_line() {
     assert_eq!(read_n(&mut c, 5), b"again");
 }
 
-#[test]
-fn echoes_every_byte_value_including_nul() {
-    let server = TestServer::loopback();
+fn echoes_every_byte_value_including_nul(engine: Engine) {
+    let server = TestServer::loopback(engine);
     let data: Vec<u8> = (0..=255u8).cycle().take(4096).collect();
     assert_eq!(round_trip(connect(server.addr), data.clone()), data);
 }
 
-#[test]
-fn echoes_one_mebibyte_written_in_random_chunks() {
+fn echoes_one_mebibyte_written_in_random_chunks(engine: Engine) {
     // Bulk goes through splice(2) on Linux, and through the portable loop
     // with the switch off: both engines must be exact.
     for splice in [true, false] {
-        let server = TestServer::start(Server::builder().tcp(([127, 0, 0, 1], 0)).splice(splice));
+        let server = TestServer::start(builder(engine).tcp(([127, 0, 0, 1], 0)).splice(splice));
         one_mebibyte_in_random_chunks(&server);
         assert_eq!(server.stop().bytes_echoed, 1 << 20, "splice {splice}");
     }
@@ -71,9 +68,8 @@ fn one_mebibyte_in_random_chunks(server: &TestServer) {
     assert!(got == expected, "echo differs from what was sent");
 }
 
-#[test]
-fn serves_128_concurrent_clients_each_its_own_bytes() {
-    let server = TestServer::loopback();
+fn serves_128_concurrent_clients_each_its_own_bytes(engine: Engine) {
+    let server = TestServer::loopback(engine);
     let clients: Vec<_> = (0..128u32)
         .map(|i| {
             let addr = server.addr;
@@ -105,9 +101,8 @@ fn serves_128_concurrent_clients_each_its_own_bytes() {
     assert_eq!(stats.bytes_echoed, expected);
 }
 
-#[test]
-fn half_close_gets_everything_back_then_eof() {
-    let server = TestServer::loopback();
+fn half_close_gets_everything_back_then_eof(engine: Engine) {
+    let server = TestServer::loopback(engine);
     let mut c = connect(server.addr);
     c.write_all(b"first ").unwrap();
     c.write_all(b"second").unwrap();
@@ -117,10 +112,9 @@ fn half_close_gets_everything_back_then_eof() {
     assert_eq!(got, b"first second");
 }
 
-#[test]
-fn ipv6_loopback() {
+fn ipv6_loopback(engine: Engine) {
     let server =
-        TestServer::start(Server::builder().tcp(("::1".parse::<std::net::IpAddr>().unwrap(), 0)));
+        TestServer::start(builder(engine).tcp(("::1".parse::<std::net::IpAddr>().unwrap(), 0)));
     assert!(server.addr.is_ipv6());
     assert_eq!(
         round_trip(connect(server.addr), b"over v6".to_vec()),
@@ -128,10 +122,9 @@ fn ipv6_loopback() {
     );
 }
 
-#[test]
-fn dual_stack_on_unspecified_ipv6_accepts_ipv4_and_ipv6() {
+fn dual_stack_on_unspecified_ipv6_accepts_ipv4_and_ipv6(engine: Engine) {
     let server =
-        TestServer::start(Server::builder().tcp(("::".parse::<std::net::IpAddr>().unwrap(), 0)));
+        TestServer::start(builder(engine).tcp(("::".parse::<std::net::IpAddr>().unwrap(), 0)));
     let port = server.addr.port();
     let v4: SocketAddr = ([127, 0, 0, 1], port).into();
     let v6: SocketAddr = ("::1".parse::<std::net::IpAddr>().unwrap(), port).into();
@@ -139,53 +132,44 @@ fn dual_stack_on_unspecified_ipv6_accepts_ipv4_and_ipv6() {
     assert_eq!(round_trip(connect(v6), b"v6".to_vec()), b"v6");
 }
 
-#[test]
-fn port_zero_reports_the_real_port() {
-    let server = TestServer::loopback();
+fn port_zero_reports_the_real_port(engine: Engine) {
+    let server = TestServer::loopback(engine);
     assert_ne!(server.addr.port(), 0);
     assert_eq!(round_trip(connect(server.addr), b"x".to_vec()), b"x");
 }
 
-#[test]
-fn serves_an_existing_std_listener() {
+fn serves_an_existing_std_listener(engine: Engine) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
-    let server = TestServer::start(Server::builder().tcp_listener(listener));
+    let server = TestServer::start(builder(engine).tcp_listener(listener));
     assert_eq!(server.addr, addr);
     assert_eq!(round_trip(connect(addr), b"adopted".to_vec()), b"adopted");
 }
 
-#[test]
-fn binding_a_busy_port_names_the_address() {
+fn binding_a_busy_port_names_the_address(engine: Engine) {
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap();
-    let err = Server::builder().tcp(addr).build().unwrap_err();
+    let err = builder(engine).tcp(addr).build().unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse);
     assert!(err.to_string().contains(&format!("tcp {addr}")), "{err}");
 }
 
-#[test]
-fn invalid_configurations_are_refused() {
-    assert!(Server::builder().build().is_err());
-    assert!(Server::builder()
+fn invalid_configurations_are_refused(engine: Engine) {
+    assert!(builder(engine).build().is_err());
+    assert!(builder(engine)
         .tcp(([127, 0, 0, 1], 0))
         .max_connections(0)
         .build()
         .is_err());
-    assert!(Server::builder()
+    assert!(builder(engine)
         .tcp(([127, 0, 0, 1], 0))
         .idle_timeout(Some(Duration::ZERO))
         .build()
         .is_err());
 }
 
-#[test]
-fn max_connections_applies_backpressure_and_loses_nothing() {
-    let server = TestServer::start(
-        Server::builder()
-            .tcp(([127, 0, 0, 1], 0))
-            .max_connections(2),
-    );
+fn max_connections_applies_backpressure_and_loses_nothing(engine: Engine) {
+    let server = TestServer::start(builder(engine).tcp(([127, 0, 0, 1], 0)).max_connections(2));
     let mut first = connect(server.addr);
     let mut second = connect(server.addr);
     first.write_all(b"1").unwrap();
@@ -218,10 +202,9 @@ fn max_connections_applies_backpressure_and_loses_nothing() {
     assert_eq!(read_n(&mut second, 5), b"still");
 }
 
-#[test]
-fn idle_timeout_closes_silent_clients_only() {
+fn idle_timeout_closes_silent_clients_only(engine: Engine) {
     let server = TestServer::start(
-        Server::builder()
+        builder(engine)
             .tcp(([127, 0, 0, 1], 0))
             .idle_timeout(Some(Duration::from_millis(300))),
     );
@@ -246,9 +229,8 @@ fn idle_timeout_closes_silent_clients_only() {
     });
 }
 
-#[test]
-fn shutdown_unblocks_run_with_idle_clients_connected() {
-    let server = TestServer::loopback();
+fn shutdown_unblocks_run_with_idle_clients_connected(engine: Engine) {
+    let server = TestServer::loopback(engine);
     let mut idle: Vec<_> = (0..5).map(|_| connect(server.addr)).collect();
     wait_for("clients to be accepted", || {
         server.handle.stats().active == 5
@@ -263,9 +245,8 @@ fn shutdown_unblocks_run_with_idle_clients_connected() {
     }
 }
 
-#[test]
-fn shutdown_echoes_what_was_already_sent() {
-    let server = TestServer::loopback();
+fn shutdown_echoes_what_was_already_sent(engine: Engine) {
+    let server = TestServer::loopback(engine);
     let mut c = connect(server.addr);
     c.write_all(b"ping").unwrap();
     assert_eq!(read_n(&mut c, 4), b"ping");
@@ -281,13 +262,8 @@ fn shutdown_echoes_what_was_already_sent() {
     TcpListener::bind(port).expect("port is free after shutdown");
 }
 
-#[test]
-fn shutdown_while_waiting_for_a_slot() {
-    let server = TestServer::start(
-        Server::builder()
-            .tcp(([127, 0, 0, 1], 0))
-            .max_connections(1),
-    );
+fn shutdown_while_waiting_for_a_slot(engine: Engine) {
+    let server = TestServer::start(builder(engine).tcp(([127, 0, 0, 1], 0)).max_connections(1));
     let _held = connect(server.addr);
     let _queued = connect(server.addr);
     wait_for("the first client to be served", || {
@@ -296,9 +272,8 @@ fn shutdown_while_waiting_for_a_slot() {
     server.stop();
 }
 
-#[test]
-fn a_reset_client_does_not_disturb_others() {
-    let server = TestServer::loopback();
+fn a_reset_client_does_not_disturb_others(engine: Engine) {
+    let server = TestServer::loopback(engine);
     let mut steady = connect(server.addr);
     for _ in 0..20 {
         let s = socket2::Socket::from(connect(server.addr));
@@ -311,10 +286,9 @@ fn a_reset_client_does_not_disturb_others() {
     assert_eq!(read_n(&mut steady, 10), b"still here");
 }
 
-#[test]
-fn shutdown_closes_a_client_that_never_reads_after_the_grace_period() {
+fn shutdown_closes_a_client_that_never_reads_after_the_grace_period(engine: Engine) {
     let server = TestServer::start(
-        Server::builder()
+        builder(engine)
             .tcp(([127, 0, 0, 1], 0))
             .shutdown_grace(Duration::from_millis(200))
             .write_timeout(None),
@@ -341,4 +315,68 @@ fn drained(mut s: std::net::TcpStream) -> std::net::TcpStream {
     let mut buf = vec![0u8; 1 << 20];
     while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
     s
+}
+
+/// Each engine serves where it says, `auto` on both at once (threads for
+/// the first two, event loops for the rest), and shutdown drains every
+/// engine: each client gets what it sent before the request, then EOF.
+fn connections_are_served_on_their_engine_and_shutdown_drains_all(engine: Engine) {
+    let server = TestServer::loopback(engine);
+    let mut clients: Vec<_> = (0..5).map(|_| connect(server.addr)).collect();
+    for (i, c) in clients.iter_mut().enumerate() {
+        let msg = format!("hello {i}");
+        c.write_all(msg.as_bytes()).unwrap();
+        assert_eq!(read_n(c, msg.len()), msg.as_bytes());
+    }
+    let stats = server.handle.stats();
+    let expected = match engine {
+        Engine::Threads => (5, 0),
+        Engine::Events => (0, 5),
+        _ => (
+            AUTO_THREAD_CONNECTIONS as u64,
+            5 - AUTO_THREAD_CONNECTIONS as u64,
+        ),
+    };
+    assert_eq!((stats.active_threads, stats.active_events), expected);
+    assert_eq!(stats.active, 5);
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.write_all(format!("bye {i}").as_bytes()).unwrap();
+    }
+    // Every byte written is in the server's receive buffers before the
+    // request: they come back once both ends have seen them echoed.
+    wait_for("the goodbyes to be echoed", || {
+        server.handle.stats().bytes_echoed == 5 * 7 + 5 * 5
+    });
+    let stats = server.stop();
+    assert_eq!(
+        (stats.active, stats.active_threads, stats.active_events),
+        (0, 0, 0)
+    );
+    for (i, mut c) in clients.into_iter().enumerate() {
+        let mut rest = Vec::new();
+        c.read_to_end(&mut rest).unwrap();
+        assert_eq!(rest, format!("bye {i}").as_bytes());
+    }
+}
+
+engine_tests! {
+    connections_are_served_on_their_engine_and_shutdown_drains_all,
+    echoes_a_line,
+    echoes_every_byte_value_including_nul,
+    echoes_one_mebibyte_written_in_random_chunks,
+    serves_128_concurrent_clients_each_its_own_bytes,
+    half_close_gets_everything_back_then_eof,
+    ipv6_loopback,
+    dual_stack_on_unspecified_ipv6_accepts_ipv4_and_ipv6,
+    port_zero_reports_the_real_port,
+    serves_an_existing_std_listener,
+    binding_a_busy_port_names_the_address,
+    invalid_configurations_are_refused,
+    max_connections_applies_backpressure_and_loses_nothing,
+    idle_timeout_closes_silent_clients_only,
+    shutdown_unblocks_run_with_idle_clients_connected,
+    shutdown_echoes_what_was_already_sent,
+    shutdown_while_waiting_for_a_slot,
+    a_reset_client_does_not_disturb_others,
+    shutdown_closes_a_client_that_never_reads_after_the_grace_period,
 }

@@ -4,7 +4,7 @@
 
 mod support;
 
-use echo_server::Server;
+use echo_server::Engine;
 use std::io::{Read, Write};
 use std::net::Shutdown;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -18,11 +18,10 @@ fn connect_unix(path: &Path) -> UnixStream {
     s
 }
 
-#[test]
-fn echoes_and_half_closes_then_removes_the_file_on_shutdown() {
+fn echoes_and_half_closes_then_removes_the_file_on_shutdown(engine: Engine) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("echo.sock");
-    let server = TestServer::start(Server::builder().unix(&path));
+    let server = TestServer::start(builder(engine).unix(&path));
     assert!(server.addrs[0].to_string().ends_with("echo.sock"));
     let mut c = connect_unix(&path);
     c.write_all(b"hello\0unix").unwrap();
@@ -37,24 +36,22 @@ fn echoes_and_half_closes_then_removes_the_file_on_shutdown() {
     assert!(!path.exists(), "socket file left behind");
 }
 
-#[test]
-fn replaces_a_stale_socket_file() {
+fn replaces_a_stale_socket_file(engine: Engine) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("stale.sock");
     drop(UnixListener::bind(&path).unwrap()); // leaves the file, nobody listening
     assert!(path.exists());
-    let _server = TestServer::start(Server::builder().unix(&path));
+    let _server = TestServer::start(builder(engine).unix(&path));
     let mut c = connect_unix(&path);
     c.write_all(b"fresh").unwrap();
     assert_eq!(read_n(&mut c, 5), b"fresh");
 }
 
-#[test]
-fn never_takes_over_a_live_socket() {
+fn never_takes_over_a_live_socket(engine: Engine) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("live.sock");
     let live = UnixListener::bind(&path).unwrap();
-    let err = Server::builder().unix(&path).build().unwrap_err();
+    let err = builder(engine).unix(&path).build().unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse);
     let msg = err.to_string();
     assert!(msg.contains(&format!("unix {}", path.display())), "{msg}");
@@ -64,21 +61,19 @@ fn never_takes_over_a_live_socket() {
     live.accept().expect("the live server still accepts");
 }
 
-#[test]
-fn refuses_a_path_that_is_not_a_socket() {
+fn refuses_a_path_that_is_not_a_socket(engine: Engine) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("notes.txt");
     std::fs::write(&path, "keep me").unwrap();
-    let err = Server::builder().unix(&path).build().unwrap_err();
+    let err = builder(engine).unix(&path).build().unwrap_err();
     assert!(err.to_string().contains("not a socket"), "{err}");
     assert_eq!(std::fs::read_to_string(&path).unwrap(), "keep me");
 }
 
-#[test]
-fn connection_limit_applies_to_unix_clients() {
+fn connection_limit_applies_to_unix_clients(engine: Engine) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("limit.sock");
-    let server = TestServer::start(Server::builder().unix(&path).max_connections(1));
+    let server = TestServer::start(builder(engine).unix(&path).max_connections(1));
     let mut first = connect_unix(&path);
     first.write_all(b"1").unwrap();
     assert_eq!(read_n(&mut first, 1), b"1");
@@ -128,4 +123,12 @@ fn binary_exits_1_on_a_live_socket() {
     assert_eq!(status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("another server is listening"), "{stderr}");
     assert!(path.exists());
+}
+
+engine_tests! {
+    echoes_and_half_closes_then_removes_the_file_on_shutdown,
+    replaces_a_stale_socket_file,
+    never_takes_over_a_live_socket,
+    refuses_a_path_that_is_not_a_socket,
+    connection_limit_applies_to_unix_clients,
 }

@@ -98,7 +98,6 @@ impl Engines {
             loops.nudge();
         }
     }
-
 }
 
 /// Closes `conn` (dropping it frees its slots) and counts it.

@@ -2,7 +2,7 @@
 //! clients with timeouts on every read, and the built binary as a child.
 #![allow(dead_code)] // each test file uses a different subset
 
-use echo_server::{ListenAddr, Server, ServerBuilder, ServerHandle, Stats};
+use echo_server::{Engine, ListenAddr, Server, ServerBuilder, ServerHandle, Stats};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -39,9 +39,9 @@ impl TestServer {
         }
     }
 
-    /// A server on 127.0.0.1 with an OS-chosen port.
-    pub fn loopback() -> TestServer {
-        TestServer::start(Server::builder().tcp(([127, 0, 0, 1], 0)))
+    /// A server on 127.0.0.1 with an OS-chosen port, on `engine`.
+    pub fn loopback(engine: Engine) -> TestServer {
+        TestServer::start(builder(engine).tcp(([127, 0, 0, 1], 0)))
     }
 
     /// The first UDP address.
@@ -75,6 +75,54 @@ impl Drop for TestServer {
             let _ = t.join();
         }
     }
+}
+
+/// Under `auto`, this many connections go on threads and the rest on event
+/// loops: small, so that a test with a few clients has both at once.
+pub const AUTO_THREAD_CONNECTIONS: usize = 2;
+
+/// A builder for a server on `engine` (no listener yet).
+pub fn builder(engine: Engine) -> ServerBuilder {
+    Server::builder()
+        .engine(engine)
+        .thread_connections(AUTO_THREAD_CONNECTIONS)
+        .event_loops(2)
+}
+
+/// `args` after the command-line flags that select `engine` as
+/// [`builder`] does.
+pub fn on_engine<'a>(engine: Engine, args: &[&'a str]) -> Vec<&'a str> {
+    let flags: &'static [&'static str] = match engine {
+        Engine::Threads => &["--engine", "threads"],
+        Engine::Events => &["--engine", "events", "--event-loops", "2"],
+        _ => &[
+            "--engine",
+            "auto",
+            "--thread-connections",
+            "2",
+            "--event-loops",
+            "2",
+        ],
+    };
+    flags.iter().copied().chain(args.iter().copied()).collect()
+}
+
+/// Turns each listed `fn name(engine: Engine)` into one test per engine:
+/// `threads::name`, `events::name` (Unix) and `auto::name`.
+#[macro_export]
+macro_rules! engine_tests {
+    ($($name:ident),* $(,)?) => {
+        mod threads {
+            $( #[test] fn $name() { super::$name(echo_server::Engine::Threads) } )*
+        }
+        #[cfg(unix)]
+        mod events {
+            $( #[test] fn $name() { super::$name(echo_server::Engine::Events) } )*
+        }
+        mod auto {
+            $( #[test] fn $name() { super::$name(echo_server::Engine::Auto) } )*
+        }
+    };
 }
 
 /// Connects with read and write timeouts, so no test can hang on a socket.

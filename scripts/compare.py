@@ -1,26 +1,68 @@
 #!/usr/bin/env python3
 """Side-by-side benchmark: echo-server against the peer servers.
 
-Builds everything, then for every scenario runs each server in turn (fresh
-process, alternating order each round), drives it with `echo-bench`, and
-takes medians over the rounds. Writes a markdown table to
-bench-out/results.md and, with --update-readme, between the bench markers in
-README.md. Only 127.0.0.1 is used; every run is bounded in time.
+Builds everything, then runs every scenario against each server in turn
+(fresh process per run; servers interleaved, their order reversed every
+round; rounds outermost so slow drift of a shared machine hits every
+scenario alike), drives it with `echo-bench`, and takes medians over the
+rounds. Prints the ratio of each of our rows to each peer, writes
+bench-out/results.md and, with --update-readme, the same text between the
+bench markers in README.md. Only 127.0.0.0/8 is used; every run is bounded
+in time (echo-bench ends by itself; this script kills what overstays).
 
-    python3 scripts/compare.py                 # full comparison (~10 min)
-    python3 scripts/compare.py --rounds 1 --quick --only ours,tokio
+Our server is three rows, one per engine (`ours-threads`, `ours-events`,
+`ours-auto`, run with `--engine ENGINE`), or a single `ours` row when
+`echo-server --help` does not mention `--engine`.
+
+    python3 scripts/compare.py                       # full comparison, 3 rounds (~15 min)
+    python3 scripts/compare.py --rounds 1 --quick --only ours,tokio   # smoke (~1-2 min)
+    python3 scripts/compare.py --scenarios hold,holdmax --only ours-threads,epoll-c
+    python3 scripts/compare.py --ours-args "--thread-connections 8" --scenarios pp100
+
+Scenarios (numbers or names for --scenarios):
+  1 pp1       pingpong, 1 connection, 64 B: round trips/s and p99
+  2 pp100     pingpong, 100 connections, 64 B: round trips/s, p99, server CPU per round trip
+  3 pp1000    pingpong, 1000 connections, 512 B: round trips/s, p99 (and server CPU)
+  4 bulk1     bulk, 1 connection: MiB/s
+  5 bulk50    bulk, 50 connections: MiB/s
+  6 connrate  connect/echo/close, 50 parallel: connections/s
+  7 hold      10,000 idle connections: system memory per connection, server RSS per connection
+  8 holdmax   19,000 connections (the descriptor limit is ~20,000), over 4 source
+              addresses: all held and echoing, memory per connection
+
+Server CPU is utime+stime from /proc/PID/stat (all threads, plus reaped and
+live children, for socat), read just before and just after the client ran.
+
+Memory (hold, holdmax) is counted system-wide, so kernel socket memory,
+kernel stacks, page tables and pages no counter names are included, not
+just RSS. "Free" is MemFree plus the pages on the per-CPU free lists
+(/proc/zoneinfo `count:`, tens of MiB that MemFree and MemAvailable leave
+out) plus the page cache (which other processes' file I/O moves; no server
+adds to it). It is sampled every 0.1 s until it stops moving (8 samples
+within 1 MiB), once before the client starts (server idle) and once while
+every connection is open and idle (the client says so on stderr and waits
+for a line on stdin before its final echo); the drop is divided by the
+connections open. The private memory (RssAnon + page tables) of every
+process but the server is counted as free, so neither the client's own
+memory nor what other processes on a shared machine allocate or free
+meanwhile is charged to the server. The client's end of each loopback
+connection (a kernel socket) is included; it is the same for every server.
 """
 
 import argparse
 import json
+import math
 import os
 import platform
+import resource
+import shlex
 import shutil
 import signal
 import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -28,23 +70,46 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
 OUT = ROOT / "bench-out"
 PEERS = OUT / "peers"
+OURS_BIN = ROOT / "target/release/echo-server"
+BENCH_BIN = ROOT / "bench/target/release/echo-bench"
+ENGINES = ["threads", "events", "auto"]
+PEER_NAMES = ["tokio", "epoll-c", "uring-c", "go-echo", "seed-c", "socat"]
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def log(*a):
+    print(*a, file=sys.stderr, flush=True)
 
 
 def sh(cmd, **kw):
-    print("+", " ".join(map(str, cmd)), file=sys.stderr)
-    subprocess.run(cmd, check=True, **kw)
+    log("+", " ".join(map(str, cmd)))
+    return subprocess.run(cmd, **kw).returncode == 0
 
 
-def build(skip):
-    if skip:
+def nice(cmd):
+    return ["nice", "-n", "10", *cmd] if shutil.which("nice") else cmd
+
+
+def build(args):
+    if args.no_build:
         return
-    sh(["cargo", "build", "--release", "--locked", "--quiet"], cwd=ROOT)
-    sh(["cargo", "build", "--release", "--quiet", "--manifest-path", str(ROOT / "bench/Cargo.toml")])
-    sh(["sh", str(SHARED / "peers/build.sh"), str(PEERS)])
+    if not sh(nice(["cargo", "build", "--release", "--locked", "--quiet"]), cwd=ROOT):
+        if OURS_BIN.exists():
+            log("WARNING: building echo-server failed; using the existing target/release/echo-server")
+        else:
+            log("WARNING: building echo-server failed and there is no binary; our rows are skipped")
+    if not sh(nice(["cargo", "build", "--release", "--locked", "--quiet",
+                    "--manifest-path", str(ROOT / "bench/Cargo.toml")])):
+        sys.exit("cannot build echo-bench")
+    peer_bins = ["tokio-echo", "epoll-c", "seed-c", "uring-c", "go-echo"]
+    if args.rebuild_peers or not all((PEERS / b).exists() for b in peer_bins):
+        sh(nice(["sh", str(SHARED / "peers/build.sh"), str(PEERS)]))
     if shutil.which("socat") is None:
-        # Debian's package; skipped in the table if it cannot be installed.
-        subprocess.run(["apt-get", "update", "-qq"], capture_output=True)
+        # Debian's package; left out of the table if it cannot be installed.
         subprocess.run(["apt-get", "install", "-y", "-qq", "socat"], capture_output=True)
+        if shutil.which("socat") is None:
+            subprocess.run(["apt-get", "update", "-qq"], capture_output=True)
+            subprocess.run(["apt-get", "install", "-y", "-qq", "socat"], capture_output=True)
 
 
 def free_port():
@@ -53,16 +118,162 @@ def free_port():
         return s.getsockname()[1]
 
 
-# name -> (command for a port, scenarios it takes part in or None for all)
-def servers(bulk_buf):
-    ours = str(ROOT / "target/release/echo-server")
-    return {
-        "ours": lambda p: [ours, "-q", "--max-connections", "20000", str(p)],
-        "tokio": lambda p: [str(PEERS / "tokio-echo"), "--buf", str(bulk_buf), str(p)],
-        "epoll-c": lambda p: [str(PEERS / "epoll-c"), str(p)],
-        "seed-c": lambda p: [str(PEERS / "seed-c"), str(p)],
-        "socat": lambda p: ["socat", f"TCP-LISTEN:{p},bind=127.0.0.1,fork,reuseaddr,backlog=1024", "PIPE"],
+def our_rows(extra):
+    """Our rows: one per engine if the binary knows --engine, else one."""
+    if not OURS_BIN.exists():
+        return {}
+    try:
+        help_text = subprocess.run([str(OURS_BIN), "--help"], capture_output=True, text=True,
+                                   timeout=10).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        help_text = ""
+    base = [str(OURS_BIN), "-q", "--max-connections", "20000"]
+    if "--engine" not in help_text:
+        log("note: echo-server --help does not mention --engine; one `ours` row without it")
+        return {"ours": lambda p, _b: [*base, *extra, str(p)]}
+    return {f"ours-{e}": (lambda e: lambda p, _b: [*base, "--engine", e, *extra, str(p)])(e)
+            for e in ENGINES}
+
+
+def server_table(args):
+    """name -> function (port, bulk) -> command line."""
+    t = dict(our_rows(shlex.split(args.ours_args)))
+    threads = ["--threads", str(args.peer_threads)] if args.peer_threads > 1 else []
+    peers = {
+        "tokio": lambda p, bulk: [str(PEERS / "tokio-echo"), "--buf", "65536" if bulk else "4096", str(p)],
+        "epoll-c": lambda p, _b: [str(PEERS / "epoll-c"), *threads, str(p)],
+        "uring-c": lambda p, _b: [str(PEERS / "uring-c"), *threads, str(p)],
+        "go-echo": lambda p, _b: [str(PEERS / "go-echo"), str(p)],
+        "seed-c": lambda p, _b: [str(PEERS / "seed-c"), str(p)],
+        "socat": lambda p, _b: ["socat", f"TCP-LISTEN:{p},bind=127.0.0.1,fork,reuseaddr,backlog=1024", "PIPE"],
     }
+    for name, cmd in peers.items():
+        if shutil.which(cmd(0, False)[0]):
+            t[name] = cmd
+        else:
+            log(f"note: {name} not found ({cmd(0, False)[0]}); left out")
+    return t
+
+
+def is_ours(name):
+    return name == "ours" or name.startswith("ours-")
+
+
+# ---------------------------------------------------------------- /proc readers
+
+PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
+
+
+def pcp_kib():
+    """Free pages sitting on the per-CPU lists (/proc/zoneinfo `count:`):
+    MemFree leaves them out, and with a high `high` they are tens of MiB
+    that come and go as pages are freed and allocated."""
+    try:
+        return PAGE_KIB * sum(int(line.split()[1]) for line in Path("/proc/zoneinfo").read_text().splitlines()
+                              if line.strip().startswith("count:"))
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def private_kib_except(exclude):
+    """Private memory (RssAnon + page tables) of every process but `exclude`:
+    what other processes on a shared machine allocate or free meanwhile
+    (and the client's own memory) is not the server's."""
+    total = 0
+    for d in os.listdir("/proc"):
+        if d.isdigit() and int(d) not in exclude:
+            total += sum(proc_status(d, ["RssAnon", "VmPTE"]).values())
+    return total
+
+
+def read_meminfo(exclude=None):
+    out = {}
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        key, _, rest = line.partition(":")
+        parts = rest.split()
+        if parts:
+            out[key] = int(parts[0])  # KiB
+    # Every free page, wherever it waits: the buddy lists and the per-CPU
+    # lists; plus the page cache, so that files other processes read or
+    # write meanwhile do not count (no server here adds to it).
+    out["Free"] = out.get("MemFree", 0) + pcp_kib() + out.get("Cached", 0) + out.get("Buffers", 0)
+    if exclude is not None:
+        out["Free"] += private_kib_except(exclude)
+    return out
+
+
+def proc_status(pid, keys):
+    out = dict.fromkeys(keys, 0)
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            key, _, rest = line.partition(":")
+            if key in out:
+                out[key] = int(rest.split()[0])
+    except (OSError, ValueError, IndexError):
+        pass
+    return out
+
+
+def children(pid):
+    try:
+        out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, timeout=5).stdout
+        return [int(x) for x in out.split()]
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+
+
+def family(pid):
+    return [pid, *children(pid)]
+
+
+def rss_kib(pid):
+    """Resident memory of a process and its children (socat forks)."""
+    return sum(proc_status(p, ["VmRSS"])["VmRSS"] for p in family(pid))
+
+
+def cpu_ticks(pid):
+    """utime+stime of every thread of a process, plus its reaped children
+    (cutime+cstime) and its live children: socat forks one per connection."""
+    total = 0
+    for i, p in enumerate(family(pid)):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        # fields[0] is field 3 (state); utime..cstime are fields 14..17.
+        total += sum(int(x) for x in fields[11:15 if i == 0 else 13])
+    return total
+
+
+def settle_memory(max_wait, server_pid, interval=0.1, window=8, tol_kib=1024):
+    """Samples the memory not used by the server (see read_meminfo and
+    private_kib_except) until it stops moving; returns the medians of the
+    last window and whether it settled."""
+    samples = []
+    end = time.time() + max_wait
+    stable = False
+    exclude = set(family(server_pid))
+    while True:
+        samples.append(read_meminfo(exclude))
+        last = samples[-window:]
+        if len(last) == window and all(
+                max(s[k] for s in last) - min(s[k] for s in last) <= tol_kib
+                for k in ("Free",)):
+            stable = True
+            break
+        if time.time() >= end:
+            break
+        time.sleep(interval)
+    keys = ("Free", "Slab", "KernelStack", "PageTables")
+    return {k: statistics.median(s.get(k, 0) for s in last) for k in keys}, stable
+
+
+# ---------------------------------------------------------------- one run
+
+def raise_nofile():
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def wait_listening(port, proc, deadline=10.0):
@@ -78,166 +289,302 @@ def wait_listening(port, proc, deadline=10.0):
     raise RuntimeError("server did not start listening")
 
 
-def rss_kib(pid):
-    """Resident memory of a process and all its children (socat forks)."""
-    total = 0
-    pids = [pid]
-    try:
-        out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
-        pids += [int(x) for x in out.split()]
-    except OSError:
-        pass
-    for p in pids:
+class Server:
+    """A server process in its own session, killed (whole group) on exit."""
+
+    def __init__(self, cmd):
+        self.port = free_port()
+        # The soft descriptor limit was raised to the hard one at start (see
+        # main), and children inherit it.
+        self.proc = subprocess.Popen(cmd(self.port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     start_new_session=True)
+
+    def __enter__(self):
         try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-        except OSError:
-            pass
-    return total
-
-
-def run_one(server_cmd, bench_args, measure_rss):
-    port = free_port()
-    env = dict(os.environ)
-    proc = subprocess.Popen(server_cmd(port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env=env, start_new_session=True)
-    try:
-        wait_listening(port, proc)
+            wait_listening(self.port, self.proc)
+        except Exception:
+            self.__exit__()
+            raise
         time.sleep(0.2)
-        base = rss_kib(proc.pid)
-        bench = subprocess.Popen([str(ROOT / "bench/target/release/echo-bench"), *bench_args,
-                                  "--addr", f"127.0.0.1:{port}", "--json"],
-                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        peak = base
-        while bench.poll() is None:
-            if measure_rss:
-                peak = max(peak, rss_kib(proc.pid))
-            time.sleep(0.1)
-        out = bench.stdout.read().strip().splitlines()
-        result = json.loads(out[-1]) if out else {"errors": -1}
-        result["rss_base_kib"] = base
-        result["rss_peak_kib"] = peak
-        return result
-    finally:
+        return self
+
+    def __exit__(self, *exc):
         try:
-            os.killpg(proc.pid, signal.SIGKILL)
+            os.killpg(self.proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-        proc.wait()
-        time.sleep(0.3)  # let TIME_WAIT and the port settle
+        self.proc.wait()
+        time.sleep(0.3)  # let the port and the kernel's socket teardown settle
 
 
-# (label, echo-bench args, metric key, higher is better, peers to compare, target text)
-def scenarios(duration, quick):
-    conn_hold = 2000 if quick else 10000
-    bulk_bytes = str(256 << 20 if quick else 1 << 30)
-    d = str(duration)
+def bench_cmd(bench_args, port):
+    return [str(BENCH_BIN), *bench_args, "--addr", f"127.0.0.1:{port}", "--json"]
+
+
+def wait_bench(proc, limit):
+    """Waits (bounded) for an echo-bench process; returns (exit status, its
+    CPU seconds) and kills it if it overstays."""
+    if proc.returncode is not None:  # already reaped by Popen.poll
+        return proc.returncode, None
+    end = time.time() + limit
+    while True:
+        pid, status, ru = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            return proc.returncode, ru.ru_utime + ru.ru_stime
+        if time.time() >= end:
+            proc.kill()
+            _, status, ru = os.wait4(proc.pid, 0)
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            return None, ru.ru_utime + ru.ru_stime
+        time.sleep(0.02)
+
+
+def parse_json(text):
+    lines = [l for l in text.strip().splitlines() if l.startswith("{")]
+    try:
+        return json.loads(lines[-1]) if lines else None
+    except json.JSONDecodeError:
+        return None
+
+
+def run_load(server_cmd, sc, duration):
+    """pingpong, bulk, connrate: one client; server CPU before/after."""
+    with Server(lambda p: server_cmd(p, sc["mode"] == "bulk")) as srv:
+        cpu0 = cpu_ticks(srv.proc.pid)
+        t0 = time.time()
+        bench = subprocess.Popen(bench_cmd(sc["args"], srv.port), stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True)
+        code, client_cpu = wait_bench(bench, sc["run_s"] + 15)
+        wall = time.time() - t0
+        cpu1 = cpu_ticks(srv.proc.pid)
+        out, err = bench.communicate()
+    res = parse_json(out) or {}
+    res["ok"] = code == 0 and res.get("errors", 1) == 0
+    if not res["ok"]:
+        res["why"] = f"exit {code}, errors {res.get('errors')}: {err.strip()[-200:]}"
+    server_s = (cpu1 - cpu0) / CLK_TCK
+    res["server_cpu_pct"] = 100 * server_s / wall if wall else None
+    res["client_cpu_pct"] = 100 * client_cpu / wall if wall else None
+    rt = res.get("round_trips")
+    res["cpu_us_per_rt"] = 1e6 * server_s / rt if rt else None
+    return res
+
+
+def run_hold(server_cmd, sc, settle_s):
+    """hold: baseline memory, open every connection (one or more client
+    processes), memory while all are open and idle, then release the final
+    echo on every client at once."""
+    n = sc["connections"]
+    # Each client process needs a descriptor per connection and a few more.
+    per_client = max(1, resource.getrlimit(resource.RLIMIT_NOFILE)[1] - 100)
+    k = math.ceil(n / per_client)
+    shares = [n * (i + 1) // k - n * i // k for i in range(k)]
+    res = {"ok": False}
+    with Server(lambda p: server_cmd(p, False)) as srv:
+        base, base_stable = settle_memory(settle_s, srv.proc.pid)
+        base_rss = rss_kib(srv.proc.pid)
+        clients = []
+        for share in shares:
+            args = ["hold", "--connections", str(share), "--threads", "2", "--sources", str(sc["sources"]),
+                    "--duration", str(sc["duration"]), "--idle-until-stdin"]
+            p = subprocess.Popen(bench_cmd(args, srv.port), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True)
+            c = {"proc": p, "ready": threading.Event(), "err": [], "out": []}
+            c["readers"] = [threading.Thread(target=_drain_err, args=(c,), daemon=True),
+                            threading.Thread(target=lambda c=c: c["out"].append(c["proc"].stdout.read()),
+                                             daemon=True)]
+            for t in c["readers"]:
+                t.start()
+            clients.append(c)
+        end = time.time() + sc["duration"] + 8
+        while time.time() < end and not all(c["ready"].is_set() or c["proc"].poll() is not None
+                                            for c in clients):
+            time.sleep(0.05)
+        all_ready = all(c["ready"].is_set() for c in clients)
+        if all_ready:
+            held, held_stable = settle_memory(settle_s, srv.proc.pid)
+            rss = rss_kib(srv.proc.pid)
+        for c in clients:  # release the final echo everywhere at once
+            try:
+                c["proc"].stdin.write("go\n")
+                c["proc"].stdin.close()
+            except OSError:
+                pass
+        codes = [wait_bench(c["proc"], sc["duration"] + 15)[0] for c in clients]
+        for c in clients:
+            for t in c["readers"]:
+                t.join(timeout=5)
+    outs = [parse_json("".join(c["out"])) or {} for c in clients]
+    res["open"] = sum(o.get("open") or 0 for o in outs)
+    res["held"] = sum(o.get("held") or 0 for o in outs)
+    res["errors"] = sum(o.get("errors", 1) for o in outs)
+    res["clients"] = k
+    res["ok"] = all_ready and all(c == 0 for c in codes) and res["errors"] == 0 and res["held"] == n
+    if not res["ok"]:
+        res["why"] = (f"ready {all_ready}, exits {codes}, open {res['open']}, held {res['held']} of {n}, "
+                      f"errors {res['errors']}: " + " | ".join(" ".join(c["err"])[-200:] for c in clients))
+    if all_ready and res["open"]:
+        per = lambda kib: kib / res["open"]
+        res["sys_kib"] = per(base["Free"] - held["Free"])
+        for key in ("KernelStack", "Slab", "PageTables"):
+            res[key.lower() + "_kib"] = per(held[key] - base[key])
+        res["rss_kib"] = per(rss - base_rss)
+        # What no counter names: e.g. the 32 KiB page fragment that every
+        # thread sending on TCP keeps for its lifetime (task_frag).
+        res["other_kib"] = res["sys_kib"] - sum(res[k] for k in
+                                                ("kernelstack_kib", "slab_kib", "pagetables_kib", "rss_kib"))
+        res["settled"] = base_stable and held_stable
+    return res
+
+
+def _drain_err(c):
+    for line in c["proc"].stderr:
+        c["err"].append(line.strip())
+        if "connections open after" in line:
+            c["ready"].set()
+
+
+# ---------------------------------------------------------------- scenarios
+
+def scenarios(args):
+    d = args.duration
+    quick = args.quick
+    ds = f"{d:g}"
+    hold_n = 2000 if quick else 10000
+    max_n = 4000 if quick else 19000
+    bulk1 = 256 << 20 if quick else 1 << 30
+    bulk50 = 16 << 20 if quick else 64 << 20
+    no_socat = [p for p in PEER_NAMES if p != "socat"]
+    tput = lambda unit, target: {"key": "rate", "unit": unit, "higher": True, "target": target, "p99": True}
+    cpu = {"key": "cpu_us_per_rt", "unit": "µs server CPU/round trip", "higher": False, "target": "",
+           "label": "server CPU"}
+    mem = [
+        {"key": "sys_kib", "unit": "KiB/conn, system", "higher": False, "target": "", "label": "memory"},
+        {"key": "rss_kib", "unit": "KiB RSS/conn", "higher": False, "target": "<= 8 KiB/conn",
+         "label": "server RSS"},
+    ]
     return [
-        ("pingpong 1 conn 64 B", ["pingpong", "--connections", "1", "--size", "64", "--duration", d],
-         "round_trips_per_sec", "round trips/s", None, ">= 1.0 vs every peer"),
-        ("pingpong 100 conns 64 B", ["pingpong", "--connections", "100", "--size", "64", "--duration", d],
-         "round_trips_per_sec", "round trips/s", None, ">= 0.85 vs tokio"),
-        ("pingpong 1000 conns 512 B", ["pingpong", "--connections", "1000", "--size", "512", "--duration", d],
-         "round_trips_per_sec", "round trips/s", ["tokio", "epoll-c", "seed-c"], ">= 0.7 vs tokio"),
-        ("bulk 1 conn", ["bulk", "--connections", "1", "--bytes", bulk_bytes, "--duration", str(duration * 4)],
-         "mib_per_sec", "MiB/s", None, ">= 1.2 vs best"),
-        ("bulk 50 conns", ["bulk", "--connections", "50", "--bytes", str(64 << 20), "--duration", d],
-         "mib_per_sec", "MiB/s", ["tokio", "epoll-c", "seed-c"], ">= 1.0 vs best"),
-        ("connrate 50 parallel", ["connrate", "--parallel", "50", "--duration", d],
-         "connections_per_sec", "conns/s", None, ">= 1.0 vs tokio"),
-        (f"hold {conn_hold} conns", ["hold", "--connections", str(conn_hold), "--duration", d, "--threads", "2"],
-         "rss_per_conn_kib", "KiB RSS/conn", ["tokio", "epoll-c", "seed-c"], "<= 8 KiB/conn"),
+        {"id": 1, "name": "pp1", "label": "pingpong 1 conn 64 B", "mode": "pingpong", "run_s": d, "peers": None,
+         "args": ["pingpong", "--connections", "1", "--size", "64", "--duration", ds],
+         "rate": "round_trips_per_sec",
+         "metrics": [tput("round trips/s", ">= 1.0 vs every peer")]},
+        {"id": 2, "name": "pp100", "label": "pingpong 100 conns 64 B", "mode": "pingpong", "run_s": d,
+         "peers": None, "args": ["pingpong", "--connections", "100", "--size", "64", "--duration", ds],
+         "rate": "round_trips_per_sec",
+         "metrics": [tput("round trips/s", ">= 0.85 vs tokio"), cpu]},
+        {"id": 3, "name": "pp1000", "label": "pingpong 1000 conns 512 B", "mode": "pingpong", "run_s": d,
+         "peers": no_socat, "args": ["pingpong", "--connections", "1000", "--size", "512", "--duration", ds],
+         "rate": "round_trips_per_sec",
+         "metrics": [tput("round trips/s", ">= 0.7 vs tokio"), cpu]},
+        {"id": 4, "name": "bulk1", "label": "bulk 1 conn", "mode": "bulk", "run_s": d * 4, "peers": None,
+         "args": ["bulk", "--connections", "1", "--bytes", str(bulk1), "--duration", f"{d * 4:g}"],
+         "rate": "mib_per_sec", "metrics": [tput("MiB/s", ">= 1.2 vs best") | {"p99": False}]},
+        {"id": 5, "name": "bulk50", "label": "bulk 50 conns", "mode": "bulk", "run_s": d, "peers": no_socat,
+         "args": ["bulk", "--connections", "50", "--bytes", str(bulk50), "--duration", ds],
+         "rate": "mib_per_sec", "metrics": [tput("MiB/s", ">= 1.0 vs best") | {"p99": False}]},
+        {"id": 6, "name": "connrate", "label": "connrate 50 parallel", "mode": "connrate", "run_s": d,
+         "peers": None, "args": ["connrate", "--parallel", "50", "--duration", ds],
+         "rate": "connections_per_sec", "metrics": [tput("conns/s", ">= 1.0 vs tokio") | {"p99": False}]},
+        {"id": 7, "name": "hold", "label": f"hold {hold_n} conns", "mode": "hold", "peers": no_socat,
+         "connections": hold_n, "sources": 1, "duration": 20, "metrics": mem},
+        {"id": 8, "name": "holdmax", "label": f"hold {max_n} conns{'' if quick else ' (fd limit)'}, 4 sources", "mode": "hold",
+         "peers": ["tokio", "epoll-c"], "connections": max_n, "sources": 4, "duration": 25,
+         "metrics": [{"key": "held", "unit": f"held & echoing of {max_n}", "higher": True,
+                      "target": f"all {max_n}", "label": "held", "always": True}] + mem},
     ]
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--duration", type=float, default=3.0)
-    ap.add_argument("--only", default="", help="comma-separated servers")
-    ap.add_argument("--scenarios", default="", help="comma-separated scenario numbers (1-7)")
-    ap.add_argument("--quick", action="store_true", help="smaller bulk and hold sizes")
-    ap.add_argument("--no-build", action="store_true")
-    ap.add_argument("--update-readme", action="store_true")
-    args = ap.parse_args()
+def run_scenario(sc, server_cmd, args):
+    if sc["mode"] == "hold":
+        return run_hold(server_cmd, sc, settle_s=3.0 if args.quick else 5.0)
+    res = run_load(server_cmd, sc, args.duration)
+    res["rate"] = res.get(sc["rate"])
+    return res
 
-    OUT.mkdir(exist_ok=True)
-    build(args.no_build)
-    table = {}
-    chosen = [int(x) for x in args.scenarios.split(",") if x]
-    for idx, (label, bench_args, key, unit, peers, target) in enumerate(scenarios(args.duration, args.quick), 1):
-        if chosen and idx not in chosen:
-            continue
-        bulk_buf = 65536 if bench_args[0] == "bulk" else 4096
-        names = [n for n in servers(bulk_buf) if (peers is None or n == "ours" or n in peers)]
-        names = [n for n in names if shutil.which(servers(bulk_buf)[n](0)[0])]
-        if args.only:
-            names = [n for n in names if n in args.only.split(",")]
-        samples = {n: [] for n in names}
-        p99 = {n: [] for n in names}
-        for r in range(args.rounds):
-            order = names if r % 2 == 0 else list(reversed(names))
-            for name in order:
-                res = run_one(servers(bulk_buf)[name], bench_args, key == "rss_per_conn_kib")
-                if key == "rss_per_conn_kib":
-                    held = res.get("held") or 0
-                    value = (res["rss_peak_kib"] - res["rss_base_kib"]) / held if held else None
-                else:
-                    value = res.get(key)
-                ok = res.get("errors", 1) == 0 and value is not None
-                print(f"[{label}] round {r + 1} {name}: {value} {unit}"
-                      f"{'' if ok else '  (errors: ' + str(res.get('errors')) + ')'}", file=sys.stderr)
-                if ok:
-                    samples[name].append(value)
-                    if res.get("p99_us") is not None:
-                        p99[name].append(res["p99_us"])
-        table[label] = (unit, target, {n: (statistics.median(v) if v else None) for n, v in samples.items()},
-                        {n: (statistics.median(v) if v else None) for n, v in p99.items()}, key)
-    write(table, args)
 
+def describe(sc, res):
+    if sc["mode"] == "hold":
+        s = (f"held {res.get('held')}/{sc['connections']} (open {res.get('open')}, {res.get('clients')} client(s)), "
+             f"system {fmt(res.get('sys_kib'))} KiB/conn ("
+             f"KernelStack {fmt(res.get('kernelstack_kib'))}, Slab {fmt(res.get('slab_kib'))}, "
+             f"PageTables {fmt(res.get('pagetables_kib'))}, other {fmt(res.get('other_kib'))}), "
+             f"RSS {fmt(res.get('rss_kib'))} KiB/conn"
+             f"{'' if res.get('settled', True) else ', memory NOT settled'}")
+    else:
+        s = f"{fmt(res.get('rate'))}"
+        if res.get("p99_us") is not None:
+            s += f" p99 {res['p99_us']} µs"
+        if res.get("cpu_us_per_rt") is not None:
+            s += f", server {fmt(res['cpu_us_per_rt'])} µs CPU/rt"
+        s += f" (server CPU {fmt(res.get('server_cpu_pct'))}%, client {fmt(res.get('client_cpu_pct'))}%)"
+    if not res.get("ok"):
+        s += f"  FAILED: {res.get('why')}"
+    return s
+
+
+# ---------------------------------------------------------------- output
 
 def fmt(v):
     if v is None:
         return "–"
-    return f"{v:,.1f}" if v < 100 else f"{v:,.0f}"
+    if isinstance(v, int) or abs(v) >= 100:
+        return f"{v:,.0f}"
+    return f"{v:,.1f}" if abs(v) >= 10 else f"{v:,.2f}"
 
 
-def write(table, args):
-    servers_seen = []
-    for _, _, med, _, _ in table.values():
-        for n in med:
-            if n not in servers_seen:
-                servers_seen.append(n)
-    lines = [
-        f"Medians of {args.rounds} alternating rounds, {args.duration:g} s each, on "
-        f"{os.cpu_count()} cores ({platform.machine()}, Linux {platform.release()}); "
-        "client and server share the cores. Ratio = ours / the peer the target names (tokio, "
-        "or else the best peer). p99 latency in µs in brackets.",
-        "",
-        "| scenario | unit | " + " | ".join(servers_seen) + " | ratio | target |",
-        "|---|---|" + "---|" * len(servers_seen) + "---|---|",
-    ]
-    for label, (unit, target, med, p99, key) in table.items():
-        cells = []
-        for n in servers_seen:
-            v = med.get(n)
-            cell = fmt(v)
-            if p99.get(n) is not None:
-                cell += f" ({fmt(p99[n])})"
-            cells.append(cell)
-        # The ratio the target names: against tokio, or against the best peer;
-        # memory has an absolute target instead.
-        against = "tokio" if "vs tokio" in target else None
-        peers = [v for n, v in med.items()
-                 if n != "ours" and v is not None and (against is None or n == against)]
-        ours = med.get("ours")
-        ratio = "–"
-        if ours is not None and peers and key != "rss_per_conn_kib":
-            ratio = f"{ours / max(peers):.2f}"
-        lines.append(f"| {label} | {unit} | " + " | ".join(cells) + f" | {ratio} | {target} |")
-    lines += ["", "Command: `python3 scripts/compare.py " + " ".join(sys.argv[1:]) + "`"]
-    text = "\n".join(lines) + "\n"
+def median(v):
+    return statistics.median(v) if v else None
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--duration", type=float, default=None,
+                    help="seconds per load run (default 2.5, or 1 with --quick); bulk 1 conn may take 4x")
+    ap.add_argument("--only", default="", help="comma-separated servers (`ours` selects every ours-* row)")
+    ap.add_argument("--scenarios", default="", help="comma-separated scenario numbers or names (see above)")
+    ap.add_argument("--quick", action="store_true", help="1 s runs, smaller bulk and hold sizes (smoke test)")
+    ap.add_argument("--ours-args", default="", help="extra flags for echo-server, e.g. \"--thread-connections 8\"")
+    ap.add_argument("--peer-threads", type=int, default=1, help="--threads for epoll-c and uring-c (default 1)")
+    ap.add_argument("--no-build", action="store_true")
+    ap.add_argument("--rebuild-peers", action="store_true", help="rebuild peers even if they exist")
+    ap.add_argument("--update-readme", action="store_true")
+    args = ap.parse_args()
+    if args.duration is None:
+        args.duration = 1.0 if args.quick else 2.5
+    if not (0 < args.duration <= 10) or not (1 <= args.rounds <= 20):
+        sys.exit("--duration must be in (0, 10] and --rounds in 1..20: every run stays short")
+
+    OUT.mkdir(exist_ok=True)
+    raise_nofile()  # servers and clients inherit it: 19,000 connections need the hard limit
+    build(args)
+    table = server_table(args)
+    only = [x for x in args.only.split(",") if x]
+    chosen = [x for x in args.scenarios.split(",") if x]
+    scs = [s for s in scenarios(args) if not chosen or str(s["id"]) in chosen or s["name"] in chosen]
+
+    def names_for(sc):
+        names = [n for n in table if is_ours(n) or sc["peers"] is None or n in sc["peers"]]
+        if only:
+            names = [n for n in names if n in only or ("ours" in only and is_ours(n))]
+        return names
+
+    results = {(sc["id"], n): [] for sc in scs for n in names_for(sc)}
+    started = time.time()
+    for r in range(args.rounds):
+        for sc in scs:
+            names = names_for(sc)
+            for name in (names if r % 2 == 0 else names[::-1]):
+                t0 = time.time()
+                try:
+                    res = run_scenario(sc, table[name], args)
+                except Exception as e:  # a server that does not start: a failed sample, not a crash
+                    res = {"ok": False, "why": repr(e)}
+                results[(sc["id"], name)].append(res)
+                log(f"[{sc['label']}] round {r + 1} {name}: {describe(sc, res)}  [{time.time() - t0:.1f} s]")
+    log(f"total {time.time() - started:.0f} s")
+    text = render(scs, names_for, results, args)
     (OUT / "results.md").write_text(text)
     print(text)
     if args.update_readme:
@@ -247,6 +594,122 @@ def write(table, args):
         if start in s and end in s:
             s = s[: s.index(start) + len(start)] + "\n" + text + s[s.index(end):]
             readme.write_text(s)
+
+
+def render(scs, names_for, results, args):
+    servers = []
+    for sc in scs:
+        servers += [n for n in names_for(sc) if n not in servers]
+    ours = [n for n in servers if is_ours(n)]
+    peers = [n for n in servers if not is_ours(n)]
+
+    def med(sc, name, key, always=False):
+        runs = results.get((sc["id"], name), [])
+        if key.endswith("_kib") and any(r.get("settled") for r in runs):
+            # Memory sampled while another process was busy is noisier:
+            # left out whenever a quiet round exists.
+            runs = [r for r in runs if r.get("settled") or not r.get("ok")]
+        vals = [r[key] for r in runs if (r.get("ok") or always) and r.get(key) is not None]
+        failed = sum(1 for r in runs if not r.get("ok"))
+        return median(vals), failed
+
+    rows = []  # (label, unit, metric, {server: (value, p99, failed)}, sc)
+    for sc in scs:
+        for m in sc["metrics"]:
+            cells = {}
+            for n in names_for(sc):
+                v, failed = med(sc, n, m["key"], m.get("always", False))
+                p99 = med(sc, n, "p99_us")[0] if m.get("p99") else None
+                cells[n] = (v, p99, failed)
+            label = sc["label"] + (f": {m['label']}" if m.get("label") and m["key"] != "rate" else "")
+            rows.append((label, m["unit"], m, cells, sc))
+
+    unsettled = sum(1 for rs in results.values() for r in rs if r.get("settled") is False)
+    lines = [
+        f"Medians of {args.rounds} alternating round(s), {args.duration:g} s per load run, on "
+        f"{os.cpu_count()} cores ({platform.machine()}, Linux {platform.release()}); client and server "
+        "share the cores. p99 latency in µs in brackets; `!k` = k runs failed (left out of the median). "
+        "Memory is system-wide: the drop of free memory per open connection (per-CPU free lists included; "
+        "other processes' private memory, the client's too, not charged), so kernel sockets, stacks and page "
+        "tables count, and so does the client's end of each loopback connection, the same for every server; "
+        "RSS is the server's alone.",
+        "",
+        "| scenario | unit | " + " | ".join(servers) + " | target |",
+        "|---|---|" + "---|" * len(servers) + "---|",
+    ]
+    for label, unit, m, cells, _ in rows:
+        out = []
+        for n in servers:
+            if n not in cells:
+                out.append("")
+                continue
+            v, p99, failed = cells[n]
+            c = fmt(v)
+            if p99 is not None:
+                c += f" ({fmt(p99)})"
+            if failed:
+                c += f" !{failed}"
+            out.append(c)
+        lines.append(f"| {label} | {unit} | " + " | ".join(out) + f" | {m['target']} |")
+
+    # Ratios: each of our rows against each peer.
+    lines += ["", "Ratio = ours / peer (for CPU and memory lower is better, for the rest higher is better).", "",
+              "| scenario | ours | " + " | ".join(f"vs {p}" for p in peers) + " | target | met |",
+              "|---|---|" + "---|" * len(peers) + "---|---|"]
+    for label, unit, m, cells, sc in rows:
+        for o in ours:
+            if o not in cells or cells[o][0] is None:
+                continue
+            ov = cells[o][0]
+            ratios = {p: (ov / cells[p][0]) for p in peers if p in cells and cells[p][0]}
+            met = target_met(m, ov, cells[o][2], ratios, sc)
+            lines.append(f"| {label} | {o} | " + " | ".join(
+                f"{ratios[p]:.2f}" if p in ratios else "–" for p in peers) + f" | {m['target']} | {met} |")
+
+    hold = [sc for sc in scs if sc["mode"] == "hold"]
+    if hold:
+        lines += ["", "Memory per open connection, KiB (medians): system = drop of free memory (MemFree, the "
+                  "per-CPU free lists of /proc/zoneinfo and the page cache; every other process's private memory "
+                  "counted as free); KernelStack, Slab and PageTables are system-wide deltas (so both ends of "
+                  "each connection); RSS is the server's.",
+                  "",
+                  "Other = system minus the rest: memory no counter names, such as the 32 KiB page fragment "
+                  "that every thread that has sent on TCP keeps (task_frag).",
+                  "",
+                  "| scenario | server | held | system | KernelStack | Slab | PageTables | RSS | other |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for sc in hold:
+            for n in names_for(sc):
+                vals = [fmt(med(sc, n, k)[0]) for k in
+                        ("sys_kib", "kernelstack_kib", "slab_kib", "pagetables_kib", "rss_kib", "other_kib")]
+                held = med(sc, n, "held", always=True)[0]
+                lines.append(f"| {sc['label']} | {n} | {fmt(held)} | " + " | ".join(vals) + " |")
+        if unsettled:
+            lines += ["", f"Note: in {unsettled} run(s) free memory did not settle within the sampling time "
+                      "(another process was busy); those runs are left out of the memory medians where a "
+                      "settled run of the same server exists."]
+    lines += ["", "Command: `python3 scripts/compare.py " + " ".join(map(shlex.quote, sys.argv[1:])) + "`"]
+    return "\n".join(lines) + "\n"
+
+
+def target_met(m, ours_value, failed, ratios, sc):
+    """'yes'/'no' for the targets this script knows how to check, else ''."""
+    t = m["target"]
+    if not t:
+        return ""
+    if t.startswith("all "):
+        return "yes" if ours_value == sc["connections"] and not failed else "no"
+    if t.startswith("<= ") and t.endswith(" KiB/conn"):
+        return "yes" if ours_value <= float(t.split()[1]) else "no"
+    if t.startswith(">= "):
+        want = float(t.split()[1])
+        vs = t.split(" vs ", 1)[1] if " vs " in t else ""
+        if vs in ("best", "every peer"):
+            got = min(ratios.values()) if ratios else None
+        else:
+            got = ratios.get(vs)
+        return "" if got is None else ("yes" if got >= want else "no")
+    return ""
 
 
 if __name__ == "__main__":

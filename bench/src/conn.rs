@@ -12,7 +12,7 @@ use crate::pattern::{Pattern, MAX_CHUNK};
 use mio::net::TcpStream;
 use std::fmt;
 use std::io::{self, ErrorKind, Read, Write};
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 
 /// Why a connection stopped being useful. Counted, never a panic.
 #[derive(Debug)]
@@ -83,10 +83,15 @@ pub struct Conn {
 }
 
 impl Conn {
-    /// Starts a nonblocking connect; completion shows up as a readiness event
-    /// and is confirmed by [`Conn::established`].
-    pub fn connect(addr: SocketAddr, base: u64) -> Result<Conn, Failure> {
-        let sock = TcpStream::connect(addr).map_err(Failure::Connect)?;
+    /// Starts a nonblocking connect, from `source` if given (else the
+    /// kernel picks the source address); completion shows up as a
+    /// readiness event and is confirmed by [`Conn::established`].
+    pub fn connect(addr: SocketAddr, source: Option<Ipv4Addr>, base: u64) -> Result<Conn, Failure> {
+        let sock = match source {
+            None => TcpStream::connect(addr),
+            Some(ip) => connect_from(addr, ip),
+        }
+        .map_err(Failure::Connect)?;
         Ok(Conn {
             sock,
             base,
@@ -264,4 +269,96 @@ impl Conn {
         }
         drop(self);
     }
+}
+
+/// A nonblocking connect from `source` (any free port on it) to the IPv4
+/// `addr`. This is what spreads many connections over several loopback
+/// source addresses: one source address has only the ~28,000 ports of the
+/// ephemeral range for one server address and port.
+///
+/// `IP_BIND_ADDRESS_NO_PORT` defers the choice of the source port to the
+/// connect, where the kernel only needs the whole 4-tuple to be unique;
+/// a plain `bind` to port 0 would reserve the port for every destination.
+#[cfg(target_os = "linux")]
+fn connect_from(addr: SocketAddr, source: Ipv4Addr) -> io::Result<TcpStream> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let SocketAddr::V4(dest) = addr else {
+        return Err(io::Error::new(
+            ErrorKind::InvalidInput,
+            "a source address needs an IPv4 server address",
+        ));
+    };
+    let sockaddr = |ip: Ipv4Addr, port: u16| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(ip).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: socket(2) with constant arguments; it returns a new
+    // descriptor or -1.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_INET,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor that nothing else owns; from here
+    // on `owned` closes it on every path.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    let one: libc::c_int = 1;
+    // SAFETY: valid descriptor; the option value is a `c_int` of the size
+    // passed. Failing (an old kernel) only means the port is reserved at
+    // bind time, as it would be without the option, so it is ignored.
+    unsafe {
+        libc::setsockopt(
+            owned.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+    let local = sockaddr(source, 0);
+    // SAFETY: valid descriptor; `local` is a valid `sockaddr_in` of `len`.
+    if unsafe {
+        libc::bind(
+            owned.as_raw_fd(),
+            (&local as *const libc::sockaddr_in).cast(),
+            len,
+        )
+    } != 0
+    {
+        return Err(io::Error::last_os_error());
+    }
+    let remote = sockaddr(*dest.ip(), dest.port());
+    // SAFETY: as for bind.
+    if unsafe {
+        libc::connect(
+            owned.as_raw_fd(),
+            (&remote as *const libc::sockaddr_in).cast(),
+            len,
+        )
+    } != 0
+    {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINPROGRESS) {
+            return Err(e);
+        }
+    }
+    Ok(TcpStream::from_std(std::net::TcpStream::from(owned)))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn connect_from(_addr: SocketAddr, _source: Ipv4Addr) -> io::Result<TcpStream> {
+    Err(io::Error::new(
+        ErrorKind::Unsupported,
+        "source addresses (--sources) are only supported on Linux",
+    ))
 }

@@ -77,6 +77,20 @@ struct Cli {
           value_parser = clap::value_parser!(u32).range(1..=64))]
     threads: u32,
 
+    /// Spread connections over N loopback source addresses: connection i
+    /// binds to 127.0.0.(1 + i % N) before connecting (Linux; needs an IPv4
+    /// loopback --addr). One source address has only ~28,000 ephemeral
+    /// ports for one server port; 1 lets the kernel choose.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=modes::MAX_SOURCES as i64))]
+    sources: u32,
+
+    /// hold: end the idle phase when stdin has a line or is closed (but at
+    /// most --duration after the start), so a script can measure the server
+    /// for as long as it needs while every connection is open.
+    #[arg(long)]
+    idle_until_stdin: bool,
+
     /// Print one line of JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -94,6 +108,15 @@ fn parse_secs(s: &str) -> Result<Duration, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if cli.sources > 1 && !matches!(cli.addr, SocketAddr::V4(a) if a.ip().is_loopback()) {
+        use clap::CommandFactory as _;
+        Cli::command()
+            .error(
+                clap::error::ErrorKind::ArgumentConflict,
+                "--sources above 1 needs an IPv4 loopback --addr (127.x.x.x)",
+            )
+            .exit();
+    }
     let cfg = Config {
         mode: cli.mode,
         addr: cli.addr,
@@ -103,6 +126,8 @@ fn main() -> ExitCode {
         parallel: cli.parallel as usize,
         duration: cli.duration,
         threads: cli.threads as usize,
+        sources: cli.sources as usize,
+        idle_until_stdin: cli.idle_until_stdin,
     };
     limits::ensure_descriptors(cfg.units());
 

@@ -71,6 +71,7 @@ fn fields(cfg: &Config, s: &Summary) -> Fields {
         "",
     );
     f.add("threads", "threads", Value::from(s.threads), "");
+    f.add("sources", "source addresses", Value::from(cfg.sources), "");
     f.add("duration_s", "duration", round3(secs), "s");
     match cfg.mode {
         Mode::Pingpong => {
@@ -118,6 +119,13 @@ fn fields(cfg: &Config, s: &Summary) -> Fields {
             );
         }
         Mode::Hold => {
+            f.add("open", "open at once", Value::from(s.opened), "");
+            f.add(
+                "all_open_s",
+                "all open after",
+                s.all_open.map_or(Value::Null, |d| round3(d.as_secs_f64())),
+                "s",
+            );
             f.add("held", "held", Value::from(s.count), "");
             f.add("failed", "failed", Value::from(s.failed), "");
         }

@@ -4,13 +4,14 @@
 //! the server has a timeout, and nothing talks to anything but 127.0.0.1.
 
 use serde_json::Value;
+use std::collections::HashSet;
 use std::io::{ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::Command;
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -28,6 +29,8 @@ struct EchoServer {
     addr: SocketAddr,
     stop: Arc<AtomicBool>,
     acceptor: Option<JoinHandle<()>>,
+    /// Every client address the server has accepted a connection from.
+    sources: Arc<Mutex<HashSet<IpAddr>>>,
 }
 
 impl EchoServer {
@@ -36,12 +39,17 @@ impl EchoServer {
         let addr = listener.local_addr().expect("local_addr");
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = Arc::clone(&stop);
+        let sources = Arc::new(Mutex::new(HashSet::new()));
+        let seen = Arc::clone(&sources);
         let acceptor = thread::spawn(move || {
             for stream in listener.incoming() {
                 if stopping.load(Ordering::SeqCst) {
                     break;
                 }
                 let Ok(stream) = stream else { continue };
+                if let Ok(peer) = stream.peer_addr() {
+                    seen.lock().expect("sources lock").insert(peer.ip());
+                }
                 thread::spawn(move || serve(stream, behaviour));
             }
         });
@@ -49,7 +57,12 @@ impl EchoServer {
             addr,
             stop,
             acceptor: Some(acceptor),
+            sources,
         }
+    }
+
+    fn sources(&self) -> HashSet<IpAddr> {
+        self.sources.lock().expect("sources lock").clone()
     }
 }
 
@@ -200,6 +213,69 @@ fn hold_keeps_200_connections() {
 }
 
 #[test]
+fn hold_spreads_over_source_addresses() {
+    let server = EchoServer::start(Behaviour::Echo);
+    let (code, json) = bench(
+        server.addr,
+        &[
+            "hold",
+            "--connections",
+            "60",
+            "--sources",
+            "3",
+            "--threads",
+            "2",
+        ],
+    );
+    assert_clean(code, &json, "hold");
+    assert_eq!(num(&json, "held"), 60, "{json}");
+    assert_eq!(num(&json, "open"), 60, "{json}");
+    assert_eq!(num(&json, "sources"), 3, "{json}");
+    let expected: HashSet<IpAddr> = ["127.0.0.1", "127.0.0.2", "127.0.0.3"]
+        .iter()
+        .map(|ip| ip.parse().expect("ip"))
+        .collect();
+    assert_eq!(server.sources(), expected);
+}
+
+#[test]
+fn connrate_spreads_over_source_addresses() {
+    let server = EchoServer::start(Behaviour::Echo);
+    let (code, json) = bench(
+        server.addr,
+        &["connrate", "--parallel", "4", "--sources", "2"],
+    );
+    assert_clean(code, &json, "connrate");
+    assert_eq!(server.sources().len(), 2);
+}
+
+#[test]
+fn hold_idles_until_stdin_then_echoes_on_every_connection() {
+    let server = EchoServer::start(Behaviour::Echo);
+    let started = Instant::now();
+    // stdin is closed at once, which releases the idle phase: the run must
+    // end long before --duration.
+    let out = Command::new(env!("CARGO_BIN_EXE_echo-bench"))
+        .args(["hold", "--addr", &server.addr.to_string()])
+        .args(["--connections", "50", "--threads", "2", "--duration", "20"])
+        .args(["--idle-until-stdin", "--json"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run echo-bench");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let stdout = String::from_utf8(out.stdout).expect("utf-8 stdout");
+    let json: Value = serde_json::from_str(stdout.trim()).expect("valid JSON");
+    assert_clean(out.status.code().expect("exit code"), &json, "hold");
+    assert_eq!(num(&json, "held"), 50, "{json}");
+    assert!(json["all_open_s"].as_f64().is_some(), "{json}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("hold: 50 of 50 connections open after"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn corrupted_echo_fails_the_run() {
     let server = EchoServer::start(Behaviour::CorruptAt(1000));
     let (code, json) = bench(server.addr, &["pingpong", "--connections", "2"]);
@@ -242,6 +318,9 @@ fn usage_errors_exit_2() {
         &["pingpong", "--connections", "0"],
         &["pingpong", "--duration", "-1"],
         &["pingpong", "--addr", "not-an-address"],
+        &["hold", "--sources", "0"],
+        &["hold", "--sources", "255"],
+        &["hold", "--sources", "2", "--addr", "[::1]:7"],
     ] {
         let status = Command::new(env!("CARGO_BIN_EXE_echo-bench"))
             .args(args)

@@ -109,7 +109,8 @@ impl Rate<'_> {
         let slot = &mut self.loops[i];
         slot.attempt += 1;
         let id = ((self.first_id + i) as u64) << 32 | (slot.attempt & 0xffff_ffff);
-        match open(lp, self.ctx.cfg.addr, i, stream_base(id)) {
+        let source = self.ctx.cfg.source(self.first_id + i);
+        match open(lp, self.ctx.cfg.addr, source, i, stream_base(id)) {
             Ok(conn) => slot.conn = Some(conn),
             Err(failure) => {
                 self.tally.fail(failure);

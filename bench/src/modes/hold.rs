@@ -1,18 +1,22 @@
 //! `hold`: open `--connections` connections, leave them idle until
-//! `--duration` after the start of the run, then send 16 distinct bytes on
-//! every one and check every echo.
+//! `--duration` after the start of the run (or, with `--idle-until-stdin`,
+//! until stdin has a line), then send 16 distinct bytes on every one and
+//! check every echo.
 //!
 //! This measures whether a server keeps many idle clients alive (and
 //! answers all of them afterwards), not speed. Each connection is opened
 //! with a 16-byte probe echo (see `connect_all`), which proves the server
 //! accepted it and paces the opening so its listen backlog never
-//! overflows. The final message is the next 16 stream bytes, distinct from the probe and from every other
-//! connection's. While idle, an event on a connection can only be bad news
-//! (the server closed it, or sent bytes nobody asked for), so it is checked
-//! and counted. A connection "holds" if its final echo came back intact
-//! before the hard cap.
+//! overflows. When every thread has finished connecting, one line on
+//! stderr says how many connections are open; the final echo starts only
+//! after that, on every thread, so every connection answers while all of
+//! them are open. The final message is the next 16 stream bytes, distinct
+//! from the probe and from every other connection's. While idle, an event
+//! on a connection can only be bad news (the server closed it, or sent
+//! bytes nobody asked for), so it is checked and counted. A connection
+//! "holds" if its final echo came back intact before the hard cap.
 
-use super::{connect_all, Ctx, EventLoop, Outcome, Tally, PROBE, SMALL_MESSAGE};
+use super::{connect_all, Ctx, EventLoop, Outcome, Tally, HOLD_POLL, PROBE, SMALL_MESSAGE};
 use crate::conn::{Conn, Failure, Step};
 use crate::pattern::Pattern;
 use std::ops::Range;
@@ -26,18 +30,34 @@ pub fn run(ctx: &Ctx, ids: Range<usize>, lp: &mut EventLoop) -> Outcome {
     let mut tally = Tally::default();
     let mut conns = connect_all(ctx, lp, ids, &mut tally);
     let mut open = conns.iter().filter(|c| c.is_some()).count() as u64;
+    let opened = open;
+    ctx.shared.connected(ctx.cfg, ctx.run_start, open);
     // Every thread sends at the same moment, counted from the run's start
-    // so the run stays bounded however long connecting took.
+    // so the run stays bounded however long connecting took, and not
+    // before every thread has finished connecting (which `connect_by`
+    // bounds).
     let go = ctx.deadline_from(ctx.run_start);
+    let by_stdin = ctx.cfg.idle_until_stdin;
 
     // Idle: only watch for connections the server drops.
     loop {
         ctx.progress.open(open);
         ctx.progress.errors(tally.errors);
-        if open == 0 || Instant::now() >= go {
+        let now = Instant::now();
+        let everyone = ctx.shared.all_connected() || now >= ctx.connect_by;
+        let released = now >= go || (by_stdin && ctx.shared.released());
+        if open == 0 || (everyone && released) {
             break;
         }
-        if let Err(e) = lp.wait(go) {
+        // Past `go` only while waiting for other threads: poll for them.
+        let until = if everyone && !by_stdin {
+            go
+        } else if now < go {
+            go.min(now + HOLD_POLL)
+        } else {
+            now + HOLD_POLL
+        };
+        if let Err(e) = lp.wait(until) {
             tally.fail(Failure::Io(e));
             break;
         }
@@ -94,6 +114,7 @@ pub fn run(ctx: &Ctx, ids: Range<usize>, lp: &mut EventLoop) -> Outcome {
     out.end = Instant::now();
     out.count = held.len() as u64;
     out.failed = n - out.count;
+    out.opened = opened;
     out.tally = tally;
     out
 }

@@ -17,10 +17,11 @@ use crate::pattern::{stream_base, Pattern, MAX_CHUNK};
 use crate::progress::{self, Progress};
 use hdrhistogram::Histogram;
 use mio::{Events, Interest, Poll, Token};
-use std::io::{self, ErrorKind, IsTerminal as _};
-use std::net::SocketAddr;
+use std::io::{self, BufRead as _, ErrorKind, IsTerminal as _};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::ops::Range;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
+use std::sync::{mpsc, Arc, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -79,6 +80,12 @@ pub struct Config {
     pub parallel: usize,
     pub duration: Duration,
     pub threads: usize,
+    /// Loopback source addresses to spread connections over: connection
+    /// `i` binds to 127.0.0.(1 + i % sources) first; 1 = no bind.
+    pub sources: usize,
+    /// `hold`: the idle phase also ends early when stdin has a line or is
+    /// closed (see [`Shared`]); `duration` still bounds it.
+    pub idle_until_stdin: bool,
 }
 
 impl Config {
@@ -95,6 +102,92 @@ impl Config {
     pub fn effective_threads(&self) -> usize {
         self.threads.clamp(1, self.units().max(1))
     }
+
+    /// The source address for connection (or connrate loop) `id`, or
+    /// `None` to let the kernel choose.
+    pub fn source(&self, id: usize) -> Option<Ipv4Addr> {
+        if self.sources <= 1 {
+            return None;
+        }
+        // main caps `sources` at MAX_SOURCES, so this stays in 127.0.0.0/8.
+        let host = 1 + (id % self.sources.min(MAX_SOURCES)) as u8;
+        Some(Ipv4Addr::new(127, 0, 0, host))
+    }
+}
+
+/// Most source addresses `--sources` may ask for: 127.0.0.1 to 127.0.0.254.
+pub const MAX_SOURCES: usize = 254;
+
+/// How often a `hold` thread that is waiting for the other threads (or for
+/// stdin) looks again.
+const HOLD_POLL: Duration = Duration::from_millis(20);
+
+/// What the worker threads share besides read-only data: in `hold`, when
+/// every thread has finished connecting, so that the final echo on every
+/// connection starts only once all connections are open, and whether
+/// stdin has released the idle phase.
+pub struct Shared {
+    threads: usize,
+    connected: AtomicUsize,
+    open: AtomicU64,
+    /// When the last thread finished connecting, from the run's start.
+    all_open: OnceLock<Duration>,
+    released: Arc<AtomicBool>,
+}
+
+impl Shared {
+    fn new(threads: usize) -> Self {
+        Shared {
+            threads,
+            connected: AtomicUsize::new(0),
+            open: AtomicU64::new(0),
+            all_open: OnceLock::new(),
+            released: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// A thread has finished connecting, with `open` connections open; the
+    /// last one notes the time and, in `hold`, says so on stderr (a script
+    /// can measure the server while every connection is open and idle).
+    pub fn connected(&self, cfg: &Config, run_start: Instant, open: u64) {
+        self.open.fetch_add(open, SeqCst);
+        if self.connected.fetch_add(1, SeqCst) + 1 == self.threads {
+            let after = run_start.elapsed();
+            let _ = self.all_open.set(after);
+            if cfg.mode == Mode::Hold {
+                eprintln!(
+                    "echo-bench: hold: {} of {} connections open after {:.3} s",
+                    self.open.load(SeqCst),
+                    cfg.connections,
+                    after.as_secs_f64()
+                );
+            }
+        }
+    }
+
+    pub fn all_connected(&self) -> bool {
+        self.connected.load(SeqCst) >= self.threads
+    }
+
+    pub fn released(&self) -> bool {
+        self.released.load(SeqCst)
+    }
+
+    /// Sets `released` once stdin has a line or ends (or fails). The
+    /// reader is detached: a read cannot be interrupted, and the thread
+    /// ends with the process.
+    fn watch_stdin(&self) {
+        let released = Arc::clone(&self.released);
+        let spawned = thread::Builder::new().name("stdin".into()).spawn(move || {
+            let mut line = String::new();
+            let _ = io::stdin().lock().read_line(&mut line);
+            released.store(true, SeqCst);
+        });
+        if spawned.is_err() {
+            // Without the watcher, --duration alone ends the idle phase.
+            eprintln!("echo-bench: warning: cannot watch stdin; idling for --duration");
+        }
+    }
 }
 
 /// What one worker thread sees.
@@ -109,6 +202,7 @@ pub struct Ctx<'a> {
     /// did open still gets measured (or, in `hold`, answered) before the
     /// hard cap: half the grace period before it.
     pub connect_by: Instant,
+    pub shared: &'a Shared,
     max_connecting: usize,
 }
 
@@ -178,6 +272,8 @@ pub struct Outcome {
     pub bytes: u64,
     /// Connections that did not hold (hold).
     pub failed: u64,
+    /// Connections open once connecting was over (hold).
+    pub opened: u64,
     /// Round-trip latencies in microseconds (pingpong).
     pub hist: Option<Histogram<u64>>,
 }
@@ -191,6 +287,7 @@ impl Outcome {
             count: 0,
             bytes: 0,
             failed: 0,
+            opened: 0,
             hist: None,
         }
     }
@@ -212,6 +309,10 @@ pub struct Summary {
     pub count: u64,
     pub bytes: u64,
     pub failed: u64,
+    /// Connections open at once after connecting (hold).
+    pub opened: u64,
+    /// Time from the start until every thread had finished connecting.
+    pub all_open: Option<Duration>,
     pub hist: Option<Histogram<u64>>,
 }
 
@@ -242,6 +343,10 @@ pub fn run(cfg: &Config) -> Summary {
     let units = cfg.units();
     let threads = cfg.effective_threads();
     let progress: Vec<Progress> = (0..threads).map(|_| Progress::default()).collect();
+    let shared = Shared::new(threads);
+    if cfg.idle_until_stdin && cfg.mode == Mode::Hold {
+        shared.watch_stdin();
+    }
     let (done_tx, done_rx) = mpsc::channel::<()>();
 
     let outcomes = thread::scope(|s| {
@@ -261,6 +366,7 @@ pub fn run(cfg: &Config) -> Summary {
                 run_start,
                 hard_cap,
                 connect_by: hard_cap.checked_sub(HARD_CAP_GRACE / 2).unwrap_or(hard_cap),
+                shared: &shared,
                 max_connecting: (MAX_CONNECTING / threads).max(1),
             };
             let spawned = thread::Builder::new()
@@ -268,7 +374,11 @@ pub fn run(cfg: &Config) -> Summary {
                 .spawn_scoped(s, move || worker(&ctx, ids));
             match spawned {
                 Ok(handle) => handles.push((handle, count)),
-                Err(e) => outcomes.push(Outcome::broken(run_start, count, Failure::Io(e))),
+                Err(e) => {
+                    // Nobody will wait for a thread that never ran.
+                    shared.connected(cfg, run_start, 0);
+                    outcomes.push(Outcome::broken(run_start, count, Failure::Io(e)));
+                }
             }
         }
         for (handle, count) in handles {
@@ -284,7 +394,9 @@ pub fn run(cfg: &Config) -> Summary {
         outcomes
     });
 
-    merge(threads, outcomes)
+    let mut summary = merge(threads, outcomes);
+    summary.all_open = shared.all_open.get().copied();
+    summary
 }
 
 fn merge(threads: usize, outcomes: Vec<Outcome>) -> Summary {
@@ -301,6 +413,8 @@ fn merge(threads: usize, outcomes: Vec<Outcome>) -> Summary {
         count: 0,
         bytes: 0,
         failed: 0,
+        opened: 0,
+        all_open: None,
         hist: None,
     };
     for o in outcomes {
@@ -308,6 +422,7 @@ fn merge(threads: usize, outcomes: Vec<Outcome>) -> Summary {
         summary.count += o.count;
         summary.bytes += o.bytes;
         summary.failed += o.failed;
+        summary.opened += o.opened;
         summary.hist = match (summary.hist.take(), o.hist) {
             (Some(mut all), Some(h)) => {
                 // Same bounds everywhere, so adding cannot fail; if it
@@ -324,7 +439,10 @@ fn merge(threads: usize, outcomes: Vec<Outcome>) -> Summary {
 fn worker(ctx: &Ctx, ids: Range<usize>) -> Outcome {
     let mut lp = match EventLoop::new() {
         Ok(lp) => lp,
-        Err(e) => return Outcome::broken(Instant::now(), ids.len(), Failure::Io(e)),
+        Err(e) => {
+            ctx.shared.connected(ctx.cfg, ctx.run_start, 0);
+            return Outcome::broken(Instant::now(), ids.len(), Failure::Io(e));
+        }
     };
     match ctx.cfg.mode {
         Mode::Pingpong => pingpong::run(ctx, ids, &mut lp),
@@ -382,9 +500,15 @@ impl EventLoop {
     }
 }
 
-/// Starts a nonblocking connect and registers it.
-pub fn open(lp: &EventLoop, addr: SocketAddr, slot: usize, base: u64) -> Result<Conn, Failure> {
-    let mut conn = Conn::connect(addr, base)?;
+/// Starts a nonblocking connect (from `source`, if given) and registers it.
+pub fn open(
+    lp: &EventLoop,
+    addr: SocketAddr,
+    source: Option<Ipv4Addr>,
+    slot: usize,
+    base: u64,
+) -> Result<Conn, Failure> {
+    let mut conn = Conn::connect(addr, source, base)?;
     lp.register(&mut conn, slot)?;
     Ok(conn)
 }
@@ -417,8 +541,9 @@ pub fn connect_all(
             Some(Failure::Stalled)
         } else {
             while unsettled < ctx.max_connecting && next < n {
-                let base = stream_base((ids.start + next) as u64);
-                match open(lp, ctx.cfg.addr, next, base) {
+                let id = ids.start + next;
+                let source = ctx.cfg.source(id);
+                match open(lp, ctx.cfg.addr, source, next, stream_base(id as u64)) {
                     Ok(conn) => {
                         conns[next] = Some(conn);
                         unsettled += 1;

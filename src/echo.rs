@@ -95,6 +95,9 @@ pub enum Status {
 pub(crate) enum Step {
     /// Read a chunk of this many bytes, wrote all of it back and flushed.
     Echoed(usize),
+    /// Wrote (and flushed) what an earlier call left unwritten; read
+    /// nothing. Says nothing about what is waiting to be read.
+    CaughtUp,
     /// The stream would block.
     Blocked,
     /// End of file; nothing is left to write.
@@ -138,7 +141,7 @@ impl Echo {
     ) -> io::Result<Status> {
         loop {
             match self.step(stream, scratch)? {
-                Step::Echoed(_) => continue,
+                Step::Echoed(_) | Step::CaughtUp => continue,
                 Step::Blocked => return Ok(Status::Blocked),
                 Step::Finished => return Ok(Status::Finished),
             }
@@ -171,7 +174,7 @@ impl Echo {
             self.written = 0;
             self.unflushed = true;
             return Ok(if self.flush(stream)? {
-                Step::Echoed(chunk)
+                Step::CaughtUp
             } else {
                 Step::Blocked
             });
@@ -329,7 +332,7 @@ pub fn echo_until_bulk<S: Read + Write + ?Sized>(
             Step::Finished => return Ok(Progress::Done),
             // Bulk traffic: a bigger buffer means fewer system calls.
             Step::Echoed(n) if n == small.len() => return Ok(Progress::Bulk),
-            Step::Echoed(_) => {}
+            Step::Echoed(_) | Step::CaughtUp => {}
             Step::Blocked => return Err(ErrorKind::WouldBlock.into()),
         }
     }

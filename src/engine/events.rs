@@ -313,6 +313,9 @@ impl EventLoop {
                         break None;
                     }
                 }
+                // An echo finished writing; the readable edge that came
+                // while it waited may be spent, so read until EAGAIN.
+                Ok(Step::CaughtUp) => {}
                 Ok(Step::Blocked) => break None,
                 Ok(Step::Finished) => break Some(Outcome::Finished(served.echo.echoed())),
                 Err(e) => break Some(Outcome::Failed(e)),

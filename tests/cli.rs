@@ -166,8 +166,8 @@ fn log_data_escapes_control_bytes_and_invalid_utf8(engine: Engine) {
 
 fn log_data_sees_bulk_traffic_too(engine: Engine) {
     // Bulk traffic would go through splice(2), which never sees the bytes:
-    // with --log-data every byte must still be logged.
-    let mut server = Binary::spawn(&on_engine(engine, &["--log-data", "0"]));
+    // with --log-data every byte must still be logged, --splice or not.
+    let mut server = Binary::spawn(&on_engine(engine, &["--splice", "--log-data", "0"]));
     let addr = server.tcp_addr();
     let payload: Vec<u8> = (0..20_000u32).map(|i| (i % 256) as u8).collect();
     assert_eq!(round_trip(connect(addr), payload.clone()), payload);

@@ -18,7 +18,15 @@ fn render(args: &Args) -> Vec<String> {
         format!("--udp-rate={}", args.udp_rate),
         format!("--udp-burst={}", args.udp_burst),
         format!("--udp-max-datagram={}", args.udp_max_datagram),
+        format!("--engine={}", args.engine),
+        format!("--thread-connections={}", args.thread_connections),
     ];
+    if let Some(n) = args.event_loops {
+        line.push(format!("--event-loops={n}"));
+    }
+    if let Some(n) = args.max_threads {
+        line.push(format!("--max-threads={n}"));
+    }
     if args.no_write_timeout {
         line.push("--no-write-timeout".to_owned());
     } else {
@@ -37,6 +45,7 @@ fn render(args: &Args) -> Vec<String> {
         (args.udp, "--udp"),
         (args.log_data, "--log-data"),
         (args.udp_allow_any_source, "--udp-allow-any-source"),
+        (args.splice, "--splice"),
         (args.no_splice, "--no-splice"),
         (args.quiet, "--quiet"),
     ] {
@@ -74,6 +83,10 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(again.unix, args.unix);
     assert_eq!(again.max_connections, args.max_connections);
     assert_eq!(again.max_per_source, args.max_per_source);
+    assert_eq!(
+        (again.engine, again.thread_connections, again.event_loops, again.max_threads),
+        (args.engine, args.thread_connections, args.event_loops, args.max_threads)
+    );
     assert_eq!(again.no_write_timeout, args.no_write_timeout);
     assert!(close(again.write_timeout, args.write_timeout));
     match (again.idle_timeout, args.idle_timeout) {
@@ -86,6 +99,6 @@ fuzz_target!(|data: &[u8]| {
         (again.udp_rate, again.udp_burst, again.udp_max_datagram),
         (args.udp_rate, args.udp_burst, args.udp_max_datagram)
     );
-    assert_eq!(again.no_splice, args.no_splice);
+    assert_eq!((again.splice, again.no_splice), (args.splice, args.no_splice));
     assert_eq!((again.verbose, again.quiet), (args.verbose, args.quiet));
 });

@@ -9,7 +9,6 @@ use crate::stats::Counters;
 use crate::stream::{Metered, Op, Peer, Stream};
 use socket2::Socket;
 use std::io;
-use std::net::Shutdown;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
@@ -114,18 +113,17 @@ impl Connection {
         }
     }
 
-    /// Ends the connection: counts and logs how, half-closes after a
-    /// complete echo, and closes.
+    /// Ends the connection: counts and logs how, and closes it.
     pub(crate) fn close(self, outcome: Outcome) {
         let ctx = &self.slot.ctx;
         let peer = &self.peer;
         match outcome {
-            Outcome::Finished(n) => {
-                // Half-close: everything read has been written back; now
-                // tell the client we are done too.
-                let _ = self.stream.0.shutdown(Shutdown::Write);
-                log::debug!("{peer}: closed after echoing {n} bytes");
-            }
+            // Everything read has been written back: closing (which
+            // follows, when `self` is dropped) sends the client our FIN. No
+            // `shutdown(Write)` first: the receive queue is empty after end
+            // of file, so the close cannot turn into a reset, and the call
+            // would cost a system call per connection.
+            Outcome::Finished(n) => log::debug!("{peer}: closed after echoing {n} bytes"),
             Outcome::TimedOut(Op::Read) => {
                 Counters::add(&ctx.counters.idle_timeouts, 1);
                 log::debug!("{peer}: idle timeout, closing");

@@ -354,10 +354,10 @@ impl EventLoop {
         let Some(served) = self.served[index].take() else {
             return;
         };
-        let fd = served.conn.stream.0.as_raw_fd();
-        // Closing the socket would also remove it from the poll set; saying
-        // so keeps mio's registry exact on every platform.
-        let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
+        // No `deregister`: closing the socket removes it from the poll set
+        // (epoll and kqueue both), and this is its last descriptor (the
+        // table's reference goes with `served`), so the call would only
+        // cost a system call per connection.
         self.free.push(index);
         self.load.fetch_sub(1, Relaxed);
         served.conn.close(outcome);

@@ -457,12 +457,12 @@ def scenarios(args):
     bulk50 = 16 << 20 if quick else 64 << 20
     no_socat = [p for p in PEER_NAMES if p != "socat"]
     tput = lambda unit, target: {"key": "rate", "unit": unit, "higher": True, "target": target, "p99": True}
-    cpu = {"key": "cpu_us_per_rt", "unit": "µs server CPU/round trip", "higher": False, "target": "",
-           "label": "server CPU"}
+    cpu = lambda target: {"key": "cpu_us_per_rt", "unit": "µs server CPU/round trip", "higher": False,
+                          "target": target, "label": "server CPU"}
     mem = [
-        {"key": "sys_kib", "unit": "KiB/conn, system", "higher": False, "target": "", "label": "memory"},
-        {"key": "rss_kib", "unit": "KiB RSS/conn", "higher": False, "target": "<= 8 KiB/conn",
-         "label": "server RSS"},
+        {"key": "sys_kib", "unit": "KiB/conn, system", "higher": False, "target": "<= 1.0 vs tokio",
+         "label": "memory"},
+        {"key": "rss_kib", "unit": "KiB RSS/conn", "higher": False, "target": "", "label": "server RSS"},
     ]
     return [
         {"id": 1, "name": "pp1", "label": "pingpong 1 conn 64 B", "mode": "pingpong", "run_s": d, "peers": None,
@@ -472,11 +472,12 @@ def scenarios(args):
         {"id": 2, "name": "pp100", "label": "pingpong 100 conns 64 B", "mode": "pingpong", "run_s": d,
          "peers": None, "args": ["pingpong", "--connections", "100", "--size", "64", "--duration", ds],
          "rate": "round_trips_per_sec",
-         "metrics": [tput("round trips/s", ">= 0.85 vs tokio"), cpu]},
+         "metrics": [tput("round trips/s", ">= 1.0 vs tokio,epoll-c,go-echo"),
+                     cpu("<= 1.0 vs tokio,epoll-c,go-echo")]},
         {"id": 3, "name": "pp1000", "label": "pingpong 1000 conns 512 B", "mode": "pingpong", "run_s": d,
          "peers": no_socat, "args": ["pingpong", "--connections", "1000", "--size", "512", "--duration", ds],
          "rate": "round_trips_per_sec",
-         "metrics": [tput("round trips/s", ">= 0.7 vs tokio"), cpu]},
+         "metrics": [tput("round trips/s", ">= 1.0 vs tokio"), cpu("")]},
         {"id": 4, "name": "bulk1", "label": "bulk 1 conn", "mode": "bulk", "run_s": d * 4, "peers": None,
          "args": ["bulk", "--connections", "1", "--bytes", str(bulk1), "--duration", f"{d * 4:g}"],
          "rate": "mib_per_sec", "metrics": [tput("MiB/s", ">= 1.2 vs best") | {"p99": False}]},
@@ -701,14 +702,20 @@ def target_met(m, ours_value, failed, ratios, sc):
         return "yes" if ours_value == sc["connections"] and not failed else "no"
     if t.startswith("<= ") and t.endswith(" KiB/conn"):
         return "yes" if ours_value <= float(t.split()[1]) else "no"
-    if t.startswith(">= "):
+    if t.startswith(">= ") or t.startswith("<= "):
+        # A ratio target: ">= X vs a,b" holds if the ratio to each of a, b is
+        # at least X; "<= X vs a,b" (lower is better) if each is at most X.
         want = float(t.split()[1])
         vs = t.split(" vs ", 1)[1] if " vs " in t else ""
         if vs in ("best", "every peer"):
-            got = min(ratios.values()) if ratios else None
+            got = list(ratios.values())
         else:
-            got = ratios.get(vs)
-        return "" if got is None else ("yes" if got >= want else "no")
+            got = [ratios[p] for p in vs.split(",") if p in ratios]
+        if not got:
+            return ""
+        if t.startswith(">= "):
+            return "yes" if min(got) >= want else "no"
+        return "yes" if max(got) <= want else "no"
     return ""
 
 

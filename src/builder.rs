@@ -105,6 +105,8 @@ impl Default for ServerBuilder {
                     filter_sources: true,
                     rate_limit: Some(RateLimit::default()),
                     max_datagram: udp::MAX_DATAGRAM,
+                    threads: 0,
+                    buffer: udp::DEFAULT_UDP_BUFFER,
                 },
             },
         }
@@ -185,6 +187,23 @@ impl ServerBuilder {
     /// and counted. Default and most: [`udp::MAX_DATAGRAM`].
     pub fn udp_max_datagram(mut self, bytes: usize) -> Self {
         self.settings.udp.max_datagram = bytes;
+        self
+    }
+
+    /// Receive threads per UDP address, each on its own socket
+    /// (`SO_REUSEPORT`, Linux; one socket elsewhere). 0 (the default) runs
+    /// one per available core.
+    pub fn udp_threads(mut self, threads: usize) -> Self {
+        self.settings.udp.threads = threads;
+        self
+    }
+
+    /// Receive and send buffer asked for on each UDP socket, so bursts are
+    /// queued rather than dropped. Default [`udp::DEFAULT_UDP_BUFFER`]; the
+    /// kernel caps it at `net.core.rmem_max`/`wmem_max` unless the process
+    /// may pass them (`CAP_NET_ADMIN`), and a warning says so.
+    pub fn udp_buffer(mut self, bytes: usize) -> Self {
+        self.settings.udp.buffer = bytes;
         self
     }
 
@@ -322,6 +341,8 @@ impl ServerBuilder {
         }
         let (max_connections, thread_seats) = self.thread_plan();
         let mut listeners: Vec<Listener> = Vec::with_capacity(self.sources.len());
+        let mut udp_settings = self.settings.udp.clone();
+        udp_settings.threads = crate::settings::per_core(udp_settings.threads);
         for mut source in self.sources {
             // UDP on port 0 shares the port of a TCP listener on the same
             // address, so one number reaches both (as `--udp` promises).
@@ -334,7 +355,20 @@ impl ServerBuilder {
                     addr.set_port(tcp_port.unwrap_or(0));
                 }
             }
-            listeners.push(bind(source, self.backlog)?);
+            listeners.push(bind(source, self.backlog, &udp_settings)?);
+        }
+        let short = listeners.iter().find_map(|l| match l {
+            Listener::Datagram(d) => d.short_buffer,
+            Listener::Stream(_) => None,
+        });
+        if let Some(granted) = short {
+            log::warn!(
+                "UDP sockets got a {} KiB receive buffer, not the {} KiB asked for: bursts \
+                 beyond it are dropped (and counted); raise net.core.rmem_max and \
+                 net.core.wmem_max (sysctl) to allow more",
+                granted / 1024,
+                self.settings.udp.buffer / 1024
+            );
         }
         Ok(Server::new(
             listeners,
@@ -353,7 +387,7 @@ impl ServerBuilder {
         // the CLI, and the event loops.
         let loops = match self.settings.engine {
             Engine::Threads => 0,
-            _ => crate::engine::event_loop_count(self.settings.event_loops),
+            _ => crate::settings::per_core(self.settings.event_loops),
         };
         let budget = ThreadBudget::of_this_process(self.sources.len() + 1 + loops);
         let threads = budget
@@ -395,7 +429,7 @@ impl ServerBuilder {
 }
 
 /// Binds (or adopts) one listener; errors say which.
-fn bind(source: Source, backlog: i32) -> io::Result<Listener> {
+fn bind(source: Source, backlog: i32, udp_settings: &UdpSettings) -> io::Result<Listener> {
     let context = |what: ListenAddr| {
         move |e: io::Error| io::Error::new(e.kind(), format!("cannot listen on {what}: {e}"))
     };
@@ -404,22 +438,24 @@ fn bind(source: Source, backlog: i32) -> io::Result<Listener> {
             listener::bind_tcp(addr, backlog).map_err(context(ListenAddr::Tcp(addr)))?,
         ),
         Source::TcpListener(l) => Listener::Stream(StreamListener::from_socket(Socket::from(l))?),
-        Source::Udp(addr) => {
-            Listener::Datagram(udp::bind_udp(addr).map_err(context(ListenAddr::Udp(addr)))?)
+        Source::Udp(addr) => Listener::Datagram(
+            udp::bind_udp(addr, udp_settings).map_err(context(ListenAddr::Udp(addr)))?,
+        ),
+        Source::UdpSocket(s) => {
+            Listener::Datagram(DatagramSocket::from_socket(Socket::from(s), udp_settings)?)
         }
-        Source::UdpSocket(s) => Listener::Datagram(DatagramSocket::from_socket(Socket::from(s))?),
         #[cfg(unix)]
         Source::Unix(path) => Listener::Stream(
             StreamListener::bind_unix(&path, backlog).map_err(context(ListenAddr::Unix(path)))?,
         ),
         #[cfg(unix)]
-        Source::Inherited(fd) => adopt(Socket::from(fd))?,
+        Source::Inherited(fd) => adopt(Socket::from(fd), udp_settings)?,
     })
 }
 
 /// Serves an inherited socket according to its type.
 #[cfg(unix)]
-fn adopt(socket: Socket) -> io::Result<Listener> {
+fn adopt(socket: Socket, udp_settings: &UdpSettings) -> io::Result<Listener> {
     use socket2::Type;
     let ty = socket.r#type()?;
     if ty == Type::STREAM {
@@ -428,7 +464,10 @@ fn adopt(socket: Socket) -> io::Result<Listener> {
         }
         Ok(Listener::Stream(StreamListener::from_socket(socket)?))
     } else if ty == Type::DGRAM {
-        Ok(Listener::Datagram(DatagramSocket::from_socket(socket)?))
+        Ok(Listener::Datagram(DatagramSocket::from_socket(
+            socket,
+            udp_settings,
+        )?))
     } else {
         Err(invalid(
             "an inherited socket is neither a stream nor a datagram socket",

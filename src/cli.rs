@@ -129,6 +129,17 @@ pub struct Args {
           value_parser = parse_datagram_size)]
     pub udp_max_datagram: usize,
 
+    /// Receive threads per UDP address, each on its own socket
+    /// (SO_REUSEPORT; Linux) [default: one per core]
+    #[arg(long, value_name = "N", value_parser = parse_max_connections)]
+    pub udp_threads: Option<usize>,
+
+    /// Receive and send buffer of each UDP socket, so bursts queue instead
+    /// of being dropped; capped by net.core.rmem_max/wmem_max unless
+    /// privileged (a warning says so).
+    #[arg(long, value_name = "BYTES", default_value = "4M", value_parser = parse_udp_buffer)]
+    pub udp_buffer: usize,
+
     /// On Linux, echo a thread-engine connection that sends in bulk with
     /// splice(2) (socket to pipe to socket) while at most 8 connections are
     /// open, instead of the read/write loop. Off by default: it measured
@@ -196,6 +207,16 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("`{s}` is too large"))
 }
 
+fn parse_udp_buffer(s: &str) -> Result<usize, String> {
+    match parse_bytes(s)? {
+        n if n < 4096 => Err("must be at least 4K".to_owned()),
+        n => usize::try_from(n)
+            .ok()
+            .filter(|&n| n <= i32::MAX as usize)
+            .ok_or_else(|| "must be below 2G".to_owned()),
+    }
+}
+
 fn parse_datagram_size(s: &str) -> Result<usize, String> {
     let n = parse_bytes(s)?;
     if (1..=udp::MAX_DATAGRAM as u64).contains(&n) {
@@ -225,7 +246,9 @@ impl Args {
             .splice(self.splice && !self.no_splice)
             .udp_source_filter(!self.udp_allow_any_source)
             .udp_rate_limit(rate_limit)
-            .udp_max_datagram(self.udp_max_datagram);
+            .udp_max_datagram(self.udp_max_datagram)
+            .udp_threads(self.udp_threads.unwrap_or(0))
+            .udp_buffer(self.udp_buffer);
         if let Some(port) = self.port {
             builder = builder.tcp(SocketAddr::new(self.bind, port));
             if self.udp {
@@ -498,6 +521,8 @@ mod tests {
             &["--engine", "fibers", "7"],
             &["--event-loops", "0", "7"],
             &["--max-threads", "0", "7"],
+            &["--udp-threads", "0", "7"],
+            &["--udp-buffer", "1K", "7"],
             &["-q", "-v", "7"],
         ] {
             let err = parse(bad).unwrap_err();

@@ -2,11 +2,12 @@
 //! counters, the shutdown flag, the limits and the connection table.
 
 use crate::limit::{ConnectionLimit, SourceCap};
+use crate::rate_limit::SourceBuckets;
 use crate::settings::Settings;
 use crate::shutdown::Shutdown;
 use crate::stats::Counters;
 use crate::table::ConnectionTable;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// State shared by the accept loops, the engines and every connection.
 #[derive(Debug)]
@@ -17,6 +18,9 @@ pub(crate) struct Context {
     pub(crate) limit: Arc<ConnectionLimit>,
     pub(crate) per_source: Option<Arc<SourceCap>>,
     pub(crate) table: ConnectionTable,
+    /// The UDP rate limit: one set of buckets for every UDP socket and
+    /// thread, so a source spraying several of them gets one budget.
+    pub(crate) udp_buckets: Option<Mutex<SourceBuckets>>,
 }
 
 impl Context {
@@ -26,6 +30,10 @@ impl Context {
         let limit = ConnectionLimit::new(max_connections, &shutdown);
         Context {
             per_source: settings.max_per_source.map(SourceCap::new),
+            udp_buckets: settings
+                .udp
+                .rate_limit
+                .map(|limit| Mutex::new(SourceBuckets::new(limit))),
             settings,
             counters: Counters::default(),
             shutdown,

@@ -68,8 +68,8 @@ impl Bucket {
     }
 }
 
-/// The buckets of every source one UDP socket has heard from. Used by that
-/// socket's thread only, so it needs no lock.
+/// The buckets of every source the server's UDP sockets have heard from.
+/// One per server, behind a lock every UDP thread takes once per batch.
 #[derive(Debug)]
 pub(crate) struct SourceBuckets {
     limit: RateLimit,

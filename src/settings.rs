@@ -87,6 +87,18 @@ pub(crate) struct UdpSettings {
     pub(crate) filter_sources: bool,
     pub(crate) rate_limit: Option<RateLimit>,
     pub(crate) max_datagram: usize,
+    /// Receive threads (and sockets) per UDP address.
+    pub(crate) threads: usize,
+    /// Socket buffer size asked for, each way.
+    pub(crate) buffer: usize,
+}
+
+/// A count of threads where `0` means one per available core.
+pub(crate) fn per_core(configured: usize) -> usize {
+    if configured > 0 {
+        return configured;
+    }
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 #[cfg(test)]

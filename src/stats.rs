@@ -48,6 +48,9 @@ pub struct Stats {
     pub rate_limited: u64,
     /// UDP datagrams dropped because they were larger than the maximum.
     pub truncated: u64,
+    /// UDP datagrams the kernel dropped before the server saw them, for want
+    /// of receive buffer space (where the OS reports it: Linux).
+    pub udp_kernel_drops: u64,
 }
 
 impl fmt::Display for Stats {
@@ -59,7 +62,7 @@ impl fmt::Display for Stats {
              per-source cap, {} refused for lack of threads, {} reset for lack of file \
              descriptors, {} accept errors; \
              {} datagrams echoed, not answered: {} from privileged ports, \
-             {} from invalid sources, {} rate limited, {} too large",
+             {} from invalid sources, {} rate limited, {} too large, {} dropped by the kernel",
             self.accepted,
             self.active,
             self.active_threads,
@@ -76,7 +79,8 @@ impl fmt::Display for Stats {
             self.refused_privileged_port,
             self.refused_invalid_source,
             self.rate_limited,
-            self.truncated
+            self.truncated,
+            self.udp_kernel_drops
         )
     }
 }
@@ -102,6 +106,7 @@ pub(crate) struct Counters {
     pub(crate) refused_invalid_source: AtomicU64,
     pub(crate) rate_limited: AtomicU64,
     pub(crate) truncated: AtomicU64,
+    pub(crate) udp_kernel_drops: AtomicU64,
 }
 
 impl Counters {
@@ -142,6 +147,7 @@ impl Counters {
             refused_invalid_source: self.refused_invalid_source.load(Relaxed),
             rate_limited: self.rate_limited.load(Relaxed),
             truncated: self.truncated.load(Relaxed),
+            udp_kernel_drops: self.udp_kernel_drops.load(Relaxed),
         }
     }
 }

@@ -191,3 +191,204 @@ fn shutdown_stops_an_idle_udp_server_promptly() {
     let server = udp_server();
     server.stop(); // asserts run() returns within the deadline
 }
+
+/// A datagram that says who sent it and which one it is: client id and
+/// sequence number, then a pattern of both, `len` bytes in all (at least 1).
+fn tagged(client: u8, seq: u32, len: usize) -> Vec<u8> {
+    let mut d = vec![client];
+    d.extend_from_slice(&seq.to_be_bytes());
+    d.extend((0..len.saturating_sub(5)).map(|i| (i as u32 ^ seq ^ u32::from(client)) as u8));
+    d.truncate(len.max(1));
+    d
+}
+
+/// Batching never merges, splits, reorders (per source) or drops a datagram
+/// that fits: 12 clients, 40 datagrams each of mixed sizes from 1 byte to the
+/// IPv4 maximum, two in flight per client (a bounded load loopback does not
+/// drop), each gets exactly its own datagrams back, in order.
+#[test]
+fn batches_keep_every_datagram_whole_in_order_and_to_its_sender() {
+    let server = TestServer::start(
+        Server::builder()
+            .udp(([127, 0, 0, 1], 0))
+            .udp_rate_limit(None),
+    );
+    let addr = server.udp_addr();
+    const SIZES: [usize; 8] = [1, 5, 64, 1400, 1473, 9000, 32_768, 65_507];
+    let clients: Vec<_> = (0..12u8)
+        .map(|id| {
+            thread::spawn(move || {
+                let c = udp_client(addr, DEADLINE);
+                let sizes = |seq: u32| SIZES[(seq as usize * 7 + id as usize) % SIZES.len()];
+                let mut buf = vec![0u8; 70_000];
+                let (mut sent, mut got) = (0u32, 0u32);
+                while got < 40 {
+                    while sent < 40 && sent - got < 2 {
+                        c.send(&tagged(id, sent, sizes(sent))).unwrap();
+                        sent += 1;
+                    }
+                    let n = c.recv(&mut buf).expect("a reply within the deadline");
+                    assert_eq!(
+                        &buf[..n],
+                        &tagged(id, got, sizes(got))[..],
+                        "client {id} #{got}"
+                    );
+                    got += 1;
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().expect("each client got its own datagrams back");
+    }
+    let stats = server.stop();
+    assert_eq!(stats.datagrams_echoed, 12 * 40);
+    assert_eq!(stats.udp_kernel_drops, 0);
+}
+
+/// One burst mixing a good source, an oversized datagram, a privileged
+/// port (when this process may bind one) and a source over its rate: only
+/// the good ones are answered, and each refusal is counted under its reason.
+#[test]
+fn a_mixed_burst_answers_exactly_the_good_datagrams() {
+    // Each datagram costs its length + 64: five empty ones fit the burst,
+    // one 100-byte one does, a second does not.
+    let server = TestServer::start(
+        Server::builder()
+            .udp(([127, 0, 0, 1], 0))
+            .udp_max_datagram(1000)
+            .udp_rate_limit(Some(RateLimit {
+                rate: 1,
+                burst: 5 * 64,
+            })),
+    );
+    let addr = server.udp_addr();
+    let good = udp_client(addr, DEADLINE);
+    let limited = UdpSocket::bind("127.0.0.2:0").unwrap();
+    limited.connect(addr).unwrap();
+    limited.set_read_timeout(Some(DEADLINE)).unwrap();
+    let privileged = privileged_socket();
+    for _ in 0..5 {
+        good.send(b"").unwrap();
+        limited.send(&[1; 100]).unwrap();
+    }
+    good.send(&[2; 1001]).unwrap();
+    if let Some(p) = &privileged {
+        p.send_to(b"loop?", addr).unwrap();
+    }
+    let expected_privileged = u64::from(privileged.is_some());
+    wait_for("every datagram judged", || {
+        let s = server.handle.stats();
+        s.datagrams_echoed + s.rate_limited + s.truncated + s.refused_privileged_port
+            == 11 + expected_privileged
+    });
+    let mut buf = [0u8; 2000];
+    for _ in 0..5 {
+        assert_eq!(
+            good.recv(&mut buf).unwrap(),
+            0,
+            "the empty datagrams come back"
+        );
+    }
+    assert_eq!(limited.recv(&mut buf).unwrap(), 100);
+    for s in [&good, &limited] {
+        s.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        assert!(s.recv(&mut buf).is_err(), "one answer too many");
+    }
+    let stats = server.stop();
+    assert_eq!(
+        (stats.datagrams_echoed, stats.rate_limited, stats.truncated),
+        (6, 4, 1)
+    );
+    assert_eq!(stats.refused_privileged_port, expected_privileged);
+}
+
+/// The rate limit is one budget per source for the whole server: a source
+/// spraying two UDP addresses, each served by several threads, from many
+/// sockets gets no more than one burst answered.
+#[test]
+fn a_source_spraying_sockets_and_threads_gets_one_budget() {
+    let burst = 10 * (100 + 64); // ten 100-byte datagrams
+    let server = TestServer::start(
+        Server::builder()
+            .udp(([127, 0, 0, 1], 0))
+            .udp(([127, 0, 0, 1], 0))
+            .udp_threads(3)
+            .udp_rate_limit(Some(RateLimit { rate: 1, burst })),
+    );
+    let targets: Vec<SocketAddr> = server
+        .addrs
+        .iter()
+        .filter_map(|a| match a {
+            echo_server::ListenAddr::Udp(addr) => Some(*addr),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(targets.len(), 2);
+    // 8 client sockets per address: different ports hash to different
+    // receive sockets of the SO_REUSEPORT group.
+    let clients: Vec<UdpSocket> = (0..16)
+        .map(|i| udp_client(targets[i % 2], Duration::from_millis(300)))
+        .collect();
+    for c in &clients {
+        for _ in 0..5 {
+            c.send(&[3; 100]).unwrap();
+        }
+    }
+    wait_for("all 80 datagrams judged", || {
+        let s = server.handle.stats();
+        s.datagrams_echoed + s.rate_limited == 80
+    });
+    let stats = server.stop();
+    assert_eq!((stats.datagrams_echoed, stats.rate_limited), (10, 70));
+}
+
+/// Datagrams the kernel drops for want of buffer (a tiny buffer and a
+/// burst) are counted, so every datagram sent is accounted for.
+#[cfg(target_os = "linux")]
+#[test]
+fn kernel_drops_are_counted() {
+    let server = TestServer::start(
+        Server::builder()
+            .udp(([127, 0, 0, 1], 0))
+            .udp_threads(1)
+            .udp_buffer(4096)
+            .udp_rate_limit(None),
+    );
+    let addr = server.udp_addr();
+    let mut sent = 0u64;
+    for _ in 0..20 {
+        let senders: Vec<_> = (0..4)
+            .map(|_| {
+                thread::spawn(move || {
+                    let c = udp_client(addr, DEADLINE);
+                    for _ in 0..200 {
+                        c.send(&[4; 1400]).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for s in senders {
+            s.join().unwrap();
+        }
+        sent += 800;
+        // A socket's drop count arrives with the next datagram it takes:
+        // probe until the last drops are reported.
+        let probe = udp_client(addr, DEADLINE);
+        wait_for("every datagram answered or counted as dropped", || {
+            probe.send(b"probe").unwrap();
+            sent += 1;
+            thread::sleep(Duration::from_millis(20));
+            let s = server.handle.stats();
+            s.datagrams_echoed + s.udp_kernel_drops == sent
+        });
+        if server.handle.stats().udp_kernel_drops > 0 {
+            break;
+        }
+    }
+    assert!(
+        server.handle.stats().udp_kernel_drops > 0,
+        "16,000 datagrams into a 4 KiB buffer and not one dropped"
+    );
+}

@@ -40,7 +40,7 @@ impl Engines {
         let loops = match engine {
             Engine::Threads => None,
             _ => Some(events::EventLoops::start(
-                event_loop_count(ctx.settings.event_loops),
+                crate::settings::per_core(ctx.settings.event_loops),
                 ctx,
             )?),
         };
@@ -105,12 +105,4 @@ fn refuse(conn: Connection, e: io::Error) -> Refused {
     Counters::add(&conn.ctx().counters.thread_refused, 1);
     drop(conn);
     Refused(e)
-}
-
-/// `0` means one loop per available core.
-pub(crate) fn event_loop_count(configured: usize) -> usize {
-    if configured > 0 {
-        return configured;
-    }
-    std::thread::available_parallelism().map_or(1, |n| n.get())
 }

@@ -1,0 +1,493 @@
+//! Receiving and sending datagrams in batches: on Linux `recvmmsg(2)` takes
+//! up to [`BATCH`] datagrams per system call and `sendmmsg(2)` sends their
+//! replies in one more; elsewhere the same interface moves one datagram at a
+//! time. Either way each datagram keeps its own source, arrival address and
+//! length, and each reply goes to its own source.
+
+use std::net::SocketAddr;
+
+/// Datagrams received (and replies sent) per system call at most.
+#[cfg(target_os = "linux")]
+pub(crate) const BATCH: usize = 32;
+#[cfg(not(target_os = "linux"))]
+pub(crate) const BATCH: usize = 1;
+
+/// One received datagram.
+#[derive(Debug)]
+pub(crate) struct Datagram<'a> {
+    /// Its bytes, cut at the buffer size: a datagram longer than the largest
+    /// one answered shows as longer than that, never as a truncated one.
+    pub(crate) data: &'a [u8],
+    pub(crate) source: Option<SocketAddr>,
+    /// The socket's count of datagrams the kernel dropped for want of
+    /// buffer space, as of this one (`SO_RXQ_OVFL`), where the OS says.
+    pub(crate) drops: Option<u32>,
+}
+
+/// The replies to one batch, in one buffer: for each, the index of the
+/// datagram it answers and its bytes.
+#[derive(Debug, Default)]
+pub(crate) struct Replies {
+    arena: Vec<u8>,
+    entries: Vec<(usize, usize, usize)>,
+}
+
+impl Replies {
+    pub(crate) fn clear(&mut self) {
+        self.arena.clear();
+        self.entries.clear();
+    }
+
+    /// Adds the reply to datagram `index`, built by `build` at the end of
+    /// the buffer; `build` returning `false` adds nothing.
+    pub(crate) fn push(&mut self, index: usize, build: impl FnOnce(&mut Vec<u8>) -> bool) {
+        let start = self.arena.len();
+        if build(&mut self.arena) {
+            self.entries.push((index, start, self.arena.len()));
+        } else {
+            self.arena.truncate(start);
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// The `i`th reply: the datagram it answers and its bytes.
+    pub(crate) fn get(&self, i: usize) -> (usize, &[u8]) {
+        let (index, start, end) = self.entries[i];
+        (index, &self.arena[start..end])
+    }
+}
+
+#[cfg(target_os = "linux")]
+pub(crate) use linux::Batch;
+#[cfg(not(target_os = "linux"))]
+pub(crate) use portable::Batch;
+
+/// Sets the `SOL_SOCKET` option `name` to `value`; whether the OS agreed.
+#[cfg(unix)]
+pub(crate) fn set_socket_option(
+    socket: &socket2::Socket,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> bool {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid fd and a pointer to a c_int of the length given.
+    unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            name,
+            std::ptr::addr_of!(value).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        ) == 0
+    }
+}
+
+#[cfg(target_os = "linux")]
+mod linux {
+    use super::{Datagram, Replies, BATCH};
+    use socket2::Socket;
+    use std::io;
+    use std::mem::{self, size_of};
+    use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
+    use std::os::fd::AsRawFd;
+    use std::ptr;
+
+    /// `SO_RXQ_OVFL` (asm-generic value; the same on x86 and Arm).
+    pub(crate) const SO_RXQ_OVFL: libc::c_int = 40;
+
+    /// Room for the control messages of one datagram (an `in6_pktinfo` and
+    /// an `SO_RXQ_OVFL` count), aligned for `cmsghdr`.
+    #[repr(C, align(8))]
+    #[derive(Clone, Copy)]
+    struct Control([u8; 128]);
+
+    /// Where a datagram arrived, to reply from there.
+    #[derive(Clone, Copy)]
+    enum Arrival {
+        V4(libc::in_addr),
+        V6(libc::in6_addr, u32),
+    }
+
+    /// Buffers and message headers for [`BATCH`] datagrams. The headers'
+    /// pointers are set afresh before each call, so the buffers may move.
+    pub(crate) struct Batch {
+        size: usize,
+        bufs: Vec<u8>,
+        names: Vec<libc::sockaddr_storage>,
+        controls: Vec<Control>,
+        iovs: Vec<libc::iovec>,
+        msgs: Vec<libc::mmsghdr>,
+        received: usize,
+        /// Reply from each datagram's arrival address (wildcard binds).
+        pktinfo: bool,
+        send_iovs: Vec<libc::iovec>,
+        send_controls: Vec<Control>,
+        send_msgs: Vec<libc::mmsghdr>,
+    }
+
+    impl Batch {
+        /// Room for [`BATCH`] datagrams of up to `size` bytes each.
+        pub(crate) fn new(size: usize, pktinfo: bool) -> Batch {
+            // SAFETY: all-zero bytes are valid for these C structs.
+            let zeroed_msg = || unsafe { mem::zeroed::<libc::mmsghdr>() };
+            let iov = libc::iovec {
+                iov_base: ptr::null_mut(),
+                iov_len: 0,
+            };
+            Batch {
+                size,
+                bufs: vec![0; size * BATCH],
+                // SAFETY: as above.
+                names: vec![unsafe { mem::zeroed() }; BATCH],
+                controls: vec![Control([0; 128]); BATCH],
+                iovs: vec![iov; BATCH],
+                msgs: (0..BATCH).map(|_| zeroed_msg()).collect(),
+                received: 0,
+                pktinfo,
+                send_iovs: vec![iov; BATCH],
+                send_controls: vec![Control([0; 128]); BATCH],
+                send_msgs: (0..BATCH).map(|_| zeroed_msg()).collect(),
+            }
+        }
+
+        /// Waits for a datagram (the socket's read timeout bounds the wait),
+        /// then takes every one already queued, up to [`BATCH`]. Returns how
+        /// many.
+        pub(crate) fn recv(&mut self, socket: &Socket) -> io::Result<usize> {
+            self.received = 0;
+            for i in 0..BATCH {
+                self.iovs[i] = libc::iovec {
+                    iov_base: self.bufs[i * self.size..].as_mut_ptr().cast(),
+                    iov_len: self.size,
+                };
+                let hdr = &mut self.msgs[i].msg_hdr;
+                hdr.msg_name = ptr::addr_of_mut!(self.names[i]).cast();
+                hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+                hdr.msg_iov = &mut self.iovs[i];
+                hdr.msg_iovlen = 1;
+                hdr.msg_control = self.controls[i].0.as_mut_ptr().cast();
+                hdr.msg_controllen = self.controls[i].0.len() as _;
+                hdr.msg_flags = 0;
+                self.msgs[i].msg_len = 0;
+            }
+            loop {
+                // SAFETY: every header points at live buffers of the lengths
+                // given; MSG_WAITFORONE blocks for the first datagram only.
+                let n = unsafe {
+                    libc::recvmmsg(
+                        socket.as_raw_fd(),
+                        self.msgs.as_mut_ptr(),
+                        BATCH as libc::c_uint,
+                        libc::MSG_WAITFORONE as _,
+                        ptr::null_mut(),
+                    )
+                };
+                if n >= 0 {
+                    self.received = n as usize;
+                    return Ok(self.received);
+                }
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
+
+        /// The `i`th datagram of the last [`recv`](Self::recv).
+        pub(crate) fn datagram(&self, i: usize) -> Datagram<'_> {
+            debug_assert!(i < self.received);
+            let len = (self.msgs[i].msg_len as usize).min(self.size);
+            let hdr = &self.msgs[i].msg_hdr;
+            Datagram {
+                data: &self.bufs[i * self.size..i * self.size + len],
+                source: socket_addr(&self.names[i], hdr.msg_namelen),
+                // SAFETY: the header was filled by recvmmsg.
+                drops: unsafe { control(hdr).1 },
+            }
+        }
+
+        /// Sends every reply to the source of the datagram it answers (from
+        /// its arrival address with `pktinfo`). Returns the replies and
+        /// bytes sent; `failed` hears of each that could not be.
+        pub(crate) fn send(
+            &mut self,
+            socket: &Socket,
+            replies: &Replies,
+            mut failed: impl FnMut(usize, io::Error),
+        ) -> (u64, u64) {
+            let count = replies.len();
+            for j in 0..count {
+                let (index, bytes) = replies.get(j);
+                self.send_iovs[j] = libc::iovec {
+                    iov_base: bytes.as_ptr() as *mut _,
+                    iov_len: bytes.len(),
+                };
+                // SAFETY: the received header was filled by recvmmsg.
+                let arrival = if self.pktinfo {
+                    unsafe { control(&self.msgs[index].msg_hdr).0 }
+                } else {
+                    None
+                };
+                let recv_hdr = &self.msgs[index].msg_hdr;
+                let hdr = &mut self.send_msgs[j].msg_hdr;
+                hdr.msg_name = recv_hdr.msg_name;
+                hdr.msg_namelen = recv_hdr.msg_namelen;
+                hdr.msg_iov = &mut self.send_iovs[j];
+                hdr.msg_iovlen = 1;
+                hdr.msg_flags = 0;
+                match arrival {
+                    // SAFETY: the control buffer is 128 bytes, more than one
+                    // in6_pktinfo message needs.
+                    Some(from) => unsafe {
+                        write_pktinfo(hdr, &mut self.send_controls[j], from);
+                    },
+                    None => {
+                        hdr.msg_control = ptr::null_mut();
+                        hdr.msg_controllen = 0;
+                    }
+                }
+                self.send_msgs[j].msg_len = 0;
+            }
+            let (mut sent, mut bytes) = (0u64, 0u64);
+            let mut done = 0;
+            while done < count {
+                // SAFETY: headers `done..count` point at live buffers (the
+                // reply arena, the names of the received batch).
+                let n = unsafe {
+                    libc::sendmmsg(
+                        socket.as_raw_fd(),
+                        self.send_msgs[done..].as_mut_ptr(),
+                        (count - done) as libc::c_uint,
+                        0,
+                    )
+                };
+                if n < 0 {
+                    let e = io::Error::last_os_error();
+                    if e.kind() == io::ErrorKind::Interrupted {
+                        continue;
+                    }
+                    // The first reply left failed (say, an unreachable
+                    // source): skip it, send the rest.
+                    failed(replies.get(done).0, e);
+                    done += 1;
+                    continue;
+                }
+                let n = (n as usize).max(1).min(count - done);
+                for m in &self.send_msgs[done..done + n] {
+                    sent += 1;
+                    bytes += u64::from(m.msg_len);
+                }
+                done += n;
+            }
+            (sent, bytes)
+        }
+    }
+
+    /// The source address of a datagram.
+    fn socket_addr(storage: &libc::sockaddr_storage, len: libc::socklen_t) -> Option<SocketAddr> {
+        let len = len as usize;
+        match libc::c_int::from(storage.ss_family) {
+            libc::AF_INET if len >= size_of::<libc::sockaddr_in>() => {
+                // SAFETY: the family says the storage holds a sockaddr_in.
+                let sin: &libc::sockaddr_in = unsafe { &*ptr::from_ref(storage).cast() };
+                Some(SocketAddr::V4(SocketAddrV4::new(
+                    u32::from_be(sin.sin_addr.s_addr).into(),
+                    u16::from_be(sin.sin_port),
+                )))
+            }
+            libc::AF_INET6 if len >= size_of::<libc::sockaddr_in6>() => {
+                // SAFETY: the family says the storage holds a sockaddr_in6.
+                let sin6: &libc::sockaddr_in6 = unsafe { &*ptr::from_ref(storage).cast() };
+                Some(SocketAddr::V6(SocketAddrV6::new(
+                    sin6.sin6_addr.s6_addr.into(),
+                    u16::from_be(sin6.sin6_port),
+                    sin6.sin6_flowinfo,
+                    sin6.sin6_scope_id,
+                )))
+            }
+            _ => None,
+        }
+    }
+
+    /// The arrival address and drop count in a received header's control
+    /// messages.
+    ///
+    /// # Safety
+    ///
+    /// `msg` was filled by `recvmsg`/`recvmmsg` and its control buffer is
+    /// still alive.
+    unsafe fn control(msg: &libc::msghdr) -> (Option<Arrival>, Option<u32>) {
+        let (mut arrival, mut drops) = (None, None);
+        let mut cmsg = libc::CMSG_FIRSTHDR(msg);
+        while !cmsg.is_null() {
+            let header = &*cmsg;
+            let data = libc::CMSG_DATA(cmsg);
+            match (header.cmsg_level, header.cmsg_type) {
+                (libc::IPPROTO_IP, libc::IP_PKTINFO) => {
+                    let info: libc::in_pktinfo = ptr::read_unaligned(data.cast());
+                    arrival = Some(Arrival::V4(info.ipi_addr));
+                }
+                (libc::IPPROTO_IPV6, libc::IPV6_PKTINFO) => {
+                    let info: libc::in6_pktinfo = ptr::read_unaligned(data.cast());
+                    arrival = Some(Arrival::V6(info.ipi6_addr, info.ipi6_ifindex));
+                }
+                (libc::SOL_SOCKET, SO_RXQ_OVFL) => {
+                    drops = Some(ptr::read_unaligned(data.cast::<u32>()));
+                }
+                _ => {}
+            }
+            cmsg = libc::CMSG_NXTHDR(msg, cmsg);
+        }
+        (arrival, drops)
+    }
+
+    /// Points `hdr` at one `IP_PKTINFO`/`IPV6_PKTINFO` message in `control`
+    /// saying which address to send from.
+    ///
+    /// # Safety
+    ///
+    /// `control` outlives the use of `hdr`.
+    unsafe fn write_pktinfo(hdr: &mut libc::msghdr, control: &mut Control, from: Arrival) {
+        let (level, kind, size) = match from {
+            Arrival::V4(_) => (
+                libc::IPPROTO_IP,
+                libc::IP_PKTINFO,
+                size_of::<libc::in_pktinfo>(),
+            ),
+            Arrival::V6(..) => (
+                libc::IPPROTO_IPV6,
+                libc::IPV6_PKTINFO,
+                size_of::<libc::in6_pktinfo>(),
+            ),
+        };
+        control.0 = [0; 128];
+        hdr.msg_control = control.0.as_mut_ptr().cast();
+        hdr.msg_controllen = libc::CMSG_SPACE(size as u32) as _;
+        let cmsg = libc::CMSG_FIRSTHDR(hdr);
+        (*cmsg).cmsg_level = level;
+        (*cmsg).cmsg_type = kind;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(size as u32) as _;
+        match from {
+            Arrival::V4(addr) => ptr::write_unaligned(
+                libc::CMSG_DATA(cmsg).cast(),
+                libc::in_pktinfo {
+                    ipi_ifindex: 0,
+                    ipi_spec_dst: addr,
+                    ipi_addr: libc::in_addr { s_addr: 0 },
+                },
+            ),
+            Arrival::V6(addr, ifindex) => ptr::write_unaligned(
+                libc::CMSG_DATA(cmsg).cast(),
+                libc::in6_pktinfo {
+                    ipi6_addr: addr,
+                    ipi6_ifindex: ifindex,
+                },
+            ),
+        }
+    }
+
+    /// Asks the kernel for each datagram's destination address (to reply
+    /// from it) and, always, for its drop count. Returns whether it gave
+    /// the destination.
+    pub(crate) fn enable(socket: &Socket, local: SocketAddr, pktinfo: bool) -> bool {
+        super::set_socket_option(socket, SO_RXQ_OVFL, 1);
+        if !pktinfo {
+            return false;
+        }
+        let (level, name) = match local {
+            SocketAddr::V4(_) => (libc::IPPROTO_IP, libc::IP_PKTINFO),
+            SocketAddr::V6(_) => (libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO),
+        };
+        let on: libc::c_int = 1;
+        // SAFETY: a valid fd and a pointer to a c_int of the length given.
+        unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                level,
+                name,
+                ptr::addr_of!(on).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            ) == 0
+        }
+    }
+}
+
+#[cfg(target_os = "linux")]
+pub(crate) use linux::enable;
+
+/// One datagram at a time, through the portable socket calls. Replies leave
+/// from whatever address routing picks: bind to a specific address to
+/// control it.
+#[cfg(not(target_os = "linux"))]
+mod portable {
+    use super::{Datagram, Replies};
+    use socket2::{MaybeUninitSlice, SockAddr, Socket};
+    use std::io;
+    use std::mem::MaybeUninit;
+
+    pub(crate) struct Batch {
+        buf: Vec<u8>,
+        len: usize,
+        from: Option<SockAddr>,
+    }
+
+    impl Batch {
+        pub(crate) fn new(size: usize, _pktinfo: bool) -> Batch {
+            Batch {
+                buf: vec![0; size],
+                len: 0,
+                from: None,
+            }
+        }
+
+        pub(crate) fn recv(&mut self, socket: &Socket) -> io::Result<usize> {
+            // SAFETY: `recv_from_vectored` only writes initialised bytes, and
+            // a `[u8]` is valid for any bytes written.
+            let uninit =
+                unsafe { &mut *(self.buf.as_mut_slice() as *mut [u8] as *mut [MaybeUninit<u8>]) };
+            let (len, _, from) = socket.recv_from_vectored(&mut [MaybeUninitSlice::new(uninit)])?;
+            self.len = len.min(self.buf.len());
+            self.from = Some(from);
+            Ok(1)
+        }
+
+        pub(crate) fn datagram(&self, _: usize) -> Datagram<'_> {
+            Datagram {
+                data: &self.buf[..self.len],
+                source: self.from.as_ref().and_then(SockAddr::as_socket),
+                drops: None,
+            }
+        }
+
+        pub(crate) fn send(
+            &mut self,
+            socket: &Socket,
+            replies: &Replies,
+            mut failed: impl FnMut(usize, io::Error),
+        ) -> (u64, u64) {
+            let (mut sent, mut bytes) = (0, 0);
+            for j in 0..replies.len() {
+                let (index, reply) = replies.get(j);
+                let Some(to) = &self.from else { continue };
+                match socket.send_to(reply, to) {
+                    Ok(n) => {
+                        sent += 1;
+                        bytes += n as u64;
+                    }
+                    Err(e) => failed(index, e),
+                }
+            }
+            (sent, bytes)
+        }
+    }
+
+    pub(crate) fn enable(_: &Socket, _: std::net::SocketAddr, _: bool) -> bool {
+        false
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+pub(crate) use portable::enable;

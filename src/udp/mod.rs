@@ -1,0 +1,322 @@
+//! UDP echo (RFC 862): each datagram is answered by one datagram with the
+//! same bytes, sent back to its source, unless the source filter or the rate
+//! limit says no.
+//!
+//! Each UDP address is served by several receive threads (one per core by
+//! default), each on its own socket bound with `SO_REUSEPORT` on Linux, so
+//! one busy source does not hold up the rest. Each thread receives and
+//! answers datagrams in batches ([`batch`]), judges each datagram on its
+//! own (the source filter, the size, the one rate limit every UDP thread of
+//! the server shares), and echoes it through the same
+//! [`echo`](crate::echo) as every stream, over an in-memory exchange.
+
+mod batch;
+
+use crate::context::Context;
+use crate::listener::{self, ListenAddr, POLL};
+use crate::settings::UdpSettings;
+pub use crate::source::{check_source, normalize, Refusal};
+use crate::stats::Counters;
+use batch::{Batch, Replies};
+use socket2::{Domain, Protocol, Socket, Type};
+use std::io::{self, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::PoisonError;
+use std::thread;
+use std::time::Instant;
+
+/// The largest UDP payload: 65,535 minus the 8-byte UDP header (IPv6 without
+/// jumbograms; IPv4 allows 65,507). Larger datagrams cannot exist.
+pub const MAX_DATAGRAM: usize = 65_527;
+
+/// Socket buffer size asked for, each way, unless configured: room for a
+/// burst of about 2,000 full-size Ethernet datagrams (the kernel's default,
+/// about 208 KiB, overflowed at 64 sockets × 4 datagrams in flight).
+pub const DEFAULT_UDP_BUFFER: usize = 4 << 20;
+
+/// A bound UDP address: one socket per receive thread.
+#[derive(Debug)]
+pub(crate) struct DatagramSocket {
+    sockets: Vec<Socket>,
+    pub(crate) addr: ListenAddr,
+    /// Learn each datagram's destination address, to reply from it: needed
+    /// when bound to a wildcard address on a host with several addresses.
+    reply_from_arrival: bool,
+    /// The receive buffer the kernel granted, when less than asked for.
+    pub(crate) short_buffer: Option<usize>,
+}
+
+/// Binds `addr` for `threads` receive threads: that many sockets sharing the
+/// address through `SO_REUSEPORT` where the OS balances datagrams across
+/// them (Linux), one socket elsewhere.
+pub(crate) fn bind_udp(addr: SocketAddr, settings: &UdpSettings) -> io::Result<DatagramSocket> {
+    let wanted = if cfg!(target_os = "linux") {
+        settings.threads.max(1)
+    } else {
+        1
+    };
+    let mut sockets: Vec<Socket> = Vec::with_capacity(wanted);
+    let mut bound = addr;
+    while sockets.len() < wanted {
+        let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+        if addr.is_ipv6() {
+            socket.set_only_v6(!addr.ip().is_unspecified())?;
+        }
+        #[cfg(target_os = "linux")]
+        if wanted > 1 {
+            socket.set_reuse_port(true)?;
+        }
+        socket.bind(&bound.into())?;
+        if let Some(local) = socket.local_addr()?.as_socket() {
+            // Port 0: the others join the port the OS chose for the first.
+            bound.set_port(local.port());
+        }
+        sockets.push(socket);
+    }
+    DatagramSocket::from_sockets(sockets, settings)
+}
+
+impl DatagramSocket {
+    /// Serves a socket the caller bound (one thread: `SO_REUSEPORT` siblings
+    /// cannot be added to a socket bound without it).
+    pub(crate) fn from_socket(
+        socket: Socket,
+        settings: &UdpSettings,
+    ) -> io::Result<DatagramSocket> {
+        DatagramSocket::from_sockets(vec![socket], settings)
+    }
+
+    fn from_sockets(sockets: Vec<Socket>, settings: &UdpSettings) -> io::Result<DatagramSocket> {
+        let Some(first) = sockets.first() else {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "no UDP socket"));
+        };
+        let local = first
+            .local_addr()?
+            .as_socket()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not an IP socket"))?;
+        let mut reply_from_arrival = local.ip().is_unspecified();
+        let mut short_buffer = None;
+        for socket in &sockets {
+            socket.set_read_timeout(Some(POLL))?;
+            reply_from_arrival &= batch::enable(socket, local, local.ip().is_unspecified());
+            let granted = size_buffers(socket, settings.buffer);
+            if granted < settings.buffer {
+                short_buffer = Some(granted);
+            }
+        }
+        Ok(DatagramSocket {
+            sockets,
+            addr: ListenAddr::Udp(local),
+            reply_from_arrival,
+            short_buffer,
+        })
+    }
+
+    /// Wakes every thread blocked in `recv`: on Linux, shutting down the
+    /// read side of each socket makes its `recv` return at once; and, for
+    /// other systems, an empty datagram to ourselves.
+    pub(crate) fn waker(&self) -> impl Fn() + Send + Sync + 'static {
+        let target = match &self.addr {
+            ListenAddr::Udp(addr) => Some(listener::connectable(*addr)),
+            _ => None,
+        };
+        let handles: Vec<Socket> = if cfg!(target_os = "linux") {
+            self.sockets
+                .iter()
+                .filter_map(|s| s.try_clone().ok())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        move || {
+            for socket in &handles {
+                // Fails with ENOTCONN but wakes the receiver all the same.
+                let _ = socket.shutdown(std::net::Shutdown::Read);
+            }
+            let Some(target) = target else { return };
+            let any = SocketAddr::new(
+                match target {
+                    SocketAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
+                    SocketAddr::V6(_) => std::net::Ipv6Addr::UNSPECIFIED.into(),
+                },
+                0,
+            );
+            if let Ok(socket) = std::net::UdpSocket::bind(any) {
+                // Best effort: the `POLL` timeout is the backstop.
+                let _ = socket.send_to(&[], target);
+            }
+        }
+    }
+
+    /// Answers datagrams until shutdown, one thread per socket.
+    pub(crate) fn serve(self, ctx: &std::sync::Arc<Context>) {
+        let DatagramSocket {
+            mut sockets,
+            addr,
+            reply_from_arrival,
+            ..
+        } = self;
+        let first = sockets.remove(0);
+        let mut others = Vec::new();
+        for socket in sockets {
+            let (ctx, thread_addr) = (std::sync::Arc::clone(ctx), addr.clone());
+            let spawned = thread::Builder::new()
+                .name("echo-udp".to_owned())
+                .spawn(move || serve_socket(&socket, &thread_addr, reply_from_arrival, &ctx));
+            match spawned {
+                Ok(t) => others.push(t),
+                // The socket went with the closure: closed, it leaves the
+                // `SO_REUSEPORT` group, and the kernel spreads its share
+                // over the sockets still served.
+                Err(e) => log::warn!("{addr}: one UDP receive thread fewer: {e}"),
+            }
+        }
+        serve_socket(&first, &addr, reply_from_arrival, ctx);
+        for t in others {
+            if t.join().is_err() {
+                log::error!("{addr}: a UDP thread panicked");
+            }
+        }
+        log::debug!("{addr}: no longer answering");
+    }
+}
+
+/// Asks for `bytes` of receive and send buffer, beyond `net.core.rmem_max`
+/// when privileged; returns the receive buffer granted.
+fn size_buffers(socket: &Socket, bytes: usize) -> usize {
+    let _ = socket.set_recv_buffer_size(bytes);
+    let _ = socket.set_send_buffer_size(bytes);
+    #[cfg(target_os = "linux")]
+    {
+        // Linux reports twice what it grants (the other half is its own
+        // bookkeeping); the FORCE options pass rmem_max with CAP_NET_ADMIN.
+        const SO_SNDBUFFORCE: libc::c_int = 32;
+        const SO_RCVBUFFORCE: libc::c_int = 33;
+        let granted = |s: &Socket| s.recv_buffer_size().map_or(0, |n| n / 2);
+        if granted(socket) < bytes {
+            let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+            batch::set_socket_option(socket, SO_RCVBUFFORCE, value);
+            batch::set_socket_option(socket, SO_SNDBUFFORCE, value);
+        }
+        granted(socket)
+    }
+    #[cfg(not(target_os = "linux"))]
+    socket.recv_buffer_size().unwrap_or(0)
+}
+
+/// One receive thread: batches in, replies out, until shutdown.
+fn serve_socket(socket: &Socket, addr: &ListenAddr, reply_from_arrival: bool, ctx: &Context) {
+    let settings = &ctx.settings.udp;
+    // One byte more than the largest datagram accepted, so that a larger
+    // one shows as too long instead of passing truncated.
+    let mut batch = Batch::new(settings.max_datagram + 1, reply_from_arrival);
+    let mut replies = Replies::default();
+    let mut scratch = vec![0u8; settings.max_datagram.max(1)];
+    let counters = &ctx.counters;
+    let mut drops_seen: u32 = 0;
+    while !ctx.shutdown.is_requested() {
+        let received = match batch.recv(socket) {
+            Ok(n) => n,
+            Err(e) if crate::stream::is_timeout(&e) => continue,
+            Err(e) => {
+                // ICMP errors from earlier replies surface here on some
+                // systems; they concern one client, not the socket.
+                log::debug!("{addr}: recv: {e}");
+                continue;
+            }
+        };
+        if ctx.shutdown.is_requested() {
+            break;
+        }
+        replies.clear();
+        let now = Instant::now();
+        // One lock per batch: the limiter is shared by every UDP thread.
+        let mut buckets = ctx
+            .udp_buckets
+            .as_ref()
+            .map(|b| b.lock().unwrap_or_else(PoisonError::into_inner));
+        for index in 0..received {
+            let datagram = batch.datagram(index);
+            if let Some(total) = datagram.drops {
+                // A running count per socket, wrapping at 2^32.
+                Counters::add(
+                    &counters.udp_kernel_drops,
+                    u64::from(total.wrapping_sub(drops_seen)),
+                );
+                drops_seen = total;
+            }
+            let Some(source) = datagram.source else {
+                continue;
+            };
+            let len = datagram.data.len();
+            let verdict = if len > settings.max_datagram {
+                Err(Refusal::Truncated)
+            } else if settings.filter_sources {
+                check_source(source)
+            } else {
+                Ok(())
+            };
+            let verdict = verdict.and_then(|()| {
+                let within = buckets
+                    .as_mut()
+                    .is_none_or(|b| b.allow(normalize(source).ip(), len, now));
+                if within {
+                    Ok(())
+                } else {
+                    Err(Refusal::RateLimited)
+                }
+            });
+            if let Err(refusal) = verdict {
+                counters.refused(refusal);
+                log::debug!("{addr}: no answer to {source}: {refusal:?}");
+                continue;
+            }
+            replies.push(index, |reply| {
+                let start = reply.len();
+                let mut exchange = Exchange {
+                    request: datagram.data,
+                    reply,
+                };
+                // In memory, `echo` cannot fail.
+                let echoed = crate::echo_with_buffer(&mut exchange, &mut scratch).is_ok();
+                if echoed && ctx.settings.log_data && len > 0 {
+                    log::info!(
+                        "{source} sent a {len} byte datagram: \"{}\"",
+                        crate::escape(&exchange.reply[start..])
+                    );
+                }
+                echoed
+            });
+        }
+        drop(buckets);
+        let (sent, bytes) = batch.send(socket, &replies, |_, e| {
+            log::debug!("{addr}: reply: {e}");
+        });
+        Counters::add(&counters.datagrams_echoed, sent);
+        Counters::add(&counters.bytes_echoed, bytes);
+    }
+}
+
+/// A datagram as a stream for [`echo`](crate::echo): reads give the request,
+/// writes build the reply.
+struct Exchange<'a> {
+    request: &'a [u8],
+    reply: &'a mut Vec<u8>,
+}
+
+impl Read for Exchange<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.request.read(buf)
+    }
+}
+
+impl Write for Exchange<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.reply.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}

@@ -8,6 +8,7 @@
 //! send come from the shared [`Pattern`], the bytes read land in the event
 //! loop's one buffer and are checked at once).
 
+use crate::datagram::Fault;
 use crate::pattern::{Pattern, MAX_CHUNK};
 use mio::net::TcpStream;
 use std::fmt;
@@ -29,13 +30,18 @@ pub enum Failure {
     Excess { echoed: u64, sent: u64 },
     /// Nothing finished before the run's hard time limit.
     Stalled,
+    /// A UDP reply to socket `socket` that answers nothing it sent.
+    Datagram { socket: u32, fault: Fault },
 }
 
 impl Failure {
     /// Wrong bytes (as opposed to a connection that failed or stalled): these
     /// make the run exit 1 whatever else was measured.
     pub fn is_verification(&self) -> bool {
-        matches!(self, Failure::Mismatch { .. } | Failure::Excess { .. })
+        matches!(
+            self,
+            Failure::Mismatch { .. } | Failure::Excess { .. } | Failure::Datagram { .. }
+        )
     }
 }
 
@@ -59,6 +65,7 @@ impl fmt::Display for Failure {
                 "server sent more than it was sent (at least {echoed} bytes for {sent})"
             ),
             Failure::Stalled => write!(f, "stalled: no answer before the time limit"),
+            Failure::Datagram { socket, fault } => write!(f, "UDP socket {socket} got {fault}"),
         }
     }
 }

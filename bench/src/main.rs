@@ -1,19 +1,24 @@
-//! `echo-bench`: a load generator for TCP echo servers (RFC 862) that
-//! checks every byte it gets back.
+//! `echo-bench`: a load generator for TCP and UDP echo servers (RFC 862)
+//! that checks every byte it gets back.
 //!
 //! Modes: `pingpong` (round-trip latency), `bulk` (throughput), `connrate`
-//! (connections per second) and `hold` (many idle connections). It only
-//! ever connects to `--addr`, and every run ends by itself: after
-//! `--duration`, plus at most 10 s to drain or give up on a stalled server.
+//! (connections per second), `hold` (many idle connections) and `udp`
+//! (datagrams answered per second, latency and loss). It only ever talks to
+//! `--addr`, and every run ends by itself: after `--duration`, plus at most
+//! 10 s to drain or give up on a stalled server.
 //!
-//! Exit status: 0 on success; 1 if an echoed byte was wrong or nothing
-//! could be measured (e.g. connection refused); 2 on a usage error.
+//! Exit status: 0 on success; 1 if an echoed byte was wrong (over UDP: a
+//! reply of the wrong size, corrupted, duplicated or for another socket) or
+//! nothing could be measured (e.g. connection refused); 2 on a usage error.
+//! Lost datagrams are counted and reported, not an error by themselves.
 //!
 //! This file only parses arguments and dispatches; see `modes` for the
 //! event loops, `conn` for the per-connection checks, `report` for output.
 
 mod conn;
+mod datagram;
 mod limits;
+mod mmsg;
 mod modes;
 mod pattern;
 mod progress;
@@ -34,10 +39,12 @@ const MAX_DURATION_SECS: f64 = 7.0 * 24.0 * 3600.0;
 #[command(
     name = "echo-bench",
     version,
-    about = "Load generator for TCP echo servers; verifies every echoed byte.",
+    about = "Load generator for TCP and UDP echo servers; verifies every echoed byte.",
     after_help = "Every run ends by itself: after --duration, plus at most 10 s to drain \
         in-flight echoes or give up on a stalled server.\n\
-        Exit status: 0 ok, 1 wrong bytes echoed or nothing measured, 2 usage error."
+        Exit status: 0 ok, 1 wrong bytes echoed (udp: a reply of the wrong size, corrupted, \
+        duplicated or for another socket) or nothing measured, 2 usage error. \
+        Lost datagrams are reported, not an error."
 )]
 struct Cli {
     /// What to measure.
@@ -53,7 +60,8 @@ struct Cli {
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     connections: u32,
 
-    /// Message size in bytes (pingpong).
+    /// Message size in bytes (pingpong), or datagram size (udp: 16 to
+    /// 65507; the first 16 bytes are a header).
     #[arg(long, value_name = "BYTES", default_value_t = 64,
           value_parser = clap::value_parser!(u64).range(1..=1 << 30))]
     size: u64,
@@ -72,7 +80,23 @@ struct Cli {
     #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_secs)]
     duration: Duration,
 
-    /// Event-loop threads; connections are split across them.
+    /// UDP sockets, each on its own port, connected to --addr (udp).
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    sockets: u32,
+
+    /// Datagrams kept in flight per socket (udp).
+    #[arg(long, value_name = "K", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=1024))]
+    inflight: u32,
+
+    /// A datagram not answered within this many milliseconds counts as
+    /// lost and is replaced by a new one (udp).
+    #[arg(long, value_name = "MS", default_value_t = 200,
+          value_parser = clap::value_parser!(u64).range(1..=5000))]
+    loss_timeout_ms: u64,
+
+    /// Event-loop threads; connections (or UDP sockets) are split across them.
     #[arg(long, value_name = "T", default_value_t = 1,
           value_parser = clap::value_parser!(u32).range(1..=64))]
     threads: u32,
@@ -117,6 +141,20 @@ fn main() -> ExitCode {
             )
             .exit();
     }
+    if cli.mode == Mode::Udp && !(datagram::MIN_SIZE..=datagram::MAX_SIZE).contains(&cli.size) {
+        use clap::CommandFactory as _;
+        Cli::command()
+            .error(
+                clap::error::ErrorKind::ValueValidation,
+                format!(
+                    "udp needs --size between {} and {} bytes (a datagram's header is {} bytes)",
+                    datagram::MIN_SIZE,
+                    datagram::MAX_SIZE,
+                    datagram::HEADER
+                ),
+            )
+            .exit();
+    }
     let cfg = Config {
         mode: cli.mode,
         addr: cli.addr,
@@ -128,6 +166,9 @@ fn main() -> ExitCode {
         threads: cli.threads as usize,
         sources: cli.sources as usize,
         idle_until_stdin: cli.idle_until_stdin,
+        sockets: cli.sockets as usize,
+        inflight: cli.inflight as usize,
+        loss_timeout: Duration::from_millis(cli.loss_timeout_ms),
     };
     limits::ensure_descriptors(cfg.units());
 
@@ -144,6 +185,20 @@ fn main() -> ExitCode {
         eprintln!(
             "echo-bench: {} error(s), the first: {first}",
             summary.tally.errors
+        );
+    }
+    if cfg.mode == Mode::Udp && summary.udp.lost > 0 {
+        let u = &summary.udp;
+        eprintln!(
+            "echo-bench: udp: {} of {} datagrams LOST ({:.3}%; not answered within {} ms{})",
+            u.lost,
+            u.sent,
+            100.0 * u.lost as f64 / u.sent.max(1) as f64,
+            cli.loss_timeout_ms,
+            match u.client_drops {
+                Some(d) => format!("; {d} dropped at the client's receive buffers"),
+                None => String::new(),
+            }
         );
     }
     let measured = summary.measured(cfg.mode);

@@ -21,6 +21,7 @@ pub struct Progress {
     bytes: AtomicU64,
     open: AtomicU64,
     errors: AtomicU64,
+    lost: AtomicU64,
 }
 
 /// A snapshot of the totals, summed over workers.
@@ -30,6 +31,7 @@ struct Totals {
     bytes: u64,
     open: u64,
     errors: u64,
+    lost: u64,
 }
 
 impl Progress {
@@ -51,6 +53,11 @@ impl Progress {
     pub fn errors(&self, n: u64) {
         self.errors.store(n, Relaxed);
     }
+
+    /// Datagrams lost so far (udp).
+    pub fn lost(&self, n: u64) {
+        self.lost.store(n, Relaxed);
+    }
 }
 
 fn sum(progress: &[Progress]) -> Totals {
@@ -59,6 +66,7 @@ fn sum(progress: &[Progress]) -> Totals {
         bytes: t.bytes + p.bytes.load(Relaxed),
         open: t.open + p.open.load(Relaxed),
         errors: t.errors + p.errors.load(Relaxed),
+        lost: t.lost + p.lost.load(Relaxed),
     })
 }
 
@@ -101,6 +109,12 @@ fn print_loop(mode: Mode, progress: &[Progress], done: &Receiver<()>) {
                 now.count.saturating_sub(last.count)
             ),
             Mode::Hold => format!("hold {secs}s: {} open, {} held", now.open, now.count),
+            Mode::Udp => format!(
+                "udp {secs}s: {} answered, {}/s, {} lost",
+                now.count,
+                now.count.saturating_sub(last.count),
+                now.lost
+            ),
         };
         // `\x1b[K` clears what a longer previous line left behind.
         let _ = write!(stderr, "\r{line}, {} errors\x1b[K", now.errors);

@@ -55,11 +55,14 @@ fn fields(cfg: &Config, s: &Summary) -> Fields {
     f.add(
         "connections",
         "connections",
-        null_unless(cfg.mode != Mode::Connrate, Value::from(cfg.connections)),
+        null_unless(
+            !matches!(cfg.mode, Mode::Connrate | Mode::Udp),
+            Value::from(cfg.connections),
+        ),
         "",
     );
     let size = match cfg.mode {
-        Mode::Pingpong => Value::from(cfg.size),
+        Mode::Pingpong | Mode::Udp => Value::from(cfg.size),
         Mode::Connrate | Mode::Hold => Value::from(SMALL_MESSAGE),
         Mode::Bulk => Value::Null,
     };
@@ -71,8 +74,26 @@ fn fields(cfg: &Config, s: &Summary) -> Fields {
         "",
     );
     f.add("threads", "threads", Value::from(s.threads), "");
-    f.add("sources", "source addresses", Value::from(cfg.sources), "");
+    f.add(
+        "sources",
+        "source addresses",
+        null_unless(cfg.mode != Mode::Udp, Value::from(cfg.sources)),
+        "",
+    );
     f.add("duration_s", "duration", round3(secs), "s");
+    let latencies = |f: &mut Fields| {
+        let hist = s.hist.as_ref().filter(|h| !h.is_empty());
+        let q = |q: f64| hist.map_or(Value::Null, |h| Value::from(h.value_at_quantile(q)));
+        f.add("p50_us", "latency p50", q(0.50), "us");
+        f.add("p99_us", "latency p99", q(0.99), "us");
+        f.add("p999_us", "latency p99.9", q(0.999), "us");
+        f.add(
+            "max_us",
+            "latency max",
+            hist.map_or(Value::Null, |h| Value::from(h.max())),
+            "us",
+        );
+    };
     match cfg.mode {
         Mode::Pingpong => {
             f.add("round_trips", "round trips", Value::from(s.count), "");
@@ -82,16 +103,55 @@ fn fields(cfg: &Config, s: &Summary) -> Fields {
                 per_sec(s.count as f64, secs),
                 "",
             );
-            let hist = s.hist.as_ref().filter(|h| !h.is_empty());
-            let q = |q: f64| hist.map_or(Value::Null, |h| Value::from(h.value_at_quantile(q)));
-            f.add("p50_us", "latency p50", q(0.50), "us");
-            f.add("p99_us", "latency p99", q(0.99), "us");
-            f.add("p999_us", "latency p99.9", q(0.999), "us");
+            latencies(&mut f);
+        }
+        Mode::Udp => {
+            let u = &s.udp;
+            f.add("sockets", "sockets", Value::from(cfg.sockets), "");
             f.add(
-                "max_us",
-                "latency max",
-                hist.map_or(Value::Null, |h| Value::from(h.max())),
-                "us",
+                "inflight",
+                "in flight/socket",
+                Value::from(cfg.inflight),
+                "",
+            );
+            f.add(
+                "loss_timeout_ms",
+                "loss timeout",
+                round3(cfg.loss_timeout.as_secs_f64() * 1000.0),
+                "ms",
+            );
+            f.add("sent", "sent", Value::from(u.sent), "");
+            f.add("answered", "answered", Value::from(u.answered), "");
+            f.add(
+                "answered_in_window",
+                "answered (window)",
+                Value::from(s.count),
+                "",
+            );
+            f.add(
+                "answered_per_sec",
+                "answered/s",
+                per_sec(s.count as f64, secs),
+                "",
+            );
+            latencies(&mut f);
+            f.add("lost", "lost", Value::from(u.lost), "");
+            let pct = if u.sent > 0 {
+                round3(100.0 * u.lost as f64 / u.sent as f64)
+            } else {
+                Value::Null
+            };
+            f.add("lost_pct", "lost share", pct, "%");
+            f.add("late", "late (after lost)", Value::from(u.late), "");
+            f.add("duplicates", "duplicates", Value::from(u.duplicates), "");
+            f.add("corrupted", "corrupted", Value::from(u.corrupted), "");
+            f.add("wrong_size", "wrong size", Value::from(u.wrong_size), "");
+            f.add("crosstalk", "cross-talk", Value::from(u.crosstalk), "");
+            f.add(
+                "client_drops",
+                "client drops",
+                u.client_drops.map_or(Value::Null, Value::from),
+                "",
             );
         }
         Mode::Bulk => {

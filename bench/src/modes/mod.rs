@@ -1,8 +1,8 @@
-//! The four load patterns and what they share: the per-thread event loop,
+//! The five load patterns and what they share: the per-thread event loop,
 //! the paced connect phase, error tallies and merging thread results.
 //!
 //! Each worker thread owns its own `mio::Poll`, its slice of the
-//! connections, one read buffer and one latency histogram; threads share
+//! connections (or UDP sockets), one read buffer and one latency histogram; threads share
 //! only read-only data (configuration, pattern table) and their progress
 //! counters, so there are no locks anywhere. Results are merged after the
 //! threads are joined.
@@ -11,6 +11,7 @@ pub mod bulk;
 pub mod connrate;
 pub mod hold;
 pub mod pingpong;
+pub mod udp;
 
 use crate::conn::{Conn, Failure, Step};
 use crate::pattern::{stream_base, Pattern, MAX_CHUNK};
@@ -56,6 +57,8 @@ pub enum Mode {
     Connrate,
     /// Many idle connections: open N, wait, then echo 16 bytes on each.
     Hold,
+    /// UDP datagram echo: N sockets with K datagrams in flight each.
+    Udp,
 }
 
 impl Mode {
@@ -65,6 +68,7 @@ impl Mode {
             Mode::Bulk => "bulk",
             Mode::Connrate => "connrate",
             Mode::Hold => "hold",
+            Mode::Udp => "udp",
         }
     }
 }
@@ -86,14 +90,20 @@ pub struct Config {
     /// `hold`: the idle phase also ends early when stdin has a line or is
     /// closed (see [`Shared`]); `duration` still bounds it.
     pub idle_until_stdin: bool,
+    /// `udp`: sockets, datagrams in flight per socket, and how long a
+    /// datagram may go unanswered before it counts as lost.
+    pub sockets: usize,
+    pub inflight: usize,
+    pub loss_timeout: Duration,
 }
 
 impl Config {
     /// What is split across threads: connection loops for `connrate`,
-    /// connections otherwise.
+    /// sockets for `udp`, connections otherwise.
     pub fn units(&self) -> usize {
         match self.mode {
             Mode::Connrate => self.parallel,
+            Mode::Udp => self.sockets,
             _ => self.connections,
         }
     }
@@ -204,6 +214,8 @@ pub struct Ctx<'a> {
     pub connect_by: Instant,
     pub shared: &'a Shared,
     max_connecting: usize,
+    /// `udp`: the run's magic number, in every datagram's header.
+    pub udp_magic: u32,
 }
 
 impl Ctx<'_> {
@@ -274,8 +286,10 @@ pub struct Outcome {
     pub failed: u64,
     /// Connections open once connecting was over (hold).
     pub opened: u64,
-    /// Round-trip latencies in microseconds (pingpong).
+    /// Round-trip latencies in microseconds (pingpong, udp).
     pub hist: Option<Histogram<u64>>,
+    /// Datagram counters (udp).
+    pub udp: udp::Counts,
 }
 
 impl Outcome {
@@ -289,6 +303,7 @@ impl Outcome {
             failed: 0,
             opened: 0,
             hist: None,
+            udp: udp::Counts::default(),
         }
     }
 
@@ -314,6 +329,7 @@ pub struct Summary {
     /// Time from the start until every thread had finished connecting.
     pub all_open: Option<Duration>,
     pub hist: Option<Histogram<u64>>,
+    pub udp: udp::Counts,
 }
 
 impl Summary {
@@ -348,6 +364,7 @@ pub fn run(cfg: &Config) -> Summary {
         shared.watch_stdin();
     }
     let (done_tx, done_rx) = mpsc::channel::<()>();
+    let udp_magic = crate::datagram::run_magic();
 
     let outcomes = thread::scope(|s| {
         let printer = std::io::stderr()
@@ -368,6 +385,7 @@ pub fn run(cfg: &Config) -> Summary {
                 connect_by: hard_cap.checked_sub(HARD_CAP_GRACE / 2).unwrap_or(hard_cap),
                 shared: &shared,
                 max_connecting: (MAX_CONNECTING / threads).max(1),
+                udp_magic,
             };
             let spawned = thread::Builder::new()
                 .name(format!("echo-bench-{t}"))
@@ -416,6 +434,7 @@ fn merge(threads: usize, outcomes: Vec<Outcome>) -> Summary {
         opened: 0,
         all_open: None,
         hist: None,
+        udp: udp::Counts::default(),
     };
     for o in outcomes {
         summary.tally.merge(o.tally);
@@ -423,6 +442,7 @@ fn merge(threads: usize, outcomes: Vec<Outcome>) -> Summary {
         summary.bytes += o.bytes;
         summary.failed += o.failed;
         summary.opened += o.opened;
+        summary.udp.add(&o.udp);
         summary.hist = match (summary.hist.take(), o.hist) {
             (Some(mut all), Some(h)) => {
                 // Same bounds everywhere, so adding cannot fail; if it
@@ -437,6 +457,10 @@ fn merge(threads: usize, outcomes: Vec<Outcome>) -> Summary {
 }
 
 fn worker(ctx: &Ctx, ids: Range<usize>) -> Outcome {
+    if ctx.cfg.mode == Mode::Udp {
+        // Its own loop: datagram sockets, batched I/O, no connections.
+        return udp::run(ctx, ids);
+    }
     let mut lp = match EventLoop::new() {
         Ok(lp) => lp,
         Err(e) => {
@@ -449,6 +473,7 @@ fn worker(ctx: &Ctx, ids: Range<usize>) -> Outcome {
         Mode::Bulk => bulk::run(ctx, ids, &mut lp),
         Mode::Connrate => connrate::run(ctx, ids, &mut lp),
         Mode::Hold => hold::run(ctx, ids, &mut lp),
+        Mode::Udp => unreachable!("handled above"),
     }
 }
 

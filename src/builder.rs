@@ -42,6 +42,14 @@ pub const DEFAULT_BACKLOG: i32 = 1024;
 /// read before it closes them outright.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
+/// When every slot is taken and a client waits, a connection idle at least
+/// this long (nothing read, nothing left to write) is closed to serve it.
+pub const DEFAULT_RECLAIM_IDLE: Duration = Duration::from_secs(10);
+
+/// TCP keepalive idle time: with 5 probes 10 s apart, a peer that vanished
+/// without a FIN or reset is found within about two minutes.
+pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(60);
+
 /// How long a client may leave its echo unread (with the server's send
 /// buffer full) before the connection is closed, unless configured.
 pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -97,6 +105,8 @@ impl Default for ServerBuilder {
                 log_data: false,
                 splice: false,
                 shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+                reclaim_idle: Some(DEFAULT_RECLAIM_IDLE),
+                keepalive: Some(DEFAULT_KEEPALIVE),
                 engine: Engine::default(),
                 event_loops: 0,
                 thread_connections: DEFAULT_THREAD_CONNECTIONS,
@@ -256,6 +266,25 @@ impl ServerBuilder {
         self
     }
 
+    /// When every slot is taken and a client waits in the backlog, close
+    /// the connection idle longest if it has been idle (nothing read and
+    /// nothing left to write, so no byte is lost) for at least `idle`, and
+    /// serve the waiting client. Busy connections are never reclaimed.
+    /// `None` never reclaims. Default [`DEFAULT_RECLAIM_IDLE`].
+    pub fn reclaim_idle(mut self, idle: Option<Duration>) -> Self {
+        self.settings.reclaim_idle = idle;
+        self
+    }
+
+    /// TCP keepalive on every accepted TCP connection: after `idle` without
+    /// traffic, probes every `idle / 6` (1 to 10 s), 5 of them; a peer that
+    /// answers none is gone, and its connection is closed and counted.
+    /// `None` turns keepalive off. Default [`DEFAULT_KEEPALIVE`].
+    pub fn keepalive(mut self, idle: Option<Duration>) -> Self {
+        self.settings.keepalive = idle;
+        self
+    }
+
     /// How long shutdown waits for connections to finish echoing before it
     /// closes them. Default [`DEFAULT_SHUTDOWN_GRACE`].
     pub fn shutdown_grace(mut self, grace: Duration) -> Self {
@@ -320,6 +349,13 @@ impl ServerBuilder {
         }
         if self.settings.idle_timeout == Some(Duration::ZERO) {
             return Err(invalid("idle timeout must be more than zero"));
+        }
+        if self
+            .settings
+            .keepalive
+            .is_some_and(|k| k < Duration::from_secs(1))
+        {
+            return Err(invalid("keepalive idle time must be at least 1 second"));
         }
         if self.settings.write_timeout == Some(Duration::ZERO) {
             return Err(invalid("write timeout must be more than zero"));

@@ -98,6 +98,19 @@ pub struct Args {
     #[arg(long, conflicts_with = "write_timeout")]
     pub no_write_timeout: bool,
 
+    /// When every slot is taken and a client waits, close the connection
+    /// idle longest if it has been idle (nothing read, nothing left to
+    /// write) for SECS seconds, and serve the waiting client; `off` never
+    /// does. Busy connections are never reclaimed.
+    #[arg(long, value_name = "SECS|off", default_value = "10", value_parser = parse_secs_or_off)]
+    pub reclaim_idle: Duration,
+
+    /// TCP keepalive after SECS seconds without traffic (probes every SECS/6,
+    /// 1 to 10 s, 5 of them), so a client that vanished without a FIN or
+    /// reset is found and its slot freed; `off` turns it off.
+    #[arg(long, value_name = "SECS|off", default_value = "60", value_parser = parse_keepalive)]
+    pub keepalive: Duration,
+
     /// Serve at most N connections from one IP address at once; more are
     /// reset at once, so one address cannot take every slot [default: no cap]
     #[arg(long, value_name = "N", value_parser = parse_max_connections)]
@@ -185,6 +198,28 @@ fn parse_secs(s: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(secs).map_err(|_| format!("{s} seconds is too long"))
 }
 
+/// `off` (as zero) or a number of seconds.
+fn parse_secs_or_off(s: &str) -> Result<Duration, String> {
+    if s.eq_ignore_ascii_case("off") {
+        return Ok(Duration::ZERO);
+    }
+    parse_secs(s)
+}
+
+/// `off`, or whole seconds from 1 (what TCP_KEEPIDLE takes).
+fn parse_keepalive(s: &str) -> Result<Duration, String> {
+    let d = parse_secs_or_off(s)?;
+    if !d.is_zero() && d < Duration::from_secs(1) {
+        return Err("must be at least 1 second, or off".to_owned());
+    }
+    Ok(d)
+}
+
+/// `Some` unless `off`.
+fn unless_off(d: Duration) -> Option<Duration> {
+    (!d.is_zero()).then_some(d)
+}
+
 /// Parses a byte count with an optional binary suffix: `512`, `64K`, `1M`,
 /// `2G` (case-insensitive, an optional trailing `B` or `iB`).
 pub fn parse_bytes(s: &str) -> Result<u64, String> {
@@ -242,6 +277,8 @@ impl Args {
             .idle_timeout(self.idle_timeout)
             .write_timeout((!self.no_write_timeout).then_some(self.write_timeout))
             .max_per_source(self.max_per_source)
+            .reclaim_idle(unless_off(self.reclaim_idle))
+            .keepalive(unless_off(self.keepalive))
             .log_data(self.log_data)
             .splice(self.splice && !self.no_splice)
             .udp_source_filter(!self.udp_allow_any_source)
@@ -457,6 +494,21 @@ mod tests {
     }
 
     #[test]
+    fn reclaim_and_keepalive() {
+        let a = parse(&["7"]).unwrap();
+        assert_eq!(a.reclaim_idle, Duration::from_secs(10));
+        assert_eq!(a.keepalive, Duration::from_secs(60));
+        let a = parse(&["--reclaim-idle", "off", "--keepalive", "OFF", "7"]).unwrap();
+        assert_eq!(
+            (unless_off(a.reclaim_idle), unless_off(a.keepalive)),
+            (None, None)
+        );
+        let a = parse(&["--reclaim-idle", "0.5", "--keepalive", "2", "7"]).unwrap();
+        assert_eq!(a.reclaim_idle, Duration::from_millis(500));
+        assert_eq!(a.keepalive, Duration::from_secs(2));
+    }
+
+    #[test]
     fn engine_options() {
         let a = parse(&[
             "--engine",
@@ -522,6 +574,8 @@ mod tests {
             &["--event-loops", "0", "7"],
             &["--max-threads", "0", "7"],
             &["--udp-threads", "0", "7"],
+            &["--keepalive", "0.5", "7"],
+            &["--reclaim-idle", "never", "7"],
             &["--udp-buffer", "1K", "7"],
             &["-q", "-v", "7"],
         ] {

@@ -56,7 +56,7 @@ impl Connection {
         permit: Permit,
         source_slot: Option<SourceSlot>,
     ) -> Connection {
-        let stream = Arc::new(Stream(socket));
+        let stream = Arc::new(Stream::new(socket));
         let id = ctx.table.insert(Arc::clone(&stream), &ctx.counters);
         Connection {
             stream,
@@ -131,6 +131,10 @@ impl Connection {
             Outcome::TimedOut(Op::Write) => {
                 Counters::add(&ctx.counters.write_timeouts, 1);
                 log::debug!("{peer}: not reading its echo (write timeout), closing");
+            }
+            Outcome::Failed(e) if crate::stream::is_vanished(&e) => {
+                Counters::add(&ctx.counters.keepalive_closed, 1);
+                log::debug!("{peer}: vanished (no answer to keepalive), closing");
             }
             // Resets and broken pipes are the client's business; not worth
             // more than a debug line.

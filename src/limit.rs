@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering::AcqRel, Ordering::Acquire};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 #[derive(Debug)]
 pub(crate) struct ConnectionLimit {
@@ -54,10 +55,23 @@ impl ConnectionLimit {
 
     /// Waits for a free slot. Returns `None` once shutdown is requested.
     /// `on_wait` runs once if the limit was reached and it had to wait.
+    #[cfg(test)]
     pub(crate) fn acquire(
         self: &Arc<Self>,
         shutdown: &Shutdown,
         on_wait: impl FnOnce(),
+    ) -> Option<Permit> {
+        self.acquire_or(shutdown, on_wait, None::<(Duration, fn())>)
+    }
+
+    /// [`acquire`](Self::acquire), and while it waits, runs `every.1` each
+    /// `every.0` (outside the lock): the accept loop reclaims idle slots
+    /// there.
+    pub(crate) fn acquire_or(
+        self: &Arc<Self>,
+        shutdown: &Shutdown,
+        on_wait: impl FnOnce(),
+        mut every: Option<(Duration, impl FnMut())>,
     ) -> Option<Permit> {
         let mut in_use = self.lock();
         let mut on_wait = Some(on_wait);
@@ -74,10 +88,25 @@ impl ConnectionLimit {
             if let Some(f) = on_wait.take() {
                 f();
             }
-            in_use = self
-                .freed
-                .wait(in_use)
-                .unwrap_or_else(PoisonError::into_inner);
+            in_use = match &mut every {
+                None => self
+                    .freed
+                    .wait(in_use)
+                    .unwrap_or_else(PoisonError::into_inner),
+                Some((period, tick)) => {
+                    let (guard, timeout) = self
+                        .freed
+                        .wait_timeout(in_use, *period)
+                        .unwrap_or_else(PoisonError::into_inner);
+                    if timeout.timed_out() {
+                        drop(guard);
+                        tick();
+                        self.lock()
+                    } else {
+                        guard
+                    }
+                }
+            };
         }
     }
 
@@ -205,7 +234,6 @@ impl Drop for Seat {
 mod tests {
     use super::*;
     use std::sync::mpsc;
-    use std::time::Duration;
 
     #[test]
     fn blocks_at_max_until_a_permit_is_dropped() {

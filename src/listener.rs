@@ -45,6 +45,25 @@ impl fmt::Display for ListenAddr {
 /// cannot get through.
 pub(crate) const POLL: Duration = Duration::from_secs(1);
 
+/// How often a full server looks for a waiting client and an idle slot.
+const RECLAIM_CHECK: Duration = Duration::from_millis(250);
+
+/// Reclaims less than this apart belong to one episode, logged once.
+const RECLAIM_EPISODE: Duration = Duration::from_secs(60);
+
+/// TCP keepalive after `idle` without traffic: a probe every `idle / 6`
+/// (1 to 10 s), 5 probes, so the default 60 s finds a dead peer within
+/// about two minutes.
+fn keepalive(idle: Duration) -> socket2::TcpKeepalive {
+    let interval = (idle / 6).clamp(Duration::from_secs(1), Duration::from_secs(10));
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(idle)
+        .with_interval(interval);
+    #[cfg(not(windows))]
+    let keepalive = keepalive.with_retries(5);
+    keepalive
+}
+
 /// A bound, listening stream socket (TCP or Unix).
 #[derive(Debug)]
 pub(crate) struct StreamListener {
@@ -123,8 +142,36 @@ impl StreamListener {
     /// Errors never end the loop: the server keeps serving everyone else.
     pub(crate) fn accept_loop(mut self, ctx: &Arc<Context>, engines: &Engines) {
         let mut backoff = Backoff::default();
-        let limit_reached = || Counters::add(&ctx.counters.limit_reached, 1);
-        while let Some(permit) = ctx.limit.acquire(&ctx.shutdown, limit_reached) {
+        let last_reclaim = std::cell::Cell::new(None::<std::time::Instant>);
+        loop {
+            let limit_reached = || Counters::add(&ctx.counters.limit_reached, 1);
+            // While full, a waiting client may take the slot of the
+            // connection idle longest.
+            let this = &self;
+            let last_reclaim = &last_reclaim;
+            let reclaim = ctx.settings.reclaim_idle.map(|idle| {
+                (RECLAIM_CHECK, move || {
+                    if this.has_waiting_client() && ctx.table.reclaim_idlest(idle) {
+                        Counters::add(&ctx.counters.reclaimed, 1);
+                        // Once per episode, not once per connection.
+                        if last_reclaim
+                            .get()
+                            .is_none_or(|t| t.elapsed() > RECLAIM_EPISODE)
+                        {
+                            log::warn!(
+                                "{}: every slot taken and clients waiting: closing connections \
+                                 idle for {:.1} s or more to serve them",
+                                this.addr,
+                                idle.as_secs_f64()
+                            );
+                        }
+                        last_reclaim.set(Some(std::time::Instant::now()));
+                    }
+                })
+            });
+            let Some(permit) = ctx.limit.acquire_or(&ctx.shutdown, limit_reached, reclaim) else {
+                break;
+            };
             let (socket, addr) = match self.socket.accept() {
                 Ok(accepted) => accepted,
                 Err(e) => {
@@ -160,6 +207,11 @@ impl StreamListener {
                 }
                 // Echo replies are small and latency-bound: never hold them back.
                 let _ = socket.set_tcp_nodelay(true);
+                if let Some(idle) = ctx.settings.keepalive {
+                    // A peer that vanished (power loss, a dropped route)
+                    // is found within idle + 5 intervals, and its slot freed.
+                    let _ = socket.set_tcp_keepalive(&keepalive(idle));
+                }
             }
             let conn = Connection::admit(socket, peer.clone(), ctx, permit, source_slot);
             if let Err(Refused(e)) = engines.serve(conn) {
@@ -173,6 +225,25 @@ impl StreamListener {
             }
         }
         log::debug!("{}: no longer accepting", self.addr);
+    }
+
+    /// Whether a client waits in the backlog: the listening socket is
+    /// readable. (Where that cannot be asked, assume one does.)
+    fn has_waiting_client(&self) -> bool {
+        #[cfg(unix)]
+        {
+            use std::os::fd::AsRawFd;
+            let mut pfd = libc::pollfd {
+                fd: self.socket.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd, no waiting.
+            let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+            n > 0 && pfd.revents & libc::POLLIN != 0
+        }
+        #[cfg(not(unix))]
+        true
     }
 
     /// Deals with a failed `accept`. Returns `false` if shutdown was

@@ -70,6 +70,10 @@ pub(crate) struct Settings {
     /// Bulk echo through `splice(2)` on Linux (thread engine).
     pub(crate) splice: bool,
     pub(crate) shutdown_grace: Duration,
+    /// When full with clients waiting, close a connection idle this long.
+    pub(crate) reclaim_idle: Option<Duration>,
+    /// TCP keepalive idle time.
+    pub(crate) keepalive: Option<Duration>,
     pub(crate) engine: Engine,
     /// Event loops to run (0: one per available core).
     pub(crate) event_loops: usize,

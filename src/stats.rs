@@ -24,6 +24,11 @@ pub struct Stats {
     /// Connections closed because the client read nothing for the write
     /// timeout while the server had data for it.
     pub write_timeouts: u64,
+    /// Idle connections closed to free a slot for a waiting client.
+    pub reclaimed: u64,
+    /// Connections closed because the peer stopped answering TCP keepalive
+    /// probes (it vanished without a FIN or reset).
+    pub keepalive_closed: u64,
     /// Times the accept loop stopped at the connection limit (clients then
     /// wait in the backlog; none is refused).
     pub limit_reached: u64,
@@ -58,7 +63,7 @@ impl fmt::Display for Stats {
         write!(
             f,
             "{} connections accepted, {} active ({} on threads, {} on event loops), {} bytes echoed, {} idle timeouts, \
-             {} write timeouts, connection limit reached {} times, {} refused by the \
+             {} write timeouts, {} idle reclaimed, {} vanished (keepalive), connection limit reached {} times, {} refused by the \
              per-source cap, {} refused for lack of threads, {} reset for lack of file \
              descriptors, {} accept errors; \
              {} datagrams echoed, not answered: {} from privileged ports, \
@@ -70,6 +75,8 @@ impl fmt::Display for Stats {
             self.bytes_echoed,
             self.idle_timeouts,
             self.write_timeouts,
+            self.reclaimed,
+            self.keepalive_closed,
             self.limit_reached,
             self.refused_per_source,
             self.thread_refused,
@@ -97,6 +104,8 @@ pub(crate) struct Counters {
     pub(crate) idle_timeouts: AtomicU64,
     pub(crate) write_timeouts: AtomicU64,
     pub(crate) limit_reached: AtomicU64,
+    pub(crate) reclaimed: AtomicU64,
+    pub(crate) keepalive_closed: AtomicU64,
     pub(crate) refused_per_source: AtomicU64,
     pub(crate) thread_refused: AtomicU64,
     pub(crate) fd_exhausted: AtomicU64,
@@ -138,6 +147,8 @@ impl Counters {
             idle_timeouts: self.idle_timeouts.load(Relaxed),
             write_timeouts: self.write_timeouts.load(Relaxed),
             limit_reached: self.limit_reached.load(Relaxed),
+            reclaimed: self.reclaimed.load(Relaxed),
+            keepalive_closed: self.keepalive_closed.load(Relaxed),
             refused_per_source: self.refused_per_source.load(Relaxed),
             thread_refused: self.thread_refused.load(Relaxed),
             fd_exhausted: self.fd_exhausted.load(Relaxed),

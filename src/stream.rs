@@ -8,6 +8,9 @@ use socket2::{SockAddr, Socket};
 use std::fmt;
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::OnceLock;
+use std::time::Instant;
 
 /// `send(2)` flags: never raise SIGPIPE when the client has gone, so a library
 /// user that did not ignore SIGPIPE is not killed by a vanished client. (On
@@ -17,9 +20,57 @@ const SEND_FLAGS: i32 = libc::MSG_NOSIGNAL;
 #[cfg(not(any(target_os = "linux", target_os = "android")))]
 const SEND_FLAGS: i32 = 0;
 
-/// An accepted stream socket, TCP or Unix.
+/// An accepted stream socket, TCP or Unix, and when it was last busy.
 #[derive(Debug)]
-pub(crate) struct Stream(pub(crate) Socket);
+pub(crate) struct Stream(pub(crate) Socket, pub(crate) Activity);
+
+impl Stream {
+    pub(crate) fn new(socket: Socket) -> Stream {
+        Stream(socket, Activity::default())
+    }
+}
+
+/// When a connection last moved bytes, and whether an echo is partly
+/// written, so that a full server can tell which connection is idle (and
+/// reclaiming it loses nothing). Updated by [`Metered`], read by the
+/// connection table.
+#[derive(Debug)]
+pub(crate) struct Activity {
+    /// Milliseconds since [`epoch`] at the last read that returned data or
+    /// the last write.
+    last: AtomicU64,
+    /// Bytes have been read that are not yet known to be written back: set
+    /// by a read that returned data, cleared by the next read (the echo core
+    /// reads only once everything before is written).
+    busy: AtomicBool,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Activity {
+            last: AtomicU64::new(now_ms()),
+            busy: AtomicBool::new(false),
+        }
+    }
+}
+
+impl Activity {
+    /// How long the connection has been idle, or `None` while an echo is
+    /// being written.
+    pub(crate) fn idle_for(&self, now_ms: u64) -> Option<u64> {
+        if self.busy.load(Relaxed) {
+            return None;
+        }
+        Some(now_ms.saturating_sub(self.last.load(Relaxed)))
+    }
+}
+
+/// Milliseconds on a monotonic clock shared by every connection.
+pub(crate) fn now_ms() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
 
 impl Read for &Stream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
@@ -87,7 +138,14 @@ pub(crate) struct Metered<'a> {
 impl Read for Metered<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         self.last_op = Op::Read;
+        let activity = &self.stream.1;
+        // Reading again means everything read before is written back.
+        activity.busy.store(false, Relaxed);
         let n = { self.stream }.read(buf)?;
+        if n > 0 {
+            activity.busy.store(true, Relaxed);
+            activity.last.store(now_ms(), Relaxed);
+        }
         if self.log_data && n > 0 {
             log::info!("{} sent {n} bytes: \"{}\"", self.peer, escape(&buf[..n]));
         }
@@ -99,6 +157,7 @@ impl Write for Metered<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.last_op = Op::Write;
         let n = { self.stream }.write(buf)?;
+        self.stream.1.last.store(now_ms(), Relaxed);
         Counters::add(&self.counters.bytes_echoed, n as u64);
         Ok(n)
     }
@@ -109,9 +168,15 @@ impl Write for Metered<'_> {
 }
 
 /// Whether an error is a blocking socket's timeout (`SO_RCVTIMEO` and
-/// `SO_SNDTIMEO` report `EAGAIN`).
+/// `SO_SNDTIMEO` report `EAGAIN` on Unix, `WSAETIMEDOUT` on Windows).
 pub(crate) fn is_timeout(e: &io::Error) -> bool {
-    matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)
+    e.kind() == ErrorKind::WouldBlock || (cfg!(windows) && e.kind() == ErrorKind::TimedOut)
+}
+
+/// Whether an error says the peer vanished: TCP gave up on it (keepalive
+/// probes or retransmissions unanswered), `ETIMEDOUT` on Unix.
+pub(crate) fn is_vanished(e: &io::Error) -> bool {
+    !cfg!(windows) && e.kind() == ErrorKind::TimedOut
 }
 
 #[cfg(all(test, unix))]
@@ -125,7 +190,7 @@ mod tests {
     fn writes_never_raise_sigpipe() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let _client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let stream = Stream(Socket::from(listener.accept().unwrap().0));
+        let stream = Stream::new(Socket::from(listener.accept().unwrap().0));
         stream.0.shutdown(Shutdown::Write).unwrap();
         // SAFETY: swaps the process's SIGPIPE action for the default
         // (terminate) and back; every other write in this process passes

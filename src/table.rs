@@ -32,6 +32,8 @@ struct Table {
 struct Entry {
     stream: Arc<Stream>,
     thread: Option<JoinHandle<()>>,
+    /// Its read side was shut down to free its slot.
+    reclaimed: bool,
 }
 
 impl ConnectionTable {
@@ -49,6 +51,7 @@ impl ConnectionTable {
             Entry {
                 stream,
                 thread: None,
+                reclaimed: false,
             },
         );
         // Updated under the lock so that `active` is 0 exactly when the table
@@ -92,6 +95,32 @@ impl ConnectionTable {
         for entry in self.lock().live.values() {
             // Fails only if the peer is already gone, which is the goal anyway.
             let _ = entry.stream.0.shutdown(how);
+        }
+    }
+
+    /// Frees a slot for a waiting client: shuts down the read side of the
+    /// connection idle longest, if it has been idle (nothing read, nothing
+    /// left to write) for at least `min_idle`. Like shutdown, that makes
+    /// its engine see end of file and close it with nothing lost. Returns
+    /// whether one was reclaimed.
+    pub(crate) fn reclaim_idlest(&self, min_idle: Duration) -> bool {
+        let min_ms = u64::try_from(min_idle.as_millis()).unwrap_or(u64::MAX);
+        let now = crate::stream::now_ms();
+        let mut table = self.lock();
+        let idlest = table
+            .live
+            .values_mut()
+            .filter(|e| !e.reclaimed)
+            .filter_map(|e| Some((e.stream.1.idle_for(now)?, e)))
+            .filter(|(idle, _)| *idle >= min_ms)
+            .max_by_key(|(idle, _)| *idle);
+        match idlest {
+            Some((_, entry)) => {
+                entry.reclaimed = true;
+                let _ = entry.stream.0.shutdown(Shutdown::Read);
+                true
+            }
+            None => false,
         }
     }
 

@@ -315,8 +315,14 @@ fn a_storm_of_resets_and_silent_clients_disturbs_no_one(engine: Engine) {
     steady.write_all(b"still here").unwrap();
     assert_eq!(read_n(&mut steady, 10), b"still here");
     drop(steady);
+    // The backlog is first in, first out: once this one is served, every
+    // client before it has been accepted.
+    let mut last = connect(addr);
+    last.write_all(b"last").unwrap();
+    assert_eq!(read_n(&mut last, 4), b"last");
+    drop(last);
     let line = summary(&mut server);
-    assert!(line.contains("301 connections accepted"), "{line}");
+    assert!(line.contains("302 connections accepted"), "{line}");
     assert!(line.contains(" 0 active"), "{line}");
     // Resets are not timeouts.
     assert!(
@@ -358,7 +364,169 @@ fn per_source_cap_resets_only_the_excess_from_one_address(engine: Engine) {
     assert_eq!(server.handle.stats().refused_per_source, 1);
 }
 
+/// A TCP connection from `source` (a 127.0.0.x address) with read and write
+/// timeouts.
+fn connect_from(source: [u8; 4], addr: SocketAddr) -> TcpStream {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.bind(&SocketAddr::from((source, 0)).into()).unwrap();
+    socket.connect_timeout(&addr.into(), DEADLINE).unwrap();
+    let s = TcpStream::from(socket);
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    s.set_write_timeout(Some(DEADLINE)).unwrap();
+    s
+}
+
+/// Slowloris: one address holds every slot with silent connections and
+/// reconnects whenever one is closed. A well-behaved client from another
+/// address is still served within about `--reclaim-idle` + 1 s, and keeps
+/// being served; a busy connection of the attacker's is never reclaimed;
+/// the reclaiming is logged once.
+fn a_silent_crowd_cannot_lock_a_full_server(engine: Engine) {
+    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+    use std::sync::Arc;
+    let mut server = Binary::spawn(&on_engine(
+        engine,
+        // 3 s: long enough that the busy connection below, echoing every
+        // 300 ms, is never mistaken for idle on a loaded machine.
+        &["--max-connections", "32", "--reclaim-idle", "3", "0"],
+    ));
+    let addr = server.tcp_addr();
+    let stop = Arc::new(AtomicBool::new(false));
+    // 31 silent connections, each reopened as soon as the server closes it.
+    let attackers: Vec<_> = (0..31)
+        .map(|_| {
+            let stop = Arc::clone(&stop);
+            thread::spawn(move || {
+                let mut reconnects = 0u32;
+                let started = Instant::now();
+                while !stop.load(SeqCst) && started.elapsed() < DEADLINE {
+                    let mut s = connect_from([127, 0, 0, 1], addr);
+                    s.set_read_timeout(Some(Duration::from_millis(100)))
+                        .unwrap();
+                    let mut b = [0u8; 1];
+                    while !stop.load(SeqCst) && started.elapsed() < DEADLINE {
+                        match s.read(&mut b) {
+                            Ok(0) => break, // reclaimed: come back at once
+                            Ok(_) => {}
+                            Err(e)
+                                if matches!(
+                                    e.kind(),
+                                    ErrorKind::WouldBlock | ErrorKind::TimedOut
+                                ) => {}
+                            Err(_) => break,
+                        }
+                    }
+                    reconnects += 1;
+                }
+                reconnects
+            })
+        })
+        .collect();
+    // And one busy connection of theirs, echoing all the time.
+    let mut busy = connect_from([127, 0, 0, 1], addr);
+    wait_for("the server to be full", || {
+        busy.write_all(b"b").unwrap();
+        assert_eq!(read_n(&mut busy, 1), b"b");
+        // A 33rd client would wait: probe with a short read timeout.
+        let (fate, _) = try_client(addr, Duration::from_millis(200));
+        fate == Fate::Hanging
+    });
+    let start = Instant::now();
+    let mut good = connect_from([127, 0, 0, 2], addr);
+    good.write_all(b"hello").unwrap();
+    assert_eq!(read_n(&mut good, 5), b"hello");
+    let waited = start.elapsed();
+    assert!(
+        waited < Duration::from_secs(15),
+        "served only after {waited:?}"
+    );
+    for i in 0..5u8 {
+        thread::sleep(Duration::from_millis(300));
+        good.write_all(&[i]).unwrap();
+        assert_eq!(read_n(&mut good, 1), [i], "still served");
+        busy.write_all(b"b").unwrap();
+        assert_eq!(
+            read_n(&mut busy, 1),
+            b"b",
+            "a busy connection is never reclaimed"
+        );
+    }
+    stop.store(true, SeqCst);
+    for a in attackers {
+        a.join().unwrap();
+    }
+    let line = summary(&mut server);
+    assert!(!line.contains(" 0 idle reclaimed"), "{line}");
+    let warnings = server
+        .seen
+        .iter()
+        .filter(|l| l.contains("every slot taken and clients waiting"))
+        .count();
+    assert_eq!(warnings, 1, "logged once per episode: {:#?}", server.seen);
+}
+
+/// A peer that vanishes (no FIN, no reset: here its network goes down) is
+/// found by TCP keepalive and its slot freed. Runs the server and a client
+/// in a private network namespace, where taking `lo` down makes every
+/// keepalive probe go unanswered.
+#[test]
+fn keepalive_finds_a_vanished_peer_and_frees_its_slot() {
+    let probe = std::process::Command::new("unshare")
+        .args(["-n", "true"])
+        .status();
+    if !matches!(probe, Ok(s) if s.success()) {
+        eprintln!("skipped: cannot create a network namespace here (unshare -n needs root)");
+        return;
+    }
+    let ip = std::process::Command::new("ip").arg("-V").output();
+    if !matches!(ip, Ok(o) if o.status.success()) {
+        eprintln!("skipped: the `ip` command (iproute2) is not installed");
+        return;
+    }
+    let script = r#"
+import socket, subprocess, sys, time
+server_bin = sys.argv[1]
+subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+srv = subprocess.Popen([server_bin, "-v", "--max-connections", "1", "--keepalive", "1", "0"],
+                       stderr=subprocess.PIPE, text=True)
+line = srv.stderr.readline()
+assert line.startswith("listening on tcp "), line
+host, port = line.split()[-1].rsplit(":", 1)
+c = socket.create_connection((host, int(port)), timeout=10)
+c.sendall(b"x"); assert c.recv(1) == b"x"
+subprocess.run(["ip", "link", "set", "lo", "down"], check=True)   # the peer vanishes
+deadline = time.time() + 30
+seen = []
+while time.time() < deadline:
+    l = srv.stderr.readline()
+    seen.append(l)
+    if "vanished" in l:
+        break
+else:
+    sys.exit("keepalive never closed the connection: %r" % seen)
+subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+c2 = socket.create_connection((host, int(port)), timeout=10)   # the one slot is free
+c2.sendall(b"y"); assert c2.recv(1) == b"y", "not served after the slot was freed"
+srv.terminate()
+rest = srv.stderr.read()
+assert "1 vanished (keepalive)" in rest, rest
+print("ok")
+"#;
+    let out = std::process::Command::new("unshare")
+        .args(["-n", "python3", "-c", script])
+        .arg(env!("CARGO_BIN_EXE_echo-server"))
+        .output()
+        .expect("run python3 in a network namespace");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("ok"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 engine_tests! {
+    a_silent_crowd_cannot_lock_a_full_server,
     out_of_file_descriptors_resets_extra_clients_and_recovers,
     a_stalled_reader_holds_bounded_memory_until_the_write_timeout,
     a_client_that_sends_256_mib_before_reading_gets_it_all_back,

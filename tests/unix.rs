@@ -125,7 +125,56 @@ fn binary_exits_1_on_a_live_socket() {
     assert!(path.exists());
 }
 
+/// A full server frees the slot of the connection idle longest for a
+/// waiting client, and never that of a busy one.
+fn a_full_server_reclaims_the_idlest_slot_for_a_waiting_client(engine: Engine) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("full.sock");
+    let server = TestServer::start(
+        builder(engine)
+            .unix(&path)
+            .max_connections(2)
+            .reclaim_idle(Some(std::time::Duration::from_millis(300))),
+    );
+    let mut idle = connect_unix(&path);
+    idle.write_all(b"i").unwrap();
+    assert_eq!(read_n(&mut idle, 1), b"i");
+    let mut busy = connect_unix(&path);
+    let mut waiting = connect_unix(&path);
+    waiting.write_all(b"let me in").unwrap();
+    // The busy client keeps echoing while the waiting one waits.
+    let start = std::time::Instant::now();
+    let mut waiting_served = false;
+    while start.elapsed() < DEADLINE {
+        busy.write_all(b"b").unwrap();
+        assert_eq!(
+            read_n(&mut busy, 1),
+            b"b",
+            "the busy client is never reclaimed"
+        );
+        waiting
+            .set_read_timeout(Some(std::time::Duration::from_millis(100)))
+            .unwrap();
+        let mut buf = [0u8; 9];
+        if waiting.read_exact(&mut buf).is_ok() {
+            assert_eq!(&buf, b"let me in");
+            waiting_served = true;
+            break;
+        }
+    }
+    assert!(waiting_served, "the waiting client was never served");
+    let mut rest = Vec::new();
+    idle.read_to_end(&mut rest).unwrap();
+    assert!(
+        rest.is_empty(),
+        "the reclaimed client gets end of file, nothing else"
+    );
+    let stats = server.stop();
+    assert_eq!(stats.reclaimed, 1);
+}
+
 engine_tests! {
+    a_full_server_reclaims_the_idlest_slot_for_a_waiting_client,
     echoes_and_half_closes_then_removes_the_file_on_shutdown,
     replaces_a_stale_socket_file,
     never_takes_over_a_live_socket,

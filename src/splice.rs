@@ -21,8 +21,8 @@ pub(crate) enum Side {
     Write,
 }
 
-/// Echoes everything until end of file through a pipe. `written` is told of
-/// every chunk sent back. Returns `Err((Side::Read, ErrorKind::Unsupported))`
+/// Echoes everything until end of file through a pipe. `received` is told
+/// of every chunk taken from the socket, `written` of every chunk sent back. Returns `Err((Side::Read, ErrorKind::Unsupported))`
 /// before consuming anything if this socket cannot be spliced.
 ///
 /// `splice` into a socket does not take `MSG_NOSIGNAL`, so SIGPIPE is
@@ -30,6 +30,7 @@ pub(crate) enum Side {
 /// `EPIPE` error, as with every other write.
 pub(crate) fn echo(
     socket: &Socket,
+    mut received: impl FnMut(usize),
     mut written: impl FnMut(usize),
 ) -> Result<u64, (Side, io::Error)> {
     block_sigpipe().map_err(|e| (Side::Read, e))?;
@@ -58,6 +59,7 @@ pub(crate) fn echo(
             Err(e) => return Err((Side::Read, e)),
         };
         first = false;
+        received(n);
         let mut left = n;
         while left > 0 {
             let m = splice(pipe_out.as_raw_fd(), fd, left).map_err(|e| (Side::Write, e))?;
@@ -147,7 +149,9 @@ mod tests {
         let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
         let engine = std::thread::spawn(move || {
             let mut sent = 0;
-            let total = echo(&server, |n| sent += n).map_err(|(_, e)| e).unwrap();
+            let total = echo(&server, |_| (), |n| sent += n)
+                .map_err(|(_, e)| e)
+                .unwrap();
             (total, sent)
         });
         let mut reader = client.try_clone().unwrap();
@@ -176,7 +180,7 @@ mod tests {
         // SAFETY: sets SIGPIPE to its default action for the whole process;
         // every other write in this process passes MSG_NOSIGNAL.
         let previous = unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
-        let result = std::thread::spawn(move || echo(&server, |_| ()))
+        let result = std::thread::spawn(move || echo(&server, |_| (), |_| ()))
             .join()
             .unwrap();
         unsafe { libc::signal(libc::SIGPIPE, previous) };

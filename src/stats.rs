@@ -11,12 +11,18 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 pub struct Stats {
     /// Connections accepted since the server started.
     pub accepted: u64,
+    /// Connections closed (by either side) since the server started:
+    /// `accepted = closed + active`.
+    pub closed: u64,
     /// Connections being served right now.
     pub active: u64,
     /// Of the active connections, those served by a thread of their own.
     pub active_threads: u64,
     /// Of the active connections, those served by an event loop.
     pub active_events: u64,
+    /// Bytes read from stream clients (TCP, Unix). For every connection
+    /// that ended normally, all of them were echoed.
+    pub bytes_received: u64,
     /// Bytes written back to clients, over every transport.
     pub bytes_echoed: u64,
     /// Connections closed because the client sent nothing for the idle timeout.
@@ -59,36 +65,86 @@ pub struct Stats {
 }
 
 impl fmt::Display for Stats {
+    /// One line for people: what the server did first, then only the
+    /// reasons a connection was closed early or refused, or a datagram not
+    /// answered, that happened at all. For example `12 connections
+    /// accepted, 12 closed, 0 active; 3400 bytes received, 3400 echoed;
+    /// closed early: 2 idle timeouts`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} connections accepted, {} active ({} on threads, {} on event loops), {} bytes echoed, {} idle timeouts, \
-             {} write timeouts, {} idle reclaimed, {} vanished (keepalive), connection limit reached {} times, {} refused by the \
-             per-source cap, {} refused for lack of threads, {} reset for lack of file \
-             descriptors, {} accept errors; \
-             {} datagrams echoed, not answered: {} from privileged ports, \
-             {} from invalid sources, {} rate limited, {} too large, {} dropped by the kernel",
-            self.accepted,
-            self.active,
-            self.active_threads,
-            self.active_events,
-            self.bytes_echoed,
-            self.idle_timeouts,
-            self.write_timeouts,
-            self.reclaimed,
-            self.keepalive_closed,
-            self.limit_reached,
-            self.refused_per_source,
-            self.thread_refused,
-            self.fd_exhausted,
-            self.accept_errors,
-            self.datagrams_echoed,
-            self.refused_privileged_port,
-            self.refused_invalid_source,
-            self.rate_limited,
-            self.truncated,
-            self.udp_kernel_drops
-        )
+            "{} connections accepted, {} closed, {} active",
+            self.accepted, self.closed, self.active
+        )?;
+        if self.active > 0 {
+            write!(
+                f,
+                " ({} on threads, {} on event loops)",
+                self.active_threads, self.active_events
+            )?;
+        }
+        write!(
+            f,
+            "; {} bytes received, {} echoed",
+            self.bytes_received, self.bytes_echoed
+        )?;
+        if self.datagrams_echoed > 0 {
+            write!(f, "; {} datagrams echoed", self.datagrams_echoed)?;
+        }
+        let groups: [(&str, [(u64, &str); 5]); 3] = [
+            (
+                "closed early",
+                [
+                    (self.idle_timeouts, "idle timeouts"),
+                    (self.write_timeouts, "write timeouts"),
+                    (self.reclaimed, "idle reclaimed for waiting clients"),
+                    (self.keepalive_closed, "vanished (keepalive)"),
+                    (0, ""),
+                ],
+            ),
+            (
+                "refused",
+                [
+                    (self.refused_per_source, "at the per-source cap"),
+                    (self.thread_refused, "for lack of threads"),
+                    (self.fd_exhausted, "reset for lack of file descriptors"),
+                    (self.accept_errors, "accept errors"),
+                    (0, ""),
+                ],
+            ),
+            (
+                "datagrams not answered",
+                [
+                    (self.refused_privileged_port, "from privileged ports"),
+                    (self.refused_invalid_source, "from invalid sources"),
+                    (self.rate_limited, "rate limited"),
+                    (self.truncated, "too large"),
+                    (self.udp_kernel_drops, "dropped by the kernel"),
+                ],
+            ),
+        ];
+        if self.limit_reached > 0 {
+            write!(
+                f,
+                "; the connection limit was reached {} times (clients waited)",
+                self.limit_reached
+            )?;
+        }
+        for (name, counters) in groups {
+            let mut first = true;
+            for (n, what) in counters {
+                if n == 0 {
+                    continue;
+                }
+                f.write_str(if first { "; " } else { ", " })?;
+                if first {
+                    write!(f, "{name}: ")?;
+                    first = false;
+                }
+                write!(f, "{n} {what}")?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -97,9 +153,11 @@ impl fmt::Display for Stats {
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     pub(crate) accepted: AtomicU64,
+    pub(crate) closed: AtomicU64,
     pub(crate) active: AtomicU64,
     pub(crate) active_threads: AtomicU64,
     pub(crate) active_events: AtomicU64,
+    pub(crate) bytes_received: AtomicU64,
     pub(crate) bytes_echoed: AtomicU64,
     pub(crate) idle_timeouts: AtomicU64,
     pub(crate) write_timeouts: AtomicU64,
@@ -140,9 +198,11 @@ impl Counters {
     pub(crate) fn snapshot(&self) -> Stats {
         Stats {
             accepted: self.accepted.load(Relaxed),
+            closed: self.closed.load(Relaxed),
             active: self.active.load(Relaxed),
             active_threads: self.active_threads.load(Relaxed),
             active_events: self.active_events.load(Relaxed),
+            bytes_received: self.bytes_received.load(Relaxed),
             bytes_echoed: self.bytes_echoed.load(Relaxed),
             idle_timeouts: self.idle_timeouts.load(Relaxed),
             write_timeouts: self.write_timeouts.load(Relaxed),
@@ -160,5 +220,45 @@ impl Counters {
             truncated: self.truncated.load(Relaxed),
             udp_kernel_drops: self.udp_kernel_drops.load(Relaxed),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_summary_leaves_out_what_did_not_happen() {
+        let quiet = Stats {
+            accepted: 3,
+            closed: 3,
+            bytes_received: 10,
+            bytes_echoed: 10,
+            ..Stats::default()
+        };
+        assert_eq!(
+            quiet.to_string(),
+            "3 connections accepted, 3 closed, 0 active; 10 bytes received, 10 echoed"
+        );
+        let busy = Stats {
+            accepted: 5,
+            closed: 2,
+            active: 3,
+            active_threads: 1,
+            active_events: 2,
+            datagrams_echoed: 7,
+            idle_timeouts: 1,
+            reclaimed: 2,
+            fd_exhausted: 4,
+            truncated: 1,
+            ..Stats::default()
+        };
+        assert_eq!(
+            busy.to_string(),
+            "5 connections accepted, 2 closed, 3 active (1 on threads, 2 on event loops); \
+             0 bytes received, 0 echoed; 7 datagrams echoed; closed early: 1 idle timeouts, \
+             2 idle reclaimed for waiting clients; refused: 4 reset for lack of file \
+             descriptors; datagrams not answered: 1 too large"
+        );
     }
 }

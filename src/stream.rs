@@ -143,6 +143,7 @@ impl Read for Metered<'_> {
         activity.busy.store(false, Relaxed);
         let n = { self.stream }.read(buf)?;
         if n > 0 {
+            Counters::add(&self.counters.bytes_received, n as u64);
             activity.busy.store(true, Relaxed);
             activity.last.store(now_ms(), Relaxed);
         }

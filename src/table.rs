@@ -81,6 +81,7 @@ impl ConnectionTable {
         let mut table = self.lock();
         if let Some(entry) = table.live.remove(&id) {
             Counters::sub(&counters.active, 1);
+            Counters::add(&counters.closed, 1);
             table.finished.extend(entry.thread);
         }
         if table.live.is_empty() {

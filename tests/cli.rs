@@ -40,7 +40,8 @@ fn prints_the_listening_line_echoes_and_exits_0_on_sigterm(engine: Engine) {
         server
             .seen
             .iter()
-            .any(|l| l.contains("1 connections accepted") && l.contains("9 bytes echoed")),
+            .any(|l| l.contains("1 connections accepted, 1 closed")
+                && l.contains("9 bytes received, 9 echoed")),
         "{:#?}",
         server.seen
     );

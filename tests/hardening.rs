@@ -163,7 +163,7 @@ fn a_low_process_limit_caps_threads_and_auto_serves_the_rest_on_event_loops() {
         );
     }
     let line = summary(&mut server);
-    assert!(line.contains(" 0 refused for lack of threads"), "{line}");
+    assert!(!line.contains("for lack of threads"), "{line}");
 
     // main + signal + accept + 2 event loops + 1 connection thread.
     let mut server = spawn_as_nobody_with_nproc(&["--event-loops", "2", "0"], 6);
@@ -176,7 +176,7 @@ fn a_low_process_limit_caps_threads_and_auto_serves_the_rest_on_event_loops() {
     }
     drop(served);
     let line = summary(&mut server);
-    assert!(line.contains(" 0 refused for lack of threads"), "{line}");
+    assert!(!line.contains("for lack of threads"), "{line}");
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -218,7 +218,7 @@ fn a_stalled_reader_holds_bounded_memory_until_the_write_timeout(engine: Engine)
         "stalled reader was never closed"
     );
     let line = summary(&mut server);
-    assert!(line.contains("1 write timeouts"), "{line}");
+    assert!(line.contains("closed early: 1 write timeouts"), "{line}");
 }
 
 fn is_closed_or_reset(s: &mut TcpStream) -> bool {
@@ -323,12 +323,9 @@ fn a_storm_of_resets_and_silent_clients_disturbs_no_one(engine: Engine) {
     drop(last);
     let line = summary(&mut server);
     assert!(line.contains("302 connections accepted"), "{line}");
-    assert!(line.contains(" 0 active"), "{line}");
+    assert!(line.contains(" 0 active;"), "{line}");
     // Resets are not timeouts.
-    assert!(
-        line.contains(" 0 idle timeouts, 0 write timeouts"),
-        "{line}"
-    );
+    assert!(!line.contains("timeouts"), "{line}");
     // Nothing but the start-up, hint and shutdown lines at the default level.
     assert!(server.seen.len() <= 5, "log spam: {:#?}", server.seen);
 }
@@ -456,7 +453,10 @@ fn a_silent_crowd_cannot_lock_a_full_server(engine: Engine) {
         a.join().unwrap();
     }
     let line = summary(&mut server);
-    assert!(!line.contains(" 0 idle reclaimed"), "{line}");
+    assert!(
+        line.contains("idle reclaimed for waiting clients"),
+        "{line}"
+    );
     let warnings = server
         .seen
         .iter()

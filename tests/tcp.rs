@@ -99,6 +99,9 @@ fn serves_128_concurrent_clients_each_its_own_bytes(engine: Engine) {
     assert_eq!(stats.accepted, 128);
     let expected: u64 = (0..128u64).map(|i| 1000 + i * 37).sum();
     assert_eq!(stats.bytes_echoed, expected);
+    // The counters add up.
+    assert_eq!((stats.closed, stats.active), (128, 0));
+    assert_eq!(stats.bytes_received, expected);
 }
 
 fn half_close_gets_everything_back_then_eof(engine: Engine) {

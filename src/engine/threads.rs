@@ -102,9 +102,11 @@ fn bulk(metered: &mut Metered<'_>, ctx: &Context) -> io::Result<u64> {
             <= SPLICE_MAX_ACTIVE
     {
         let counters = &ctx.counters;
-        let spliced = crate::splice::echo(&metered.stream.0, |n| {
-            Counters::add(&counters.bytes_echoed, n as u64)
-        });
+        let spliced = crate::splice::echo(
+            &metered.stream.0,
+            |n| Counters::add(&counters.bytes_received, n as u64),
+            |n| Counters::add(&counters.bytes_echoed, n as u64),
+        );
         match spliced {
             Ok(n) => return Ok(n),
             // Nothing consumed yet: the portable loop takes over.

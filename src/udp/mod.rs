@@ -5,7 +5,7 @@
 //! Each UDP address is served by several receive threads (one per core by
 //! default), each on its own socket bound with `SO_REUSEPORT` on Linux, so
 //! one busy source does not hold up the rest. Each thread receives and
-//! answers datagrams in batches ([`batch`]), judges each datagram on its
+//! answers datagrams in batches (`recvmmsg`/`sendmmsg` on Linux), judges each datagram on its
 //! own (the source filter, the size, the one rate limit every UDP thread of
 //! the server shares), and echoes it through the same
 //! [`echo`](crate::echo) as every stream, over an in-memory exchange.

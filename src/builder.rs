@@ -111,6 +111,7 @@ impl Default for ServerBuilder {
                 event_loops: 0,
                 thread_connections: DEFAULT_THREAD_CONNECTIONS,
                 max_threads: None,
+                reserved_threads: 1,
                 udp: UdpSettings {
                     filter_sources: true,
                     rate_limit: Some(RateLimit::default()),
@@ -325,6 +326,14 @@ impl ServerBuilder {
         self
     }
 
+    /// Threads the program runs beside the server (signal handling,
+    /// reporting), which the thread budget leaves room for, so that the
+    /// server's own threads never take the last ones. Default 1.
+    pub fn reserve_threads(mut self, threads: usize) -> Self {
+        self.settings.reserved_threads = threads;
+        self
+    }
+
     /// Listen backlog for listeners this builder binds. Default
     /// [`DEFAULT_BACKLOG`].
     pub fn backlog(mut self, backlog: i32) -> Self {
@@ -419,13 +428,23 @@ impl ServerBuilder {
     /// above that is lowered, with a warning: past it the server would
     /// abort for want of a thread, not just refuse.
     fn thread_plan(&self) -> (usize, usize) {
-        // The server's own threads: one per listener, the signal handler of
-        // the CLI, and the event loops.
+        // The server's own threads: one per listener (UDP: one per receive
+        // thread), the event loops, and what the program keeps for itself.
         let loops = match self.settings.engine {
             Engine::Threads => 0,
             _ => crate::settings::per_core(self.settings.event_loops),
         };
-        let budget = ThreadBudget::of_this_process(self.sources.len() + 1 + loops);
+        let udp_threads = crate::settings::per_core(self.settings.udp.threads);
+        let listeners: usize = self
+            .sources
+            .iter()
+            .map(|s| match s {
+                Source::Udp(_) => udp_threads,
+                _ => 1,
+            })
+            .sum();
+        let budget =
+            ThreadBudget::of_this_process(listeners + loops + self.settings.reserved_threads);
         let threads = budget
             .threads
             .min(self.settings.max_threads.unwrap_or(usize::MAX));

@@ -11,7 +11,7 @@ use crate::{
 use clap::{CommandFactory, Parser};
 use std::ffi::OsString;
 use std::io::Write as _;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -36,19 +36,20 @@ use std::time::Duration;
         echo-server 0                     # a free port, printed at start-up"
 )]
 pub struct Args {
-    /// TCP port to listen on, 0-65535; 0 lets the OS pick a free port.
+    /// TCP ports to listen on, 0-65535 each; 0 lets the OS pick a free port.
     /// Optional with --unix or with sockets passed by systemd.
     #[arg(value_name = "PORT")]
-    pub port: Option<u16>,
+    pub ports: Vec<u16>,
 
-    /// IP address to listen on. The default accepts only local clients; `::`
-    /// accepts every interface over IPv4 and IPv6, `0.0.0.0` every IPv4 one,
-    /// `::1` IPv6 loopback.
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1")]
-    pub bind: IpAddr,
+    /// Address to listen on: an IP address or a host name, resolved once at
+    /// start-up (`localhost` serves 127.0.0.1 and ::1). May be given several
+    /// times. The default accepts only local clients; `::` accepts every
+    /// interface over IPv4 and IPv6, `0.0.0.0` every IPv4 one.
+    #[arg(long, value_name = "ADDR|HOST", default_value = "127.0.0.1", value_parser = parse_host)]
+    pub bind: Vec<String>,
 
-    /// Also echo UDP datagrams on the same address and port.
-    #[arg(long, requires = "port")]
+    /// Also echo UDP datagrams on the same addresses and ports.
+    #[arg(long, requires = "ports")]
     pub udp: bool,
 
     /// Also (or only) listen on a Unix stream socket at PATH. A stale socket
@@ -166,6 +167,17 @@ pub struct Args {
     #[arg(long, hide = true, conflicts_with = "splice")]
     pub no_splice: bool,
 
+    /// Log the counters every SECS seconds, when they changed (SIGUSR1 logs
+    /// them at any time, on Unix) [default: off]
+    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    pub stats_interval: Option<Duration>,
+
+    /// Print the man page (`man`) or a shell completion script (`bash`,
+    /// `zsh`, `fish`) on stdout and exit, e.g. `echo-server --generate man >
+    /// echo-server.1`.
+    #[arg(long, value_name = "WHAT", value_parser = ["man", "bash", "zsh", "fish"])]
+    pub generate: Option<String>,
+
     /// Log each connection too (repeat for more detail).
     #[arg(short, long, action = clap::ArgAction::Count, conflicts_with = "quiet")]
     pub verbose: u8,
@@ -173,6 +185,20 @@ pub struct Args {
     /// Log only warnings and errors (the listening lines are always shown).
     #[arg(short, long)]
     pub quiet: bool,
+}
+
+/// An IP address, or something that can be a host name (letters, digits,
+/// `-` and `.`); resolving it waits for start-up.
+fn parse_host(s: &str) -> Result<String, String> {
+    let name_like = !s.is_empty()
+        && s.len() <= 253
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    if s.parse::<IpAddr>().is_ok() || name_like {
+        Ok(s.to_owned())
+    } else {
+        Err(format!("`{s}` is neither an IP address nor a host name"))
+    }
 }
 
 fn parse_engine(s: &str) -> Result<Engine, String> {
@@ -262,8 +288,40 @@ fn parse_datagram_size(s: &str) -> Result<usize, String> {
 }
 
 impl Args {
+    /// The IP addresses of every `--bind`, host names resolved, each once,
+    /// in order.
+    ///
+    /// # Errors
+    ///
+    /// A host name that does not resolve, naming it.
+    pub fn bind_addrs(&self) -> std::io::Result<Vec<IpAddr>> {
+        let mut addrs: Vec<IpAddr> = Vec::new();
+        for host in &self.bind {
+            let resolved: Vec<IpAddr> = match host.parse::<IpAddr>() {
+                Ok(ip) => vec![ip],
+                Err(_) => (host.as_str(), 0)
+                    .to_socket_addrs()
+                    .map_err(|e| {
+                        std::io::Error::new(e.kind(), format!("cannot resolve --bind {host}: {e}"))
+                    })?
+                    .map(|a| a.ip())
+                    .collect(),
+            };
+            for ip in resolved {
+                if !addrs.contains(&ip) {
+                    addrs.push(ip);
+                }
+            }
+        }
+        Ok(addrs)
+    }
+
     /// The server these options describe (not yet bound).
-    pub fn builder(&self) -> ServerBuilder {
+    ///
+    /// # Errors
+    ///
+    /// A `--bind` host name that does not resolve.
+    pub fn builder(&self) -> std::io::Result<ServerBuilder> {
         let rate_limit = (self.udp_rate > 0).then_some(RateLimit {
             rate: self.udp_rate,
             burst: self.udp_burst.max(1),
@@ -274,6 +332,9 @@ impl Args {
             .thread_connections(self.thread_connections)
             .event_loops(self.event_loops.unwrap_or(0))
             .max_threads(self.max_threads)
+            // SIGINT/SIGTERM (ctrlc), SIGUSR1 and --stats-interval each
+            // take a thread.
+            .reserve_threads(2 + usize::from(self.stats_interval.is_some()))
             .idle_timeout(self.idle_timeout)
             .write_timeout((!self.no_write_timeout).then_some(self.write_timeout))
             .max_per_source(self.max_per_source)
@@ -286,17 +347,24 @@ impl Args {
             .udp_max_datagram(self.udp_max_datagram)
             .udp_threads(self.udp_threads.unwrap_or(0))
             .udp_buffer(self.udp_buffer);
-        if let Some(port) = self.port {
-            builder = builder.tcp(SocketAddr::new(self.bind, port));
-            if self.udp {
-                builder = builder.udp(SocketAddr::new(self.bind, port));
+        let ips = if self.ports.is_empty() {
+            Vec::new()
+        } else {
+            self.bind_addrs()?
+        };
+        for &ip in &ips {
+            for &port in &self.ports {
+                builder = builder.tcp(SocketAddr::new(ip, port));
+                if self.udp {
+                    builder = builder.udp(SocketAddr::new(ip, port));
+                }
             }
         }
         #[cfg(unix)]
         if let Some(path) = &self.unix {
             builder = builder.unix(path);
         }
-        builder
+        Ok(builder)
     }
 
     fn log_level(&self) -> log::LevelFilter {
@@ -332,6 +400,15 @@ where
             };
         }
     };
+    if let Some(what) = &args.generate {
+        return match generate(what, &mut std::io::stdout().lock()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: cannot write the {what} output: {e}");
+                ExitCode::from(1)
+            }
+        };
+    }
     Logger::install(args.log_level());
     match serve(&args) {
         Ok(()) => ExitCode::SUCCESS,
@@ -346,6 +423,30 @@ where
             ExitCode::from(1)
         }
     }
+}
+
+/// Writes the man page or a completion script for the command line.
+///
+/// # Errors
+///
+/// Writing to `out` failed, or `what` is none of `man`, `bash`, `zsh`,
+/// `fish`.
+pub fn generate(what: &str, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+    let mut command = Args::command();
+    let shell = match what {
+        "man" => return clap_mangen::Man::new(command).render(out),
+        "bash" => clap_complete::Shell::Bash,
+        "zsh" => clap_complete::Shell::Zsh,
+        "fish" => clap_complete::Shell::Fish,
+        other => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("cannot generate `{other}`"),
+            ))
+        }
+    };
+    clap_complete::generate(shell, &mut command, "echo-server", out);
+    Ok(())
 }
 
 enum Failure {
@@ -364,14 +465,14 @@ fn serve(args: &Args) -> Result<(), Failure> {
     let inherited = crate::activation::systemd_sockets()?;
     #[cfg(not(unix))]
     let inherited: Vec<std::convert::Infallible> = Vec::new();
-    if args.port.is_none() && args.unix.is_none() && inherited.is_empty() {
+    if args.ports.is_empty() && args.unix.is_none() && inherited.is_empty() {
         return Err(Failure::Usage(
             "a PORT is required, unless --unix PATH is given or systemd passes sockets",
         ));
     }
     raise_fd_limit();
     #[allow(unused_mut)]
-    let mut builder = args.builder();
+    let mut builder = args.builder()?;
     #[cfg(unix)]
     for fd in inherited {
         builder = builder.inherited_socket(fd);
@@ -382,7 +483,11 @@ fn serve(args: &Args) -> Result<(), Failure> {
         // printed even with --quiet.
         eprintln!("listening on {addr}");
     }
-    if args.port.is_some() && args.bind.is_loopback() {
+    let local_only = server.listen_addrs().all(|a| match a {
+        crate::ListenAddr::Tcp(addr) | crate::ListenAddr::Udp(addr) => addr.ip().is_loopback(),
+        _ => true,
+    });
+    if !args.ports.is_empty() && local_only {
         log::info!(
             "only this machine can connect; use --bind :: (IPv4 and IPv6) or \
              --bind 0.0.0.0 (IPv4) to accept remote clients"
@@ -400,10 +505,57 @@ fn serve(args: &Args) -> Result<(), Failure> {
         }
     })
     .map_err(|e| std::io::Error::other(format!("cannot install signal handler: {e}")))?;
+    log_stats_on_sigusr1(&server.handle());
+    // Dropping `stop_reporting` (when `serve` returns) ends the reporter.
+    let (stop_reporting, stopped) = std::sync::mpsc::channel::<()>();
+    if let Some(every) = args.stats_interval {
+        let handle = server.handle();
+        let reporter = std::thread::Builder::new()
+            .name("echo-stats".to_owned())
+            .spawn(move || {
+                let mut last = handle.stats();
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(every)
+                {
+                    let now = handle.stats();
+                    if now != last {
+                        log::info!("stats: {now}");
+                        last = now;
+                    }
+                }
+            });
+        if let Err(e) = reporter {
+            log::warn!("no thread for --stats-interval: {e}");
+        }
+    }
     let stats = server.run()?;
+    drop(stop_reporting);
     log::info!("shut down: {stats}");
     Ok(())
 }
+
+/// SIGUSR1 logs the counters and changes nothing else (xinetd's
+/// convention). The signal handler only wakes a thread, which logs.
+#[cfg(unix)]
+fn log_stats_on_sigusr1(handle: &crate::ServerHandle) {
+    let signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGUSR1]);
+    let handle = handle.clone();
+    let started = signals.and_then(|mut signals| {
+        std::thread::Builder::new()
+            .name("echo-sigusr1".to_owned())
+            .spawn(move || {
+                for _ in signals.forever() {
+                    log::info!("stats: {}", handle.stats());
+                }
+            })
+    });
+    if let Err(e) = started {
+        log::warn!("SIGUSR1 will not log the counters: {e}");
+    }
+}
+
+#[cfg(not(unix))]
+fn log_stats_on_sigusr1(_: &crate::ServerHandle) {}
 
 /// Thread-per-connection needs one descriptor per client: lift the soft
 /// `RLIMIT_NOFILE` (often 1024) to the hard limit, as most servers do.
@@ -476,13 +628,14 @@ mod tests {
     #[test]
     fn defaults() {
         let a = parse(&["7007"]).unwrap();
-        assert_eq!(a.port, Some(7007));
+        assert_eq!(a.ports, [7007]);
         assert!(!a.udp);
         assert_eq!(a.unix, None);
         assert_eq!(a.udp_rate, 1 << 20);
         assert_eq!(a.udp_burst, 8 << 20);
         assert_eq!(a.udp_max_datagram, 65_527);
-        assert_eq!(a.bind, IpAddr::from([127, 0, 0, 1]));
+        assert_eq!(a.bind, ["127.0.0.1"]);
+        assert_eq!(a.bind_addrs().unwrap(), [IpAddr::from([127, 0, 0, 1])]);
         assert_eq!(a.max_connections, DEFAULT_MAX_CONNECTIONS);
         assert_eq!(a.idle_timeout, None);
         assert!(!a.log_data);
@@ -491,6 +644,62 @@ mod tests {
         assert_eq!(a.thread_connections, DEFAULT_THREAD_CONNECTIONS);
         assert_eq!(a.event_loops, None);
         assert_eq!(a.max_threads, None);
+    }
+
+    #[test]
+    fn several_binds_and_ports_and_host_names() {
+        let a = parse(&[
+            "--bind",
+            "127.0.0.1",
+            "--bind",
+            "::1",
+            "--bind",
+            "127.0.0.1",
+            "7",
+            "8",
+        ])
+        .unwrap();
+        assert_eq!(a.ports, [7, 8]);
+        let ips = a.bind_addrs().unwrap();
+        assert_eq!(
+            ips,
+            [
+                "127.0.0.1".parse::<IpAddr>().unwrap(),
+                "::1".parse().unwrap()
+            ]
+        );
+        let local = parse(&["--bind", "localhost", "7"]).unwrap();
+        let ips = local.bind_addrs().unwrap();
+        assert!(ips.contains(&IpAddr::from([127, 0, 0, 1])), "{ips:?}");
+        assert!(ips.iter().all(IpAddr::is_loopback), "{ips:?}");
+        let nowhere = parse(&["--bind", "no-such-host.invalid", "7"]).unwrap();
+        let err = nowhere.bind_addrs().unwrap_err();
+        assert!(err.to_string().contains("no-such-host.invalid"), "{err}");
+    }
+
+    /// The man page documents every option, and each completion script
+    /// knows each of them.
+    #[test]
+    fn man_page_and_completions_cover_every_option() {
+        let longs: Vec<String> = Args::command()
+            .get_arguments()
+            .filter(|a| !a.is_hide_set())
+            .filter_map(|a| a.get_long().map(str::to_owned))
+            .collect();
+        assert!(longs.len() > 25, "{longs:?}");
+        for what in ["man", "bash", "zsh", "fish"] {
+            let mut out = Vec::new();
+            generate(what, &mut out).unwrap();
+            let text = String::from_utf8(out).unwrap();
+            for long in &longs {
+                // roff escapes every dash of an option in the man page.
+                let found = text.contains(&format!("--{long}"))
+                    || text.contains(&format!("\\-\\-{}", long.replace('-', "\\-")))
+                    || (what == "fish" && text.contains(&format!("-l {long}")));
+                assert!(found, "{what} output lacks --{long}");
+            }
+        }
+        assert!(generate("powershell-2", &mut Vec::new()).is_err());
     }
 
     #[test]
@@ -546,8 +755,8 @@ mod tests {
             "0",
         ])
         .unwrap();
-        assert_eq!(a.port, Some(0));
-        assert_eq!(a.bind, "::".parse::<IpAddr>().unwrap());
+        assert_eq!(a.ports, [0]);
+        assert_eq!(a.bind_addrs().unwrap(), ["::".parse::<IpAddr>().unwrap()]);
         assert_eq!(a.max_connections, 3);
         assert_eq!(a.idle_timeout, Some(Duration::from_millis(500)));
         assert!(a.log_data);
@@ -564,7 +773,9 @@ mod tests {
             &["--udp-rate", "fast", "7"],
             &["--udp-max-datagram", "65528", "7"],
             &["--udp-max-datagram", "0", "7"],
-            &["--bind", "localhost", "7"],
+            &["--bind", "local host", "7"],
+            &["--bind", "", "7"],
+            &["--bind", "a/b", "7"],
             &["--max-connections", "0", "7"],
             &["--idle-timeout", "0", "7"],
             &["--idle-timeout", "nan", "7"],
@@ -600,7 +811,7 @@ mod tests {
     #[test]
     fn port_is_optional_with_unix() {
         let a = parse(&["--unix", "/tmp/x.sock"]).unwrap();
-        assert_eq!(a.port, None);
+        assert!(a.ports.is_empty());
         assert_eq!(a.unix, Some(PathBuf::from("/tmp/x.sock")));
     }
 

@@ -82,6 +82,8 @@ pub(crate) struct Settings {
     pub(crate) thread_connections: usize,
     /// At most this many connection threads, below what the OS allows.
     pub(crate) max_threads: Option<usize>,
+    /// Threads the embedding program runs, left out of the thread budget.
+    pub(crate) reserved_threads: usize,
     pub(crate) udp: UdpSettings,
 }
 

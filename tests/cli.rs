@@ -91,8 +91,8 @@ fn usage_errors_exit_2_and_say_what_is_wrong() {
         (&[], "a PORT is required"),
         (&["--frobnicate", "7"], "--frobnicate"),
         (
-            &["--bind", "example.com", "7"],
-            "invalid value 'example.com'",
+            &["--bind", "no such host", "7"],
+            "neither an IP address nor a host name",
         ),
         (&["--max-connections", "0", "7"], "at least 1"),
         (&["--idle-timeout", "soon", "7"], "not a number of seconds"),
@@ -122,6 +122,16 @@ fn help_explains_every_option_and_exits_0() {
 }
 
 #[test]
+fn an_unresolvable_host_name_exits_1_naming_it() {
+    let (status, stderr) = run_binary(&["--bind", "no-such-host.invalid", "7"]);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cannot resolve --bind no-such-host.invalid"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn port_in_use_exits_1_naming_address_and_reason() {
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port().to_string();
@@ -132,6 +142,105 @@ fn port_in_use_exits_1_naming_address_and_reason() {
         "{stderr}"
     );
     assert!(stderr.to_lowercase().contains("in use"), "{stderr}");
+}
+
+/// Every address of every `--bind` (host names resolved) on every PORT, one
+/// `listening on` line each, each echoing.
+#[test]
+fn several_binds_ports_and_host_names_are_all_served() {
+    let mut server = Binary::spawn(&["--bind", "localhost", "--bind", "127.0.0.1", "0", "0"]);
+    let first = server.tcp_addr();
+    // Resolving localhost gives 127.0.0.1 and, where configured, ::1; the
+    // repeated 127.0.0.1 is served once. Two ports each.
+    let mut addrs = vec![first];
+    let more = server.expect_line("the second listener", |l| {
+        l.starts_with("listening on tcp ")
+    });
+    addrs.push(more["listening on tcp ".len()..].parse().unwrap());
+    server.signal(libc::SIGTERM);
+    assert_eq!(server.wait_exit().code(), Some(0));
+    let listening: Vec<SocketAddr> = server
+        .seen
+        .iter()
+        .filter_map(|l| l.strip_prefix("listening on tcp "))
+        .map(|a| a.parse().unwrap())
+        .collect();
+    let v4 = listening
+        .iter()
+        .filter(|a| a.ip() == std::net::Ipv4Addr::LOCALHOST)
+        .count();
+    assert_eq!(v4, 2, "127.0.0.1 on two ports, once each: {listening:?}");
+    assert!(
+        listening.iter().all(|a| a.ip().is_loopback()),
+        "{listening:?}"
+    );
+    assert_eq!(
+        listening.len() % 2,
+        0,
+        "every address on both ports: {listening:?}"
+    );
+
+    // Echo on each, with a fresh server (the first one is gone).
+    let mut server = Binary::spawn(&["--bind", "127.0.0.1", "--bind", "::1", "0"]);
+    let a = server.tcp_addr();
+    let b = server.expect_line("the ::1 listener", |l| l.starts_with("listening on tcp "));
+    let b: SocketAddr = b["listening on tcp ".len()..].parse().unwrap();
+    assert!(a.is_ipv4() && b.is_ipv6(), "{a} {b}");
+    for addr in [a, b] {
+        assert_eq!(round_trip(connect(addr), b"both".to_vec()), b"both");
+    }
+}
+
+/// One address that cannot be bound fails the start (exit 1, naming it),
+/// and nothing is left bound: the other port is free again at once.
+#[test]
+fn one_unbindable_address_fails_the_start_and_leaves_nothing_bound() {
+    let free = TcpListener::bind("127.0.0.1:0").unwrap();
+    let free_port = free.local_addr().unwrap().port();
+    drop(free);
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_port = taken.local_addr().unwrap().port();
+    let (status, stderr) = run_binary(&[&free_port.to_string(), &taken_port.to_string()]);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("tcp 127.0.0.1:{taken_port}")),
+        "{stderr}"
+    );
+    assert!(
+        TcpListener::bind(("127.0.0.1", free_port)).is_ok(),
+        "the first port was left bound"
+    );
+}
+
+/// SIGUSR1 logs the counters and the server keeps serving;
+/// --stats-interval logs them when they changed, and only then.
+#[test]
+fn sigusr1_and_stats_interval_log_the_counters() {
+    let mut server = Binary::spawn(&["--stats-interval", "0.2", "0"]);
+    let addr = server.tcp_addr();
+    assert_eq!(round_trip(connect(addr), b"abc".to_vec()), b"abc");
+    server.expect_line("a periodic stats line", |l| {
+        l.starts_with("stats: 1 connections accepted, 1 closed")
+    });
+    // Nothing changes now: no more periodic lines.
+    let quiet_from = server.seen.len();
+    std::thread::sleep(Duration::from_millis(800));
+    server.signal(libc::SIGUSR1);
+    let line = server.expect_line("the SIGUSR1 stats line", |l| l.starts_with("stats: "));
+    assert!(line.contains("3 bytes received, 3 echoed"), "{line}");
+    let periodic = server.seen[quiet_from..]
+        .iter()
+        .filter(|l| l.starts_with("stats: "))
+        .count();
+    assert_eq!(
+        periodic, 1,
+        "only the SIGUSR1 line while idle: {:#?}",
+        server.seen
+    );
+    // Still serving.
+    assert_eq!(round_trip(connect(addr), b"more".to_vec()), b"more");
+    server.signal(libc::SIGTERM);
+    assert_eq!(server.wait_exit().code(), Some(0));
 }
 
 /// Collects `--log-data` lines until they add up to `len` bytes (a chunk may

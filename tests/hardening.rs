@@ -131,8 +131,8 @@ fn a_low_process_limit_caps_threads_and_auto_serves_the_rest_on_event_loops() {
         eprintln!("skipped: needs root to run the server as another user");
         return;
     }
-    // main + signal thread + accept thread + 2 connection threads.
-    let mut server = spawn_as_nobody_with_nproc(&["--engine", "threads", "0"], 5);
+    // main + 2 signal threads + accept thread + 2 connection threads.
+    let mut server = spawn_as_nobody_with_nproc(&["--engine", "threads", "0"], 6);
     let addr = server.tcp_addr();
     let warning = server
         .seen
@@ -165,8 +165,8 @@ fn a_low_process_limit_caps_threads_and_auto_serves_the_rest_on_event_loops() {
     let line = summary(&mut server);
     assert!(!line.contains("for lack of threads"), "{line}");
 
-    // main + signal + accept + 2 event loops + 1 connection thread.
-    let mut server = spawn_as_nobody_with_nproc(&["--event-loops", "2", "0"], 6);
+    // main + 2 signal threads + accept + 2 event loops + 1 connection thread.
+    let mut server = spawn_as_nobody_with_nproc(&["--event-loops", "2", "0"], 7);
     let addr = server.tcp_addr();
     let mut served = Vec::new();
     for _ in 0..6 {

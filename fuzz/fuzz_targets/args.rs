@@ -13,14 +13,19 @@ use std::time::Duration;
 fn render(args: &Args) -> Vec<String> {
     let mut line = vec![
         "echo-server".to_owned(),
-        format!("--bind={}", args.bind),
         format!("--max-connections={}", args.max_connections),
         format!("--udp-rate={}", args.udp_rate),
         format!("--udp-burst={}", args.udp_burst),
         format!("--udp-max-datagram={}", args.udp_max_datagram),
         format!("--engine={}", args.engine),
         format!("--thread-connections={}", args.thread_connections),
+        format!("--udp-buffer={}", args.udp_buffer),
+        format!("--reclaim-idle={}", secs_or_off(args.reclaim_idle)),
+        format!("--keepalive={}", secs_or_off(args.keepalive)),
     ];
+    if let Some(n) = args.udp_threads {
+        line.push(format!("--udp-threads={n}"));
+    }
     if let Some(n) = args.event_loops {
         line.push(format!("--event-loops={n}"));
     }
@@ -54,11 +59,21 @@ fn render(args: &Args) -> Vec<String> {
         }
     }
     line.extend((0..args.verbose).map(|_| "--verbose".to_owned()));
-    if let Some(port) = args.port {
+    line.extend(args.bind.iter().map(|b| format!("--bind={b}")));
+    if !args.ports.is_empty() {
         line.push("--".to_owned());
-        line.push(port.to_string());
+        line.extend(args.ports.iter().map(u16::to_string));
     }
     line
+}
+
+/// `off` for zero (how the options spell it), else seconds.
+fn secs_or_off(d: Duration) -> String {
+    if d.is_zero() {
+        "off".to_owned()
+    } else {
+        d.as_secs_f64().to_string()
+    }
 }
 
 /// Seconds go through decimal text: allow the last nanosecond to differ.
@@ -77,12 +92,18 @@ fuzz_target!(|data: &[u8]| {
     let canonical = render(&args);
     let again = Args::try_parse_from(&canonical)
         .unwrap_or_else(|e| panic!("canonical form {canonical:?} does not parse: {e}"));
-    assert_eq!(again.port, args.port);
+    assert_eq!(again.ports, args.ports);
     assert_eq!(again.bind, args.bind);
     assert_eq!(again.udp, args.udp);
     assert_eq!(again.unix, args.unix);
     assert_eq!(again.max_connections, args.max_connections);
     assert_eq!(again.max_per_source, args.max_per_source);
+    assert_eq!(
+        (again.udp_threads, again.udp_buffer),
+        (args.udp_threads, args.udp_buffer)
+    );
+    assert!(close(again.reclaim_idle, args.reclaim_idle));
+    assert!(close(again.keepalive, args.keepalive));
     assert_eq!(
         (again.engine, again.thread_connections, again.event_loops, again.max_threads),
         (args.engine, args.thread_connections, args.event_loops, args.max_threads)

@@ -172,11 +172,23 @@ pub struct Args {
     #[arg(long, value_name = "SECS", value_parser = parse_secs)]
     pub stats_interval: Option<Duration>,
 
+    /// Serve the counters in the Prometheus text format at
+    /// http://ADDR/metrics, on a listener of its own (a port alone means
+    /// 127.0.0.1:PORT) [default: off]
+    #[arg(long, value_name = "ADDR", value_parser = parse_metrics_addr)]
+    pub metrics: Option<SocketAddr>,
+
     /// Print the man page (`man`) or a shell completion script (`bash`,
     /// `zsh`, `fish`) on stdout and exit, e.g. `echo-server --generate man >
     /// echo-server.1`.
     #[arg(long, value_name = "WHAT", value_parser = ["man", "bash", "zsh", "fish"])]
     pub generate: Option<String>,
+
+    /// Log lines as plain text or as JSON objects, one per line (time,
+    /// level, message) for log shippers. The `listening on` lines stay
+    /// plain text either way: scripts wait for them.
+    #[arg(long, value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
 
     /// Log each connection too (repeat for more detail).
     #[arg(short, long, action = clap::ArgAction::Count, conflicts_with = "quiet")]
@@ -199,6 +211,15 @@ fn parse_host(s: &str) -> Result<String, String> {
     } else {
         Err(format!("`{s}` is neither an IP address nor a host name"))
     }
+}
+
+/// `HOST:PORT` with an IP address, or a port alone (loopback).
+fn parse_metrics_addr(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(port) = s.parse::<u16>() {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    s.parse()
+        .map_err(|_| format!("`{s}` is neither a port nor an IP address with a port"))
 }
 
 fn parse_engine(s: &str) -> Result<Engine, String> {
@@ -409,7 +430,7 @@ where
             }
         };
     }
-    Logger::install(args.log_level());
+    Logger::install(args.log_level(), args.log_format == "json");
     match serve(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Usage(msg)) => {
@@ -478,6 +499,26 @@ fn serve(args: &Args) -> Result<(), Failure> {
         builder = builder.inherited_socket(fd);
     }
     let server = builder.build()?;
+    // Bound before anything is announced: a failure leaves nothing bound.
+    let metrics = match args.metrics {
+        Some(addr) => Some(crate::metrics::MetricsServer::start(addr, server.handle())?),
+        None => None,
+    };
+    // Signals are handled from here on: once a `listening on` line is out,
+    // SIGTERM means a clean shutdown, never the default action.
+    let handle = server.handle();
+    let signals = AtomicUsize::new(0);
+    ctrlc::set_handler(move || {
+        if signals.fetch_add(1, Ordering::SeqCst) == 0 {
+            log::info!("shutting down: finishing open connections (signal again to force)");
+            handle.shutdown();
+        } else {
+            log::warn!("second signal: exiting at once");
+            std::process::exit(130);
+        }
+    })
+    .map_err(|e| std::io::Error::other(format!("cannot install signal handler: {e}")))?;
+    log_stats_on_sigusr1(&server.handle());
     for addr in server.listen_addrs() {
         // Not through the logger: this line is the start-up contract and is
         // printed even with --quiet.
@@ -493,19 +534,9 @@ fn serve(args: &Args) -> Result<(), Failure> {
              --bind 0.0.0.0 (IPv4) to accept remote clients"
         );
     }
-    let handle = server.handle();
-    let signals = AtomicUsize::new(0);
-    ctrlc::set_handler(move || {
-        if signals.fetch_add(1, Ordering::SeqCst) == 0 {
-            log::info!("shutting down: finishing open connections (signal again to force)");
-            handle.shutdown();
-        } else {
-            log::warn!("second signal: exiting at once");
-            std::process::exit(130);
-        }
-    })
-    .map_err(|e| std::io::Error::other(format!("cannot install signal handler: {e}")))?;
-    log_stats_on_sigusr1(&server.handle());
+    if let Some(metrics) = &metrics {
+        eprintln!("metrics on http://{}/metrics", metrics.local_addr());
+    }
     // Dropping `stop_reporting` (when `serve` returns) ends the reporter.
     let (stop_reporting, stopped) = std::sync::mpsc::channel::<()>();
     if let Some(every) = args.stats_interval {
@@ -586,16 +617,59 @@ fn raise_fd_limit() {}
 /// with their level. Each line is written whole, so lines from connection
 /// threads never interleave.
 #[derive(Debug)]
-struct Logger;
+struct Logger {
+    json: bool,
+}
 
 impl Logger {
-    fn install(level: log::LevelFilter) {
-        static LOGGER: Logger = Logger;
+    fn install(level: log::LevelFilter, json: bool) {
+        static TEXT: Logger = Logger { json: false };
+        static JSON: Logger = Logger { json: true };
         // Fails only if a logger is already set (tests calling `run` twice).
-        if log::set_logger(&LOGGER).is_ok() {
+        if log::set_logger(if json { &JSON } else { &TEXT }).is_ok() {
             log::set_max_level(level);
         }
     }
+}
+
+/// One JSON object per line, for log shippers: time (UTC, RFC 3339), level,
+/// message.
+fn json_line(level: log::Level, message: &str, now: std::time::SystemTime) -> String {
+    let secs = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let (days, ms_of_day) = ((secs / 86_400_000) as i64, secs % 86_400_000);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (h, m, sec, ms) = (
+        ms_of_day / 3_600_000,
+        ms_of_day / 60_000 % 60,
+        ms_of_day / 1000 % 60,
+        ms_of_day % 1000,
+    );
+    let mut escaped = String::with_capacity(message.len());
+    for c in message.chars() {
+        match c {
+            '"' => escaped.push_str("\\\""),
+            '\\' => escaped.push_str("\\\\"),
+            '\n' => escaped.push_str("\\n"),
+            c if (c as u32) < 0x20 => escaped.push_str(&format!("\\u{:04x}", c as u32)),
+            c => escaped.push(c),
+        }
+    }
+    format!(
+        "{{\"time\":\"{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{sec:02}.{ms:03}Z\",\
+         \"level\":\"{}\",\"message\":\"{escaped}\"}}\n",
+        level.as_str().to_lowercase()
+    )
 }
 
 impl log::Log for Logger {
@@ -608,6 +682,11 @@ impl log::Log for Logger {
             return;
         }
         let line = match record.level() {
+            _ if self.json => json_line(
+                record.level(),
+                &record.args().to_string(),
+                std::time::SystemTime::now(),
+            ),
             log::Level::Info => format!("{}\n", record.args()),
             level => format!("{}: {}\n", level.as_str().to_lowercase(), record.args()),
         };
@@ -700,6 +779,18 @@ mod tests {
             }
         }
         assert!(generate("powershell-2", &mut Vec::new()).is_err());
+    }
+
+    #[test]
+    fn json_log_lines() {
+        let t = std::time::UNIX_EPOCH + Duration::from_millis(1_764_627_000_123);
+        assert_eq!(
+            json_line(log::Level::Warn, "a \"quoted\" \\ line\n\x01", t),
+            "{\"time\":\"2025-12-01T22:10:00.123Z\",\"level\":\"warn\",\
+             \"message\":\"a \\\"quoted\\\" \\\\ line\\n\\u0001\"}\n"
+        );
+        let leap = std::time::UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
+        assert!(json_line(log::Level::Info, "x", leap).contains("2000-02-29T00:00:00.000Z"));
     }
 
     #[test]

@@ -68,6 +68,7 @@ mod unix;
 // 5. The server, its builder, and the command line.
 mod builder;
 pub mod cli;
+pub mod metrics;
 mod server;
 
 #[cfg(test)]

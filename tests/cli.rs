@@ -243,6 +243,46 @@ fn sigusr1_and_stats_interval_log_the_counters() {
     assert_eq!(server.wait_exit().code(), Some(0));
 }
 
+/// --log-format json: every log line is one JSON object, the listening
+/// lines stay plain; --metrics serves the counters beside the echo.
+#[test]
+fn json_logs_and_a_metrics_endpoint_from_the_command_line() {
+    let mut server = Binary::spawn(&["--log-format", "json", "--metrics", "0", "0"]);
+    let addr = server.tcp_addr();
+    let metrics = server.expect_line("the metrics line", |l| l.starts_with("metrics on http://"));
+    let metrics: SocketAddr = metrics["metrics on http://".len()..]
+        .trim_end_matches("/metrics")
+        .parse()
+        .unwrap();
+    assert_eq!(round_trip(connect(addr), b"json".to_vec()), b"json");
+    let mut s = connect(metrics);
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut page = String::new();
+    std::io::Read::read_to_string(&mut s, &mut page).unwrap();
+    assert!(page.contains("echo_server_bytes_echoed_total 4"), "{page}");
+    server.signal(libc::SIGTERM);
+    assert_eq!(server.wait_exit().code(), Some(0));
+    let logs: Vec<&String> = server
+        .seen
+        .iter()
+        .filter(|l| !l.starts_with("listening on ") && !l.starts_with("metrics on "))
+        .collect();
+    assert!(!logs.is_empty());
+    for line in logs {
+        assert!(
+            line.starts_with("{\"time\":\"")
+                && line.contains("\"level\":\"")
+                && line.ends_with("\"}"),
+            "not a JSON log line: {line}"
+        );
+    }
+    assert!(server
+        .seen
+        .iter()
+        .any(|l| l.contains("\"message\":\"shut down: 1 connections")));
+}
+
 /// Collects `--log-data` lines until they add up to `len` bytes (a chunk may
 /// arrive in pieces) and returns the unescaped data. Each line names the
 /// client.

@@ -32,6 +32,9 @@ pub enum Failure {
     Stalled,
     /// A UDP reply to socket `socket` that answers nothing it sent.
     Datagram { socket: u32, fault: Fault },
+    /// `soak`: datagram `seq` of UDP socket `socket` was not answered in
+    /// time (at the soak's low rate on loopback, a dropped datagram).
+    Lost { socket: u32, seq: u64 },
 }
 
 impl Failure {
@@ -66,6 +69,9 @@ impl fmt::Display for Failure {
             ),
             Failure::Stalled => write!(f, "stalled: no answer before the time limit"),
             Failure::Datagram { socket, fault } => write!(f, "UDP socket {socket} got {fault}"),
+            Failure::Lost { socket, seq } => {
+                write!(f, "UDP socket {socket}: datagram {seq} was never answered")
+            }
         }
     }
 }
@@ -223,6 +229,74 @@ impl Conn {
         }
     }
 
+    /// Verifies, without consuming it, the echo queued in the receive
+    /// buffer (`MSG_PEEK`) of a connection that has not read anything yet;
+    /// returns how many echoed bytes are queued. The bytes stay unread, so
+    /// closing afterwards makes the kernel send a reset: a client that
+    /// vanishes without reading its echo, yet whose echo was checked.
+    pub fn peek_echo(&mut self, pattern: &Pattern, buf: &mut [u8]) -> Result<u64, Failure> {
+        debug_assert_eq!(self.echoed, 0, "peek_echo only before any read");
+        let len = buf.len().min(MAX_CHUNK);
+        loop {
+            match self.sock.peek(&mut buf[..len]) {
+                Ok(0) => {
+                    return Err(Failure::Closed {
+                        echoed: 0,
+                        sent: self.sent,
+                    })
+                }
+                Ok(n) => {
+                    let data = &buf[..n];
+                    if n as u64 > self.sent {
+                        return Err(Failure::Excess {
+                            echoed: n as u64,
+                            sent: self.sent,
+                        });
+                    }
+                    let expected = pattern.at(self.base, n);
+                    if data != expected {
+                        let at = data.iter().zip(expected).position(|(a, b)| a != b);
+                        return Err(Failure::Mismatch {
+                            offset: at.unwrap_or(n) as u64,
+                        });
+                    }
+                    return Ok(n as u64);
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(0),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(Failure::Io(e)),
+            }
+        }
+    }
+
+    /// Half-closes: no more bytes will be sent (a FIN goes out), reading
+    /// goes on.
+    pub fn shutdown_write(&mut self) -> Result<(), Failure> {
+        self.sock
+            .shutdown(std::net::Shutdown::Write)
+            .map_err(Failure::Io)
+    }
+
+    /// After every echo has been read on a half-closed connection: waits for
+    /// the server's end of stream. `Done` on EOF; any further byte is one the
+    /// server invented.
+    pub fn read_eof(&mut self, buf: &mut [u8]) -> Result<Step, Failure> {
+        loop {
+            match self.sock.read(buf) {
+                Ok(0) => return Ok(Step::Done),
+                Ok(n) => {
+                    return Err(Failure::Excess {
+                        echoed: self.echoed + n as u64,
+                        sent: self.sent,
+                    })
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(Step::Blocked),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(Failure::Io(e)),
+            }
+        }
+    }
+
     /// Checks freshly read bytes against what was sent at those offsets.
     fn verify(&mut self, pattern: &Pattern, data: &[u8]) -> Result<(), Failure> {
         let n = data.len() as u64;
@@ -248,7 +322,7 @@ impl Conn {
     }
 
     /// Closes with SO_LINGER 0, i.e. a reset instead of FIN. Used by the
-    /// connection-rate mode only: the side that closes first keeps the
+    /// connection-rate mode (and by `soak`'s resetting clients): the side that closes first keeps the
     /// connection in TIME_WAIT for a minute, and thousands of short
     /// connections per second to one address would use up the ~28,000
     /// ephemeral ports within seconds. The echo has been verified by then,

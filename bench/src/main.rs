@@ -2,15 +2,17 @@
 //! that checks every byte it gets back.
 //!
 //! Modes: `pingpong` (round-trip latency), `bulk` (throughput), `connrate`
-//! (connections per second), `hold` (many idle connections) and `udp`
-//! (datagrams answered per second, latency and loss). It only ever talks to
-//! `--addr`, and every run ends by itself: after `--duration`, plus at most
-//! 10 s to drain or give up on a stalled server.
+//! (connections per second), `hold` (many idle connections), `udp`
+//! (datagrams answered per second, latency and loss) and `soak` (a bounded
+//! mix of all of them, for leak hunting). It only ever talks to `--addr`
+//! (and, in `soak`, `--udp-addr`), and every run ends by itself: after
+//! `--duration`, plus at most 10 s to drain or give up on a stalled server.
 //!
 //! Exit status: 0 on success; 1 if an echoed byte was wrong (over UDP: a
-//! reply of the wrong size, corrupted, duplicated or for another socket) or
-//! nothing could be measured (e.g. connection refused); 2 on a usage error.
-//! Lost datagrams are counted and reported, not an error by themselves.
+//! reply of the wrong size, corrupted, duplicated or for another socket),
+//! nothing could be measured (e.g. connection refused) or, in `soak`, any
+//! error at all; 2 on a usage error. Lost datagrams are counted and
+//! reported, not an error by themselves (except in `soak`).
 //!
 //! This file only parses arguments and dispatches; see `modes` for the
 //! event loops, `conn` for the per-connection checks, `report` for output.
@@ -43,8 +45,12 @@ const MAX_DURATION_SECS: f64 = 7.0 * 24.0 * 3600.0;
     after_help = "Every run ends by itself: after --duration, plus at most 10 s to drain \
         in-flight echoes or give up on a stalled server.\n\
         Exit status: 0 ok, 1 wrong bytes echoed (udp: a reply of the wrong size, corrupted, \
-        duplicated or for another socket) or nothing measured, 2 usage error. \
-        Lost datagrams are reported, not an error."
+        duplicated or for another socket) or nothing measured (soak: or any error), 2 usage \
+        error. Lost datagrams are reported, not an error (soak: they are).\n\
+        soak runs, on one thread: up to 48 churning connections (plain close, reset, \
+        half-close, vanish; at most 200 new a second), 2 bulk streams of 4 MiB at 16 MiB/s, \
+        100 idle connections held throughout, and with --udp-addr 4 UDP sockets at up to \
+        40 datagrams/s each."
 )]
 struct Cli {
     /// What to measure.
@@ -115,6 +121,10 @@ struct Cli {
     #[arg(long)]
     idle_until_stdin: bool,
 
+    /// The server's UDP address, to add datagrams to the mix (soak).
+    #[arg(long, value_name = "ADDR")]
+    udp_addr: Option<SocketAddr>,
+
     /// Print one line of JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -138,6 +148,15 @@ fn main() -> ExitCode {
             .error(
                 clap::error::ErrorKind::ArgumentConflict,
                 "--sources above 1 needs an IPv4 loopback --addr (127.x.x.x)",
+            )
+            .exit();
+    }
+    if cli.udp_addr.is_some() && cli.mode != Mode::Soak {
+        use clap::CommandFactory as _;
+        Cli::command()
+            .error(
+                clap::error::ErrorKind::ArgumentConflict,
+                "--udp-addr is for soak only (udp mode takes the server's address as --addr)",
             )
             .exit();
     }
@@ -169,6 +188,7 @@ fn main() -> ExitCode {
         sockets: cli.sockets as usize,
         inflight: cli.inflight as usize,
         loss_timeout: Duration::from_millis(cli.loss_timeout_ms),
+        udp_addr: cli.udp_addr,
     };
     limits::ensure_descriptors(cfg.units());
 
@@ -205,7 +225,9 @@ fn main() -> ExitCode {
     if !measured {
         eprintln!("echo-bench: nothing was measured");
     }
-    if summary.tally.verify_errors > 0 || !measured {
+    // A soak is about things going wrong over time: any error fails it.
+    let soak_failed = cfg.mode == Mode::Soak && summary.tally.errors > 0;
+    if summary.tally.verify_errors > 0 || !measured || soak_failed {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS

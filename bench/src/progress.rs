@@ -35,12 +35,13 @@ struct Totals {
 }
 
 impl Progress {
-    /// Mode-specific unit count (round trips, connections made, held).
+    /// Mode-specific unit count (round trips, connections made, held,
+    /// connections churned).
     pub fn count(&self, n: u64) {
         self.count.store(n, Relaxed);
     }
 
-    /// Bytes echoed (bulk).
+    /// Bytes echoed (bulk, soak's bulk streams).
     pub fn bytes(&self, n: u64) {
         self.bytes.store(n, Relaxed);
     }
@@ -54,7 +55,7 @@ impl Progress {
         self.errors.store(n, Relaxed);
     }
 
-    /// Datagrams lost so far (udp).
+    /// Datagrams lost so far (udp, soak).
     pub fn lost(&self, n: u64) {
         self.lost.store(n, Relaxed);
     }
@@ -113,6 +114,13 @@ fn print_loop(mode: Mode, progress: &[Progress], done: &Receiver<()>) {
                 "udp {secs}s: {} answered, {}/s, {} lost",
                 now.count,
                 now.count.saturating_sub(last.count),
+                now.lost
+            ),
+            Mode::Soak => format!(
+                "soak {secs}s: {} connections churned, {:.1} MiB bulk, {} idle, {} datagrams lost",
+                now.count,
+                now.bytes as f64 / MIB,
+                now.open,
                 now.lost
             ),
         };

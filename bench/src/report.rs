@@ -56,7 +56,7 @@ fn fields(cfg: &Config, s: &Summary) -> Fields {
         "connections",
         "connections",
         null_unless(
-            !matches!(cfg.mode, Mode::Connrate | Mode::Udp),
+            !matches!(cfg.mode, Mode::Connrate | Mode::Udp | Mode::Soak),
             Value::from(cfg.connections),
         ),
         "",
@@ -64,7 +64,7 @@ fn fields(cfg: &Config, s: &Summary) -> Fields {
     let size = match cfg.mode {
         Mode::Pingpong | Mode::Udp => Value::from(cfg.size),
         Mode::Connrate | Mode::Hold => Value::from(SMALL_MESSAGE),
-        Mode::Bulk => Value::Null,
+        Mode::Bulk | Mode::Soak => Value::Null,
     };
     f.add("size", "message size", size, "B");
     f.add(
@@ -189,6 +189,7 @@ fn fields(cfg: &Config, s: &Summary) -> Fields {
             f.add("held", "held", Value::from(s.count), "");
             f.add("failed", "failed", Value::from(s.failed), "");
         }
+        Mode::Soak => soak_fields(&mut f, cfg, s, secs),
     }
     f.add("errors", "errors", Value::from(s.tally.errors), "");
     f.add(
@@ -198,6 +199,75 @@ fn fields(cfg: &Config, s: &Summary) -> Fields {
         "",
     );
     f
+}
+
+/// What a soak run did, per kind, and the totals a server's own counters
+/// can be checked against.
+fn soak_fields(f: &mut Fields, cfg: &Config, s: &Summary, secs: f64) {
+    let k = &s.soak;
+    let udp = cfg.udp_addr.is_some();
+    let udp_only = |v: u64| if udp { Value::from(v) } else { Value::Null };
+    f.add(
+        "udp_addr",
+        "UDP address",
+        cfg.udp_addr
+            .map_or(Value::Null, |a| Value::from(a.to_string())),
+        "",
+    );
+    f.add("churned", "churned", Value::from(k.churned()), "");
+    f.add(
+        "churned_per_sec",
+        "churned/s",
+        per_sec(k.churned() as f64, secs),
+        "",
+    );
+    f.add("churn_plain", "  plain close", Value::from(k.plain), "");
+    f.add("churn_reset", "  reset", Value::from(k.reset), "");
+    f.add(
+        "churn_half_close",
+        "  half-close",
+        Value::from(k.half_close),
+        "",
+    );
+    f.add("churn_vanish", "  vanished", Value::from(k.vanish), "");
+    f.add(
+        "bulk_streams",
+        "bulk streams",
+        Value::from(k.bulk_streams),
+        "",
+    );
+    f.add("bulk_bytes", "bulk bytes", Value::from(k.bulk_bytes), "");
+    f.add("idle_opened", "idle opened", Value::from(k.idle_opened), "");
+    f.add("idle_held", "idle held", Value::from(k.idle_held), "");
+    f.add("udp_sent", "datagrams sent", udp_only(k.udp_sent), "");
+    f.add("udp_answered", "answered", udp_only(k.udp_answered), "");
+    f.add("udp_lost", "lost", udp_only(k.udp_lost), "");
+    f.add("udp_late", "late", udp_only(k.udp_late), "");
+    f.add("udp_bytes", "datagram bytes", udp_only(k.udp_bytes), "");
+    f.add(
+        "tcp_connections",
+        "TCP connections",
+        Value::from(k.connections),
+        "",
+    );
+    f.add(
+        "bytes_sent",
+        "TCP bytes sent",
+        Value::from(k.bytes_sent),
+        "",
+    );
+    f.add(
+        "bytes_echoed",
+        "TCP bytes echoed",
+        Value::from(k.bytes_echoed),
+        "",
+    );
+    f.add(
+        "bytes_abandoned",
+        "bytes abandoned",
+        Value::from(k.abandoned()),
+        "",
+    );
 }
 
 /// The single-line JSON report.

@@ -1,4 +1,4 @@
-//! The five load patterns and what they share: the per-thread event loop,
+//! The six load patterns and what they share: the per-thread event loop,
 //! the paced connect phase, error tallies and merging thread results.
 //!
 //! Each worker thread owns its own `mio::Poll`, its slice of the
@@ -11,6 +11,7 @@ pub mod bulk;
 pub mod connrate;
 pub mod hold;
 pub mod pingpong;
+pub mod soak;
 pub mod udp;
 
 use crate::conn::{Conn, Failure, Step};
@@ -59,6 +60,9 @@ pub enum Mode {
     Hold,
     /// UDP datagram echo: N sockets with K datagrams in flight each.
     Udp,
+    /// Leak hunting: churning, resetting, half-closing and vanishing
+    /// clients, bulk streams, idle connections and datagrams, all at once.
+    Soak,
 }
 
 impl Mode {
@@ -69,6 +73,7 @@ impl Mode {
             Mode::Connrate => "connrate",
             Mode::Hold => "hold",
             Mode::Udp => "udp",
+            Mode::Soak => "soak",
         }
     }
 }
@@ -95,6 +100,8 @@ pub struct Config {
     pub sockets: usize,
     pub inflight: usize,
     pub loss_timeout: Duration,
+    /// `soak`: the server's UDP address, if datagrams are to be part of it.
+    pub udp_addr: Option<SocketAddr>,
 }
 
 impl Config {
@@ -104,12 +111,17 @@ impl Config {
         match self.mode {
             Mode::Connrate => self.parallel,
             Mode::Udp => self.sockets,
+            Mode::Soak => soak::units(self.udp_addr.is_some()),
             _ => self.connections,
         }
     }
 
-    /// Threads actually used: never more than there are units to split.
+    /// Threads actually used: never more than there are units to split
+    /// (`soak` runs its whole mix on one).
     pub fn effective_threads(&self) -> usize {
+        if self.mode == Mode::Soak {
+            return 1;
+        }
         self.threads.clamp(1, self.units().max(1))
     }
 
@@ -290,6 +302,8 @@ pub struct Outcome {
     pub hist: Option<Histogram<u64>>,
     /// Datagram counters (udp).
     pub udp: udp::Counts,
+    /// Per-kind counters (soak).
+    pub soak: soak::Counts,
 }
 
 impl Outcome {
@@ -304,6 +318,7 @@ impl Outcome {
             opened: 0,
             hist: None,
             udp: udp::Counts::default(),
+            soak: soak::Counts::default(),
         }
     }
 
@@ -330,6 +345,7 @@ pub struct Summary {
     pub all_open: Option<Duration>,
     pub hist: Option<Histogram<u64>>,
     pub udp: udp::Counts,
+    pub soak: soak::Counts,
 }
 
 impl Summary {
@@ -435,6 +451,7 @@ fn merge(threads: usize, outcomes: Vec<Outcome>) -> Summary {
         all_open: None,
         hist: None,
         udp: udp::Counts::default(),
+        soak: soak::Counts::default(),
     };
     for o in outcomes {
         summary.tally.merge(o.tally);
@@ -443,6 +460,7 @@ fn merge(threads: usize, outcomes: Vec<Outcome>) -> Summary {
         summary.failed += o.failed;
         summary.opened += o.opened;
         summary.udp.add(&o.udp);
+        summary.soak.add(&o.soak);
         summary.hist = match (summary.hist.take(), o.hist) {
             (Some(mut all), Some(h)) => {
                 // Same bounds everywhere, so adding cannot fail; if it
@@ -473,6 +491,7 @@ fn worker(ctx: &Ctx, ids: Range<usize>) -> Outcome {
         Mode::Bulk => bulk::run(ctx, ids, &mut lp),
         Mode::Connrate => connrate::run(ctx, ids, &mut lp),
         Mode::Hold => hold::run(ctx, ids, &mut lp),
+        Mode::Soak => soak::run(ctx, &mut lp),
         Mode::Udp => unreachable!("handled above"),
     }
 }

@@ -301,7 +301,7 @@ impl Run<'_> {
 /// A nonblocking UDP socket on a loopback port (or any address, for a
 /// non-loopback server) connected to `addr`, with a receive buffer for
 /// `want` bytes if the system allows it.
-fn open(addr: SocketAddr, want: usize) -> io::Result<UdpSocket> {
+pub(super) fn open(addr: SocketAddr, want: usize) -> io::Result<UdpSocket> {
     let local = match addr {
         SocketAddr::V4(a) if a.ip().is_loopback() => SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
         SocketAddr::V4(_) => SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),

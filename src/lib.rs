@@ -46,6 +46,7 @@ mod rate_limit;
 mod settings;
 mod shutdown;
 mod source;
+mod sync;
 mod thread_budget;
 // 2. Shared state: counters, limits, the stream type, the connection table.
 mod context;
@@ -71,6 +72,8 @@ pub mod cli;
 pub mod metrics;
 mod server;
 
+#[cfg(all(test, shuttle))]
+mod model_tests;
 #[cfg(test)]
 mod properties;
 #[cfg(any(test, feature = "scripted"))]

@@ -8,10 +8,10 @@
 //! is refused and nothing is lost.
 
 use crate::shutdown::Shutdown;
+use crate::sync::{Arc, AtomicUsize, Condvar, Mutex, MutexGuard, PoisonError};
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicUsize, Ordering::AcqRel, Ordering::Acquire};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::Ordering::{AcqRel, Acquire};
 use std::time::Duration;
 
 #[derive(Debug)]

@@ -7,8 +7,8 @@
 //! shutdown request reaches all of them at once instead of after a poll
 //! interval.
 
+use crate::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::fmt;
-use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 type Waker = Box<dyn Fn() + Send + Sync>;

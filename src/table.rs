@@ -4,9 +4,9 @@
 
 use crate::stats::Counters;
 use crate::stream::Stream;
+use crate::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::collections::HashMap;
 use std::net::Shutdown;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -75,6 +75,15 @@ impl ConnectionTable {
     #[cfg(test)]
     pub(crate) fn unjoined(&self) -> usize {
         self.lock().finished.len()
+    }
+
+    /// The number of live connections and the `active` counter, read under
+    /// one lock: the model checks assert that they agree.
+    #[cfg(all(test, shuttle))]
+    pub(crate) fn live_and_active(&self, counters: &Counters) -> (usize, u64) {
+        let table = self.lock();
+        let active = counters.active.load(std::sync::atomic::Ordering::Relaxed);
+        (table.live.len(), active)
     }
 
     pub(crate) fn remove(&self, id: u64, counters: &Counters) {

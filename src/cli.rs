@@ -634,7 +634,12 @@ impl Logger {
 
 /// One JSON object per line, for log shippers: time (UTC, RFC 3339), level,
 /// message.
-fn json_line(level: log::Level, message: &str, now: std::time::SystemTime) -> String {
+fn json_line(
+    level: log::Level,
+    message: &str,
+    fields: &[(String, String)],
+    now: std::time::SystemTime,
+) -> String {
     let secs = now
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis());
@@ -655,21 +660,30 @@ fn json_line(level: log::Level, message: &str, now: std::time::SystemTime) -> St
         ms_of_day / 1000 % 60,
         ms_of_day % 1000,
     );
-    let mut escaped = String::with_capacity(message.len());
-    for c in message.chars() {
-        match c {
-            '"' => escaped.push_str("\\\""),
-            '\\' => escaped.push_str("\\\\"),
-            '\n' => escaped.push_str("\\n"),
-            c if (c as u32) < 0x20 => escaped.push_str(&format!("\\u{:04x}", c as u32)),
-            c => escaped.push(c),
+    let escape = |text: &str| {
+        let mut escaped = String::with_capacity(text.len());
+        for c in text.chars() {
+            match c {
+                '"' => escaped.push_str("\\\""),
+                '\\' => escaped.push_str("\\\\"),
+                '\n' => escaped.push_str("\\n"),
+                c if (c as u32) < 0x20 => escaped.push_str(&format!("\\u{:04x}", c as u32)),
+                c => escaped.push(c),
+            }
         }
-    }
-    format!(
+        escaped
+    };
+    let mut line = format!(
         "{{\"time\":\"{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{sec:02}.{ms:03}Z\",\
-         \"level\":\"{}\",\"message\":\"{escaped}\"}}\n",
-        level.as_str().to_lowercase()
-    )
+         \"level\":\"{}\",\"message\":\"{}\"",
+        level.as_str().to_lowercase(),
+        escape(message)
+    );
+    for (key, value) in fields {
+        line.push_str(&format!(",\"{}\":\"{}\"", escape(key), escape(value)));
+    }
+    line.push_str("}\n");
+    line
 }
 
 impl log::Log for Logger {
@@ -682,11 +696,28 @@ impl log::Log for Logger {
             return;
         }
         let line = match record.level() {
-            _ if self.json => json_line(
-                record.level(),
-                &record.args().to_string(),
-                std::time::SystemTime::now(),
-            ),
+            _ if self.json => {
+                /// Collects a record's fields (peer, bytes, reason) as text.
+                struct Fields(Vec<(String, String)>);
+                impl<'kvs> log::kv::VisitSource<'kvs> for Fields {
+                    fn visit_pair(
+                        &mut self,
+                        key: log::kv::Key<'kvs>,
+                        value: log::kv::Value<'kvs>,
+                    ) -> Result<(), log::kv::Error> {
+                        self.0.push((key.to_string(), value.to_string()));
+                        Ok(())
+                    }
+                }
+                let mut fields = Fields(Vec::new());
+                let _ = record.key_values().visit(&mut fields);
+                json_line(
+                    record.level(),
+                    &record.args().to_string(),
+                    &fields.0,
+                    std::time::SystemTime::now(),
+                )
+            }
             log::Level::Info => format!("{}\n", record.args()),
             level => format!("{}: {}\n", level.as_str().to_lowercase(), record.args()),
         };
@@ -785,12 +816,18 @@ mod tests {
     fn json_log_lines() {
         let t = std::time::UNIX_EPOCH + Duration::from_millis(1_764_627_000_123);
         assert_eq!(
-            json_line(log::Level::Warn, "a \"quoted\" \\ line\n\x01", t),
+            json_line(log::Level::Warn, "a \"quoted\" \\ line\n\x01", &[], t),
             "{\"time\":\"2025-12-01T22:10:00.123Z\",\"level\":\"warn\",\
              \"message\":\"a \\\"quoted\\\" \\\\ line\\n\\u0001\"}\n"
         );
         let leap = std::time::UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
-        assert!(json_line(log::Level::Info, "x", leap).contains("2000-02-29T00:00:00.000Z"));
+        assert!(json_line(log::Level::Info, "x", &[], leap).contains("2000-02-29T00:00:00.000Z"));
+        let fields = [
+            ("peer".to_owned(), "127.0.0.1:5".to_owned()),
+            ("bytes".to_owned(), "3".to_owned()),
+        ];
+        assert!(json_line(log::Level::Debug, "m", &fields, t)
+            .ends_with(",\"peer\":\"127.0.0.1:5\",\"bytes\":\"3\"}\n"));
     }
 
     #[test]

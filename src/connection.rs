@@ -123,22 +123,30 @@ impl Connection {
             // `shutdown(Write)` first: the receive queue is empty after end
             // of file, so the close cannot turn into a reset, and the call
             // would cost a system call per connection.
-            Outcome::Finished(n) => log::debug!("{peer}: closed after echoing {n} bytes"),
+            Outcome::Finished(n) => {
+                log::debug!(peer:% = peer, bytes = n, reason = "done"; "{peer}: closed after echoing {n} bytes")
+            }
             Outcome::TimedOut(Op::Read) => {
                 Counters::add(&ctx.counters.idle_timeouts, 1);
-                log::debug!("{peer}: idle timeout, closing");
+                log::debug!(peer:% = peer, reason = "idle_timeout"; "{peer}: idle timeout, closing");
             }
             Outcome::TimedOut(Op::Write) => {
                 Counters::add(&ctx.counters.write_timeouts, 1);
-                log::debug!("{peer}: not reading its echo (write timeout), closing");
+                log::debug!(
+                    peer:% = peer, reason = "write_timeout";
+                    "{peer}: not reading its echo (write timeout), closing"
+                );
             }
             Outcome::Failed(e) if crate::stream::is_vanished(&e) => {
                 Counters::add(&ctx.counters.keepalive_closed, 1);
-                log::debug!("{peer}: vanished (no answer to keepalive), closing");
+                log::debug!(
+                    peer:% = peer, reason = "keepalive";
+                    "{peer}: vanished (no answer to keepalive), closing"
+                );
             }
             // Resets and broken pipes are the client's business; not worth
             // more than a debug line.
-            Outcome::Failed(e) => log::debug!("{peer}: {e}"),
+            Outcome::Failed(e) => log::debug!(peer:% = peer, reason:% = e; "{peer}: {e}"),
         }
     }
 }

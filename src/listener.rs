@@ -199,7 +199,10 @@ impl StreamListener {
                         Some(slot) => source_slot = Some(slot),
                         None => {
                             Counters::add(&ctx.counters.refused_per_source, 1);
-                            log::debug!("{}: {peer} is at the per-source cap, closed", self.addr);
+                            log::debug!(
+                                peer:% = peer, reason = "per_source_cap";
+                                "{}: {peer} is at the per-source cap, closed", self.addr
+                            );
                             reset(socket);
                             continue;
                         }

@@ -148,7 +148,10 @@ impl Read for Metered<'_> {
             activity.last.store(now_ms(), Relaxed);
         }
         if self.log_data && n > 0 {
-            log::info!("{} sent {n} bytes: \"{}\"", self.peer, escape(&buf[..n]));
+            log::info!(
+                peer:% = self.peer, bytes = n;
+                "{} sent {n} bytes: \"{}\"", self.peer, escape(&buf[..n])
+            );
         }
         Ok(n)
     }

@@ -247,7 +247,7 @@ fn sigusr1_and_stats_interval_log_the_counters() {
 /// lines stay plain; --metrics serves the counters beside the echo.
 #[test]
 fn json_logs_and_a_metrics_endpoint_from_the_command_line() {
-    let mut server = Binary::spawn(&["--log-format", "json", "--metrics", "0", "0"]);
+    let mut server = Binary::spawn(&["--log-format", "json", "--log-data", "--metrics", "0", "0"]);
     let addr = server.tcp_addr();
     let metrics = server.expect_line("the metrics line", |l| l.starts_with("metrics on http://"));
     let metrics: SocketAddr = metrics["metrics on http://".len()..]

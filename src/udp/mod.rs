@@ -268,7 +268,10 @@ fn serve_socket(socket: &Socket, addr: &ListenAddr, reply_from_arrival: bool, ct
             });
             if let Err(refusal) = verdict {
                 counters.refused(refusal);
-                log::debug!("{addr}: no answer to {source}: {refusal:?}");
+                log::debug!(
+                    peer:% = source, reason:? = refusal;
+                    "{addr}: no answer to {source}: {refusal:?}"
+                );
                 continue;
             }
             replies.push(index, |reply| {

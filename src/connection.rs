@@ -107,6 +107,7 @@ impl Connection {
         Metered {
             stream: &self.stream,
             counters: &ctx.counters,
+            faults: &ctx.faults,
             log_data: ctx.settings.log_data,
             peer: &self.peer,
             last_op: Op::Read,

@@ -1,6 +1,7 @@
 //! The state every accept loop, engine and connection shares: settings,
 //! counters, the shutdown flag, the limits and the connection table.
 
+use crate::fault::Faults;
 use crate::limit::{ConnectionLimit, SourceCap};
 use crate::rate_limit::SourceBuckets;
 use crate::settings::Settings;
@@ -21,6 +22,8 @@ pub(crate) struct Context {
     /// The UDP rate limit: one set of buckets for every UDP socket and
     /// thread, so a source spraying several of them gets one budget.
     pub(crate) udp_buckets: Option<Mutex<SourceBuckets>>,
+    /// Errors injected by unit tests (nothing in other builds).
+    pub(crate) faults: Faults,
 }
 
 impl Context {
@@ -39,6 +42,7 @@ impl Context {
             shutdown,
             limit,
             table: ConnectionTable::default(),
+            faults: Faults::default(),
         }
     }
 }

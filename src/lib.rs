@@ -42,6 +42,7 @@
 // 1. The echo core and plain values: no other module of the crate.
 mod echo;
 mod escape;
+mod fault;
 mod rate_limit;
 mod settings;
 mod shutdown;

@@ -172,7 +172,11 @@ impl StreamListener {
             let Some(permit) = ctx.limit.acquire_or(&ctx.shutdown, limit_reached, reclaim) else {
                 break;
             };
-            let (socket, addr) = match self.socket.accept() {
+            let accepted = match ctx.faults.take(crate::fault::Point::Accept) {
+                Some(injected) => Err(injected),
+                None => self.socket.accept(),
+            };
+            let (socket, addr) = match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {
                     drop(permit);

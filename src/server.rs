@@ -98,6 +98,12 @@ impl Server {
         self.listeners.iter().map(Listener::addr)
     }
 
+    /// The shared state, for tests that inject faults.
+    #[cfg(test)]
+    pub(crate) fn context(&self) -> Arc<Context> {
+        Arc::clone(&self.ctx)
+    }
+
     /// A handle to stop the server and read its counters.
     pub fn handle(&self) -> ServerHandle {
         ServerHandle {

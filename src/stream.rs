@@ -130,6 +130,7 @@ pub(crate) enum Op {
 pub(crate) struct Metered<'a> {
     pub(crate) stream: &'a Stream,
     pub(crate) counters: &'a Counters,
+    pub(crate) faults: &'a crate::fault::Faults,
     pub(crate) log_data: bool,
     pub(crate) peer: &'a Peer,
     pub(crate) last_op: Op,
@@ -160,6 +161,9 @@ impl Read for Metered<'_> {
 impl Write for Metered<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.last_op = Op::Write;
+        if let Some(injected) = self.faults.take(crate::fault::Point::Send) {
+            return Err(injected);
+        }
         let n = { self.stream }.write(buf)?;
         self.stream.1.last.store(now_ms(), Relaxed);
         Counters::add(&self.counters.bytes_echoed, n as u64);

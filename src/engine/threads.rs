@@ -24,6 +24,9 @@ pub(crate) const STACK_SIZE: usize = 64 * 1024;
 pub(crate) fn spawn(conn: Connection) -> Result<(), (Connection, io::Error)> {
     let id = conn.id();
     let ctx = Arc::clone(conn.ctx());
+    if let Some(injected) = ctx.faults.take(crate::fault::Point::Spawn) {
+        return Err((conn, injected));
+    }
     // Passed through a cell rather than moved into the closure: if the
     // spawn fails, the closure is dropped and the connection is still ours.
     let cell = Arc::new(Mutex::new(Some(conn)));

@@ -28,7 +28,7 @@ enum Behaviour {
     DropEvery(u64),
     /// Answer every k-th datagram only after this long.
     DelayEvery(u64, Duration),
-    /// Send the answer to every k-th datagram to the client before.
+    /// Send the answer to every k-th datagram to another client.
     MisdeliverEvery(u64),
 }
 
@@ -67,7 +67,10 @@ impl Drop for UdpEcho {
 fn serve(sock: &UdpSocket, behaviour: Behaviour, stop: &AtomicBool) {
     let mut buf = vec![0u8; 65536];
     let mut n = 0u64;
-    let mut last_peer: Option<SocketAddr> = None;
+    // Every client socket seen so far: a misdelivery goes to one that is not
+    // the sender (the last sender alone may be the same socket every time,
+    // as batched sends arrive in runs).
+    let mut peers: Vec<SocketAddr> = Vec::new();
     let mut delayed: VecDeque<(Instant, Vec<u8>, SocketAddr)> = VecDeque::new();
     // Bounded: the test ends within seconds and sets `stop`.
     while !stop.load(Ordering::SeqCst) {
@@ -114,14 +117,17 @@ fn serve(sock: &UdpSocket, behaviour: Behaviour, stop: &AtomicBool) {
                 }
             }
             Behaviour::MisdeliverEvery(k) => {
-                let to = match last_peer {
-                    Some(other) if every(k) && other != peer => other,
+                let other = peers.iter().copied().find(|p| *p != peer);
+                let to = match other {
+                    Some(other) if every(k) => other,
                     _ => peer,
                 };
                 let _ = sock.send_to(data, to);
             }
         }
-        last_peer = Some(peer);
+        if !peers.contains(&peer) {
+            peers.push(peer);
+        }
     }
 }
 

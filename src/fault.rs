@@ -173,9 +173,21 @@ mod tests {
     }
 
     #[test]
-    fn a_refused_thread_closes_that_connection_under_threads() {
+    fn a_thread_refused_once_is_tried_again_under_threads() {
         let s = start(Engine::Threads);
         s.ctx.faults.inject_os(Point::Spawn, libc::EAGAIN);
+        assert!(echoes(s.addr, b"served after a retry"));
+        let stats = s.handle.stats();
+        assert_eq!((stats.thread_refused, stats.active_threads), (0, 1));
+    }
+
+    #[test]
+    fn a_thread_refused_every_time_closes_that_connection_under_threads() {
+        let s = start(Engine::Threads);
+        // The first attempt and every retry fail.
+        for _ in 0..=crate::engine::SPAWN_RETRIES {
+            s.ctx.faults.inject_os(Point::Spawn, libc::EAGAIN);
+        }
         let mut refused = connect(s.addr);
         let _ = refused.write_all(b"x");
         let mut buf = [0u8; 1];

@@ -62,7 +62,7 @@ impl Engines {
                 Ok(()) => return Ok(()),
                 Err((back, e)) => {
                     if self.engine == Engine::Threads {
-                        return Err(refuse(back, e));
+                        return spawn_retried(back, e);
                     }
                     log::debug!(
                         "{}: no thread ({e}), serving it on an event loop",
@@ -99,6 +99,27 @@ impl Engines {
         }
     }
 }
+
+/// Under `threads`, a refused spawn is tried again a few times before the
+/// connection is refused: a connection frees its slot just before its
+/// thread has quite exited, so at the OS's thread limit the next spawn can
+/// fail for a few microseconds. (Under `auto` the event loops take it.)
+fn spawn_retried(mut conn: Connection, mut error: io::Error) -> Result<(), Refused> {
+    for delay_ms in SPAWN_RETRIES_MS {
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        match threads::spawn(conn) {
+            Ok(()) => return Ok(()),
+            Err((back, e)) => (conn, error) = (back, e),
+        }
+    }
+    Err(refuse(conn, error))
+}
+
+/// Waits between spawn attempts: 31 ms in all at most.
+const SPAWN_RETRIES_MS: [u64; SPAWN_RETRIES] = [1, 2, 4, 8, 16];
+
+/// Spawn attempts after the first, under `threads`.
+pub(crate) const SPAWN_RETRIES: usize = 5;
 
 /// Closes `conn` (dropping it frees its slots) and counts it.
 fn refuse(conn: Connection, e: io::Error) -> Refused {

@@ -448,12 +448,10 @@ impl ServerBuilder {
         let threads = budget
             .threads
             .min(self.settings.max_threads.unwrap_or(usize::MAX));
-        let events = cfg!(unix);
+        // Without event loops (not Unix), `auto` serves everything on threads.
+        let only_threads = self.settings.engine == Engine::Threads || !cfg!(unix);
         match self.settings.engine {
-            Engine::Threads | Engine::Auto if !events => {
-                (self.clamped(threads, budget), self.max_connections)
-            }
-            Engine::Threads => (self.clamped(threads, budget), self.max_connections),
+            _ if only_threads => (self.clamped(threads, budget), self.max_connections),
             Engine::Events => (self.max_connections, 0),
             _ => (
                 self.max_connections,

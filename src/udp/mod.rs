@@ -113,8 +113,8 @@ impl DatagramSocket {
     }
 
     /// Wakes every thread blocked in `recv`: on Linux, shutting down the
-    /// read side of each socket makes its `recv` return at once; and, for
-    /// other systems, an empty datagram to ourselves.
+    /// read side of each socket makes its `recv` return at once; elsewhere
+    /// (one socket per address), an empty datagram to ourselves.
     pub(crate) fn waker(&self) -> impl Fn() + Send + Sync + 'static {
         let target = match &self.addr {
             ListenAddr::Udp(addr) => Some(listener::connectable(*addr)),
@@ -132,6 +132,9 @@ impl DatagramSocket {
             for socket in &handles {
                 // Fails with ENOTCONN but wakes the receiver all the same.
                 let _ = socket.shutdown(std::net::Shutdown::Read);
+            }
+            if !handles.is_empty() {
+                return;
             }
             let Some(target) = target else { return };
             let any = SocketAddr::new(

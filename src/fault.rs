@@ -176,7 +176,13 @@ mod tests {
     fn a_thread_refused_once_is_tried_again_under_threads() {
         let s = start(Engine::Threads);
         s.ctx.faults.inject_os(Point::Spawn, libc::EAGAIN);
-        assert!(echoes(s.addr, b"served after a retry"));
+        // The client stays connected while the gauge is read: once it
+        // closes, its thread may end before `stats()` runs.
+        let mut client = connect(s.addr);
+        client.write_all(b"served after a retry").unwrap();
+        let mut back = [0u8; 20];
+        client.read_exact(&mut back).unwrap();
+        assert_eq!(&back, b"served after a retry");
         let stats = s.handle.stats();
         assert_eq!((stats.thread_refused, stats.active_threads), (0, 1));
     }

@@ -8,6 +8,7 @@ use echo_server::Engine;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt;
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 use support::*;
@@ -242,36 +243,46 @@ fn a_client_that_sends_256_mib_before_reading_gets_it_all_back(engine: Engine) {
     let pid = server.child.id();
     let base = rss_kib(pid);
     let total: usize = 256 << 20;
+    // Byte `j` of MiB `i` is `(i * 31 + j) as u8`: MiB `i` is the slice of
+    // `pattern` that starts at `i * 31 % 256`. Writing and checking whole
+    // slices keeps this test fast in debug builds (no loop per byte).
+    let pattern: Arc<Vec<u8>> = Arc::new((0..(1usize << 20) + 256).map(|k| k as u8).collect());
+    let mib = |i: usize| (i * 31) % 256..(i * 31) % 256 + (1 << 20);
     let s = connect(addr);
     let mut reader = s.try_clone().unwrap();
-    let writer = thread::spawn(move || {
-        let mut s = s;
-        let mut block = vec![0u8; 1 << 20];
-        for i in 0..total >> 20 {
-            block
-                .iter_mut()
-                .enumerate()
-                .for_each(|(j, b)| *b = (i * 31 + j) as u8);
-            s.write_all(&block).unwrap();
-        }
-        s.shutdown(Shutdown::Write).unwrap();
-    });
+    let writer = {
+        let pattern = Arc::clone(&pattern);
+        thread::spawn(move || {
+            let mut s = s;
+            for i in 0..total >> 20 {
+                s.write_all(&pattern[mib(i)]).unwrap();
+            }
+            s.shutdown(Shutdown::Write).unwrap();
+        })
+    };
     // Not reading for a while: the writer stalls on full buffers.
     thread::sleep(Duration::from_secs(1));
     let mut peak = rss_kib(pid);
     let mut got = 0usize;
     let mut buf = vec![0u8; 1 << 20];
-    let mut expected = vec![0u8; 1 << 20];
     loop {
         let n = reader.read(&mut buf).unwrap();
         if n == 0 {
             break;
         }
-        for (k, b) in buf[..n].iter().enumerate() {
+        assert!(got + n <= total, "more bytes back than sent");
+        // Check what came back one MiB at a time (a read may span two).
+        let mut k = 0;
+        while k < n {
             let pos = got + k;
             let (i, j) = (pos >> 20, pos & ((1 << 20) - 1));
-            expected[0] = (i * 31 + j) as u8;
-            assert_eq!(*b, expected[0], "byte {pos} differs");
+            let len = (n - k).min((1 << 20) - j);
+            let want = &pattern[mib(i)][j..j + len];
+            if buf[k..k + len] != *want {
+                let at = (0..len).find(|&d| buf[k + d] != want[d]).unwrap_or(0);
+                panic!("byte {} differs", pos + at);
+            }
+            k += len;
         }
         got += n;
         if got % (32 << 20) < n {

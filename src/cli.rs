@@ -830,6 +830,49 @@ mod tests {
             .ends_with(",\"peer\":\"127.0.0.1:5\",\"bytes\":\"3\"}\n"));
     }
 
+    /// The timestamp of every day of a whole 400-year Gregorian cycle
+    /// (1970-2369: leap years, 2100 which is not, 2000 which is), checked
+    /// against a calendar that counts days one by one.
+    #[test]
+    fn json_time_matches_a_day_by_day_calendar() {
+        let leap = |y: u64| y % 4 == 0 && (y % 100 != 0 || y % 400 == 0);
+        let (mut year, mut month, mut day) = (1970u64, 1u64, 1u64);
+        for days in 0..146_097u64 {
+            // A different time of day each day, both ends of it included.
+            let ms_of_day = match days % 3 {
+                0 => 0,
+                1 => 86_399_999,
+                _ => days * 7_919_993 % 86_400_000,
+            };
+            let t = std::time::UNIX_EPOCH + Duration::from_millis(days * 86_400_000 + ms_of_day);
+            let want = format!(
+                "{{\"time\":\"{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z\"",
+                ms_of_day / 3_600_000,
+                ms_of_day / 60_000 % 60,
+                ms_of_day / 1000 % 60,
+                ms_of_day % 1000
+            );
+            let line = json_line(log::Level::Info, "", &[], t);
+            assert!(line.starts_with(&want), "day {days}: {line} is not {want}");
+            let month_len = match month {
+                2 if leap(year) => 29,
+                2 => 28,
+                4 | 6 | 9 | 11 => 30,
+                _ => 31,
+            };
+            day += 1;
+            if day > month_len {
+                (day, month) = (1, month + 1);
+                if month > 12 {
+                    (month, year) = (1, year + 1);
+                }
+            }
+        }
+        // Before 1970 (a clock set wrong) is logged as the epoch.
+        let before = std::time::UNIX_EPOCH - Duration::from_secs(1);
+        assert!(json_line(log::Level::Info, "", &[], before).contains("1970-01-01T00:00:00.000Z"));
+    }
+
     #[test]
     fn reclaim_and_keepalive() {
         let a = parse(&["7"]).unwrap();

@@ -49,10 +49,32 @@ fn spawn_limited(
 ) -> Binary {
     let mut cmd = Binary::command();
     cmd.args(args);
-    // SAFETY: the closure only calls setrlimit/setgid/setuid, which are
-    // async-signal-safe.
-    unsafe { cmd.pre_exec(setup) };
+    // SAFETY: the closure only calls close_range, setrlimit, setgid and
+    // setuid, which are async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || {
+            close_inherited_on_exec();
+            setup()
+        })
+    };
     Binary::spawn_command(cmd)
+}
+
+/// Descriptors the test runner left open without close-on-exec (a
+/// jobserver's pipes under cargo-mutants, a shell's redirections) would
+/// count against the child's `RLIMIT_NOFILE`: mark every one above stderr
+/// close-on-exec, so the server starts with exactly 0, 1 and 2.
+fn close_inherited_on_exec() {
+    // SAFETY: close_range only sets a flag on this process's descriptors.
+    // Before Linux 5.11 it fails with ENOSYS and nothing changes.
+    unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
 }
 
 fn set_rlimit(resource: libc::__rlimit_resource_t, n: u64) -> std::io::Result<()> {

@@ -404,6 +404,18 @@ fn serves_tcp_and_udp_sockets_passed_by_systemd() {
     let mut server = spawn_activated(&[tcp.as_raw_fd(), udp.as_raw_fd()], "");
     assert_eq!(server.tcp_addr(), tcp_addr);
     assert_eq!(server.listening("udp"), udp_addr.to_string());
+    // Passed without close-on-exec (they had to survive exec), the server
+    // marks them so that they cannot leak into anything it might run.
+    for fd in [3, 4] {
+        let info =
+            std::fs::read_to_string(format!("/proc/{}/fdinfo/{fd}", server.child.id())).unwrap();
+        let flags = info
+            .lines()
+            .find_map(|l| l.strip_prefix("flags:"))
+            .map(|f| u32::from_str_radix(f.trim(), 8).unwrap())
+            .unwrap();
+        assert_ne!(flags & libc::O_CLOEXEC as u32, 0, "fd {fd}: {info}");
+    }
     // Our copies would otherwise keep the sockets alive after the server exits.
     drop((tcp, udp));
     assert_eq!(

@@ -541,10 +541,12 @@ fn serve(args: &Args) -> Result<(), Failure> {
     let (stop_reporting, stopped) = std::sync::mpsc::channel::<()>();
     if let Some(every) = args.stats_interval {
         let handle = server.handle();
+        // Taken before the server runs, not when the thread gets going:
+        // a connection served in between would otherwise never be reported.
+        let mut last = handle.stats();
         let reporter = std::thread::Builder::new()
             .name("echo-stats".to_owned())
             .spawn(move || {
-                let mut last = handle.stats();
                 while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
                     stopped.recv_timeout(every)
                 {

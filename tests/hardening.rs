@@ -145,17 +145,26 @@ fn out_of_file_descriptors_resets_extra_clients_and_recovers(engine: Engine) {
 /// under `cargo mutants -j 2`) sharing `nobody` would count against each
 /// other.
 fn spawn_as_a_stranger_with_nproc(args: &[&str], nproc: u64) -> Binary {
-    let id = 200_000 + std::process::id() % 100_000;
+    let id = stranger();
     spawn_limited(args, move || {
         set_rlimit(libc::RLIMIT_NPROC, nproc)?;
-        // SAFETY: plain syscalls on integers.
-        unsafe {
-            if libc::setgid(id) != 0 || libc::setuid(id) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-        }
-        Ok(())
+        run_as(id)
     })
+}
+
+/// The stranger's uid, from this (parent) process's pid.
+fn stranger() -> u32 {
+    200_000 + std::process::id() % 100_000
+}
+
+fn run_as(id: u32) -> std::io::Result<()> {
+    // SAFETY: plain syscalls on integers.
+    unsafe {
+        if libc::setgid(id) != 0 || libc::setuid(id) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 /// The process limit binds: under `threads` the server works out at
@@ -170,8 +179,16 @@ fn a_low_process_limit_caps_threads_and_auto_serves_the_rest_on_event_loops() {
         eprintln!("skipped: needs root to run the server as another user");
         return;
     }
-    // main + 2 signal threads + accept thread + 2 connection threads.
-    let mut server = spawn_as_a_stranger_with_nproc(&["--engine", "threads", "0"], 6);
+    // Another process of the same user counts against the limit too: the
+    // server must count every task of its user, not only its own.
+    let mut other = std::process::Command::new("sleep");
+    other.arg("60");
+    // SAFETY: only setgid/setuid run between fork and exec.
+    let id = stranger();
+    unsafe { std::os::unix::process::CommandExt::pre_exec(&mut other, move || run_as(id)) };
+    let mut other = other.spawn().unwrap();
+    // sleep + main + 2 signal threads + accept thread + 2 connection threads.
+    let mut server = spawn_as_a_stranger_with_nproc(&["--engine", "threads", "0"], 7);
     let addr = server.tcp_addr();
     let warning = server
         .seen
@@ -203,6 +220,8 @@ fn a_low_process_limit_caps_threads_and_auto_serves_the_rest_on_event_loops() {
     }
     let line = summary(&mut server);
     assert!(!line.contains("for lack of threads"), "{line}");
+    let _ = other.kill();
+    let _ = other.wait();
 
     // main + 2 signal threads + accept + 2 event loops + 1 connection thread.
     let mut server = spawn_as_a_stranger_with_nproc(&["--event-loops", "2", "0"], 7);

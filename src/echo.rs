@@ -398,6 +398,37 @@ mod tests {
         assert_eq!(s.output(), b"hello world");
     }
 
+    /// `echo_until_bulk` hands over exactly when a read fills the small
+    /// buffer, and not before: reads one byte short of it never do.
+    #[test]
+    fn bulk_is_a_read_that_fills_the_small_buffer() {
+        let input: Vec<u8> = (0..3 * SMALL_BUFFER_SIZE).map(|i| i as u8).collect();
+        let short = ReadStep::Chunk(SMALL_BUFFER_SIZE - 1);
+        let mut s = ScriptedStream::new(input.clone(), [short, short, short, short], []);
+        let mut state = Echo::new();
+        assert_eq!(echo_until_bulk(&mut state, &mut s).unwrap(), Progress::Done);
+        assert_eq!(
+            (state.echoed(), s.output()),
+            (input.len() as u64, &input[..])
+        );
+
+        let full = ReadStep::Chunk(SMALL_BUFFER_SIZE);
+        let mut s = ScriptedStream::new(input.clone(), [short, full], []);
+        let mut state = Echo::new();
+        assert_eq!(echo_until_bulk(&mut state, &mut s).unwrap(), Progress::Bulk);
+        let echoed = 2 * SMALL_BUFFER_SIZE - 1;
+        assert_eq!(
+            (state.echoed(), s.output()),
+            (echoed as u64, &input[..echoed])
+        );
+        // The bulk engine goes on from there.
+        assert_eq!(
+            finish(&mut state, &mut s, &mut [0; 100]).unwrap(),
+            input.len() as u64
+        );
+        assert_eq!(s.output(), &input[..]);
+    }
+
     #[test]
     fn read_error_is_returned_after_echoing_what_came_before() {
         let mut s = ScriptedStream::new(

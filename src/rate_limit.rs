@@ -162,5 +162,12 @@ mod tests {
             .count();
         assert_eq!(extra, 10, "overflow sources share one burst");
         assert_eq!(buckets.sources.len(), MAX_SOURCES, "memory stays bounded");
+        // A source the table knows keeps its own bucket (9 of 10 left),
+        // full table or not: the overflow bucket is empty by now.
+        let known = IpAddr::from(0u32.to_be_bytes());
+        assert!(
+            buckets.allow(known, 0, now),
+            "a known source was sent to the overflow"
+        );
     }
 }

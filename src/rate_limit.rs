@@ -146,6 +146,26 @@ mod tests {
         );
     }
 
+    /// A full table forgets the sources whose bucket has refilled: a new
+    /// source then gets a bucket of its own, not the overflow's.
+    #[test]
+    fn refilled_sources_make_room_for_new_ones() {
+        let limit = RateLimit {
+            rate: 1000,
+            burst: 10 * DATAGRAM_OVERHEAD,
+        };
+        let mut buckets = SourceBuckets::new(limit);
+        let t0 = Instant::now();
+        for i in 0..MAX_SOURCES as u32 {
+            assert!(buckets.allow(IpAddr::from(i.to_be_bytes()), 0, t0));
+        }
+        // Long enough for every bucket to be full again.
+        let later = t0 + Duration::from_secs(3600);
+        assert!(buckets.allow(B, 0, later));
+        assert_eq!(buckets.sources.len(), 1, "only the new source is left");
+        assert!(buckets.overflow.is_none(), "the overflow bucket was used");
+    }
+
     #[test]
     fn a_flood_of_new_sources_shares_one_bucket() {
         let limit = RateLimit {

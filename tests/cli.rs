@@ -445,3 +445,74 @@ engine_tests! {
     max_connections_from_the_command_line,
     idle_timeout_from_the_command_line,
 }
+
+/// The names of `pid`'s threads (`/proc/PID/task/*/comm`).
+fn thread_names(pid: u32) -> Vec<String> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+        .map(|name| name.trim_end().to_owned())
+        .collect()
+}
+
+/// One event loop and one UDP receive thread per core unless told
+/// otherwise, and exactly as many as told.
+#[test]
+fn event_loops_and_udp_threads_are_one_per_core_by_default() {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cases: [(&[&str], usize, usize); 2] = [
+        (&["--engine", "events", "--udp", "0"], cores, cores),
+        (
+            &[
+                "--engine",
+                "events",
+                "--udp",
+                "--event-loops",
+                "3",
+                "--udp-threads",
+                "5",
+                "0",
+            ],
+            3,
+            5,
+        ),
+    ];
+    for (args, loops, receivers) in cases {
+        let mut server = Binary::spawn(args);
+        let udp: SocketAddr = server.listening("udp").parse().unwrap();
+        // Answering means the receive threads are up; the loops started
+        // before the listening line.
+        let c = udp_client(udp, DEADLINE);
+        assert!(udp_round_trip(&c, b"up").is_some());
+        let count = |name: &str| {
+            thread_names(server.child.id())
+                .iter()
+                .filter(|n| *n == name)
+                .count()
+        };
+        // The first UDP socket is served by its listener's own thread.
+        let want = (loops, receivers - 1, 2);
+        let counts = || {
+            (
+                count("echo-events"),
+                count("echo-udp"),
+                count("echo-listen"),
+            )
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while counts() != want && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(
+            counts(),
+            want,
+            "{args:?}: {:?}",
+            thread_names(server.child.id())
+        );
+        server.signal(libc::SIGTERM);
+        assert_eq!(server.wait_exit().code(), Some(0));
+    }
+}

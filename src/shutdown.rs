@@ -93,6 +93,16 @@ mod tests {
     use std::sync::Arc;
     use std::time::Instant;
 
+    /// Debug output (as in a `ServerHandle` printed with `{:?}`) shows
+    /// whether shutdown was requested.
+    #[test]
+    fn debug_shows_whether_it_was_requested() {
+        let s = Shutdown::default();
+        assert_eq!(format!("{s:?}"), "Shutdown { requested: false, .. }");
+        s.request();
+        assert_eq!(format!("{s:?}"), "Shutdown { requested: true, .. }");
+    }
+
     #[test]
     fn wakers_run_once_and_late_ones_run_at_once() {
         let s = Shutdown::default();

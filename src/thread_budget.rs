@@ -298,6 +298,30 @@ mod tests {
         assert_eq!(none.bound_by, None);
     }
 
+    /// What `read_limits` finds agrees with /proc read another way: one
+    /// mapping per line of /proc/self/maps (give or take the allocations
+    /// in between), and at least this process's threads on the system.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_limits_read_agree_with_proc() {
+        let limits = read_limits();
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        let lines = maps.lines().count() as u64;
+        assert!(
+            (lines / 2..=lines * 2).contains(&limits.maps_in_use),
+            "{} mappings counted, /proc/self/maps has {lines} lines",
+            limits.maps_in_use
+        );
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let threads: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Threads:"))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap();
+        assert!(limits.tasks_in_use >= threads, "{limits:?}");
+        assert!(limits.pid_max.is_some() && limits.max_map_count.is_some());
+    }
+
     #[cfg(target_os = "linux")]
     #[test]
     fn this_process_has_a_positive_bounded_budget() {

@@ -199,11 +199,17 @@ fn user_tasks() -> u64 {
 
 #[cfg(all(unix, not(target_os = "linux")))]
 fn read_limits() -> OsLimits {
-    // Without /proc the user's tasks are unknown: this process's only.
+    // Without /proc only RLIMIT_NPROC is known, and of the user's tasks
+    // only this process's.
     OsLimits {
+        max_map_count: None,
+        maps_in_use: 0,
+        threads_max: None,
+        pid_max: None,
         nproc: nproc_limit(),
+        tasks_in_use: 0,
         user_tasks: 1,
-        ..OsLimits::default()
+        reserved: 0,
     }
 }
 

@@ -179,16 +179,22 @@ fn a_low_process_limit_caps_threads_and_auto_serves_the_rest_on_event_loops() {
         eprintln!("skipped: needs root to run the server as another user");
         return;
     }
-    // Another process of the same user counts against the limit too: the
+    // Other processes of the same user count against the limit too: the
     // server must count every task of its user, not only its own.
-    let mut other = std::process::Command::new("sleep");
-    other.arg("60");
-    // SAFETY: only setgid/setuid run between fork and exec.
+    // Two, so the count cannot come out right by accident (/proc/self and
+    // /proc/thread-self repeat the server's own entry).
     let id = stranger();
-    unsafe { std::os::unix::process::CommandExt::pre_exec(&mut other, move || run_as(id)) };
-    let mut other = other.spawn().unwrap();
-    // sleep + main + 2 signal threads + accept thread + 2 connection threads.
-    let mut server = spawn_as_a_stranger_with_nproc(&["--engine", "threads", "0"], 7);
+    let mut others: Vec<std::process::Child> = (0..2)
+        .map(|_| {
+            let mut other = std::process::Command::new("sleep");
+            other.arg("60");
+            // SAFETY: only setgid/setuid run between fork and exec.
+            unsafe { std::os::unix::process::CommandExt::pre_exec(&mut other, move || run_as(id)) };
+            other.spawn().unwrap()
+        })
+        .collect();
+    // 2 sleeps + main + 2 signal threads + accept thread + 2 connection threads.
+    let mut server = spawn_as_a_stranger_with_nproc(&["--engine", "threads", "0"], 8);
     let addr = server.tcp_addr();
     let warning = server
         .seen
@@ -220,8 +226,10 @@ fn a_low_process_limit_caps_threads_and_auto_serves_the_rest_on_event_loops() {
     }
     let line = summary(&mut server);
     assert!(!line.contains("for lack of threads"), "{line}");
-    let _ = other.kill();
-    let _ = other.wait();
+    for mut other in others.drain(..) {
+        let _ = other.kill();
+        let _ = other.wait();
+    }
 
     // main + 2 signal threads + accept + 2 event loops + 1 connection thread.
     let mut server = spawn_as_a_stranger_with_nproc(&["--event-loops", "2", "0"], 7);

@@ -251,12 +251,14 @@ mod tests {
             reclaimed: 2,
             fd_exhausted: 4,
             truncated: 1,
+            limit_reached: 6,
             ..Stats::default()
         };
         assert_eq!(
             busy.to_string(),
             "5 connections accepted, 2 closed, 3 active (1 on threads, 2 on event loops); \
-             0 bytes received, 0 echoed; 7 datagrams echoed; closed early: 1 idle timeouts, \
+             0 bytes received, 0 echoed; 7 datagrams echoed; the connection limit was \
+             reached 6 times (clients waited); closed early: 1 idle timeouts, \
              2 idle reclaimed for waiting clients; refused: 4 reset for lack of file \
              descriptors; datagrams not answered: 1 too large"
         );

@@ -426,6 +426,26 @@ fn unix_path(_: &SockAddr) -> io::Result<PathBuf> {
 mod tests {
     use super::*;
 
+    /// What the kernel holds after `keepalive`: probes after `idle`, every
+    /// `idle / 6` kept within 1 to 10 s, 5 of them.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn keepalive_probes_every_sixth_of_the_idle_time_within_1_to_10_s() {
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        for (idle, interval) in [(60, 10), (30, 5), (3, 1), (600, 10)] {
+            socket
+                .set_tcp_keepalive(&keepalive(Duration::from_secs(idle)))
+                .unwrap();
+            assert_eq!(socket.tcp_keepalive_time().unwrap().as_secs(), idle);
+            assert_eq!(
+                socket.tcp_keepalive_interval().unwrap().as_secs(),
+                interval,
+                "idle {idle} s"
+            );
+            assert_eq!(socket.tcp_keepalive_retries().unwrap(), 5);
+        }
+    }
+
     #[test]
     fn backoff_doubles_up_to_a_second_and_resets() {
         let mut b = Backoff::default();

@@ -48,9 +48,6 @@ pub(crate) const POLL: Duration = Duration::from_secs(1);
 /// How often a full server looks for a waiting client and an idle slot.
 const RECLAIM_CHECK: Duration = Duration::from_millis(250);
 
-/// Reclaims less than this apart belong to one episode, logged once.
-const RECLAIM_EPISODE: Duration = Duration::from_secs(60);
-
 /// TCP keepalive after `idle` without traffic: a probe every `idle / 6`
 /// (1 to 10 s), 5 probes, so the default 60 s finds a dead peer within
 /// about two minutes.
@@ -142,22 +139,18 @@ impl StreamListener {
     /// Errors never end the loop: the server keeps serving everyone else.
     pub(crate) fn accept_loop(mut self, ctx: &Arc<Context>, engines: &Engines) {
         let mut backoff = Backoff::default();
-        let last_reclaim = std::cell::Cell::new(None::<std::time::Instant>);
+        let (reclaims, sheds) = (Episode::default(), Episode::default());
         loop {
             let limit_reached = || Counters::add(&ctx.counters.limit_reached, 1);
             // While full, a waiting client may take the slot of the
             // connection idle longest.
-            let this = &self;
-            let last_reclaim = &last_reclaim;
+            let (this, reclaims) = (&self, &reclaims);
             let reclaim = ctx.settings.reclaim_idle.map(|idle| {
                 (RECLAIM_CHECK, move || {
                     if this.has_waiting_client() && ctx.table.reclaim_idlest(idle) {
                         Counters::add(&ctx.counters.reclaimed, 1);
                         // Once per episode, not once per connection.
-                        if last_reclaim
-                            .get()
-                            .is_none_or(|t| t.elapsed() > RECLAIM_EPISODE)
-                        {
+                        if reclaims.begins() {
                             log::warn!(
                                 "{}: every slot taken and clients waiting: closing connections \
                                  idle for {:.1} s or more to serve them",
@@ -165,7 +158,6 @@ impl StreamListener {
                                 idle.as_secs_f64()
                             );
                         }
-                        last_reclaim.set(Some(std::time::Instant::now()));
                     }
                 })
             });
@@ -183,7 +175,7 @@ impl StreamListener {
                     if ctx.shutdown.is_requested() {
                         break;
                     }
-                    if !self.accept_failed(&e, ctx, &mut backoff) {
+                    if !self.accept_failed(&e, ctx, &mut backoff, &sheds) {
                         break;
                     }
                     continue;
@@ -255,7 +247,13 @@ impl StreamListener {
 
     /// Deals with a failed `accept`. Returns `false` if shutdown was
     /// requested during the back-off.
-    fn accept_failed(&mut self, e: &io::Error, ctx: &Context, backoff: &mut Backoff) -> bool {
+    fn accept_failed(
+        &mut self,
+        e: &io::Error,
+        ctx: &Context,
+        backoff: &mut Backoff,
+        sheds: &Episode,
+    ) -> bool {
         if is_timeout(e) {
             return true; // the POLL backstop: nothing to accept
         }
@@ -267,7 +265,8 @@ impl StreamListener {
         if is_fd_exhaustion(e) {
             if self.shed_one() {
                 Counters::add(&ctx.counters.fd_exhausted, 1);
-                if backoff.is_idle() {
+                // Once per episode: a flood of clients is not a flood of logs.
+                if sheds.begins() {
                     log::warn!(
                         "{}: out of file descriptors, resetting new clients",
                         self.addr
@@ -387,10 +386,24 @@ impl Backoff {
     pub(crate) fn reset(&mut self) {
         self.last = None;
     }
+}
 
-    /// Whether no failure is being backed off from.
-    pub(crate) fn is_idle(&self) -> bool {
-        self.last.is_none()
+/// Events less than a minute apart belong to one episode, logged once.
+#[derive(Debug, Default)]
+struct Episode(std::cell::Cell<Option<std::time::Instant>>);
+
+impl Episode {
+    const GAP: Duration = Duration::from_secs(60);
+
+    /// Records an event; returns whether it begins a new episode.
+    fn begins(&self) -> bool {
+        let now = std::time::Instant::now();
+        let new = self
+            .0
+            .get()
+            .is_none_or(|last| now.duration_since(last) > Self::GAP);
+        self.0.set(Some(now));
+        new
     }
 }
 

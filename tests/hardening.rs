@@ -136,6 +136,13 @@ fn out_of_file_descriptors_resets_extra_clients_and_recovers(engine: Engine) {
         line.contains(&format!("{refused} reset for lack of file descriptors")),
         "{line}"
     );
+    // One warning for the episode, not one per client reset.
+    let warnings = server
+        .seen
+        .iter()
+        .filter(|l| l.contains("out of file descriptors"))
+        .count();
+    assert_eq!(warnings, 1, "{:#?}", server.seen);
 }
 
 /// The server as a user of its own with `RLIMIT_NPROC` at `nproc`: a user

@@ -420,8 +420,9 @@ pub(crate) use linux::enable;
 
 /// One datagram at a time, through the portable socket calls. Replies leave
 /// from whatever address routing picks: bind to a specific address to
-/// control it.
-#[cfg(not(target_os = "linux"))]
+/// control it. (Compiled on Linux too for its tests, so the fallback is
+/// tested where CI runs.)
+#[cfg(any(test, not(target_os = "linux")))]
 mod portable {
     use super::{Datagram, Replies};
     use socket2::{MaybeUninitSlice, SockAddr, Socket};
@@ -491,3 +492,99 @@ mod portable {
 
 #[cfg(not(target_os = "linux"))]
 pub(crate) use portable::enable;
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+    use socket2::{Domain, Socket, Type};
+    use std::net::UdpSocket;
+    use std::time::Duration;
+
+    const DEADLINE: Duration = Duration::from_secs(30);
+
+    fn server_socket() -> (Socket, SocketAddr) {
+        let s = Socket::new(Domain::IPV4, Type::DGRAM, None).unwrap();
+        s.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+            .unwrap();
+        s.set_read_timeout(Some(DEADLINE)).unwrap();
+        let addr = s.local_addr().unwrap().as_socket().unwrap();
+        (s, addr)
+    }
+
+    /// Every datagram is received with its bytes and its source, and its
+    /// reply (the bytes and a `!`) reaches that source from the server's
+    /// address: through `recv`, `datagram`, `Replies` and `send`.
+    macro_rules! round_trip {
+        ($name:ident, $batch:ty) => {
+            #[test]
+            fn $name() {
+                let (server, addr) = server_socket();
+                let clients: Vec<UdpSocket> = (0..2)
+                    .map(|_| {
+                        let c = UdpSocket::bind("127.0.0.1:0").unwrap();
+                        c.set_read_timeout(Some(DEADLINE)).unwrap();
+                        c
+                    })
+                    .collect();
+                let sent: [(usize, &[u8]); 4] =
+                    [(0, b"one"), (1, b"two two"), (0, b""), (1, &[0xff; 1500])];
+                for (who, data) in sent {
+                    clients[who].send_to(data, addr).unwrap();
+                }
+                let mut batch = <$batch>::new(2048, false);
+                let mut replies = Replies::default();
+                let mut seen = 0;
+                while seen < sent.len() {
+                    let n = batch.recv(&server).unwrap();
+                    assert!(n >= 1 && seen + n <= sent.len(), "{n} datagrams");
+                    replies.clear();
+                    let mut reply_bytes = 0;
+                    for k in 0..n {
+                        let d = batch.datagram(k);
+                        let (who, data) = sent[seen + k];
+                        assert_eq!(d.data, data, "datagram {}", seen + k);
+                        assert_eq!(d.source, Some(clients[who].local_addr().unwrap()));
+                        reply_bytes += data.len() as u64 + 1;
+                        replies.push(k, |out| {
+                            out.extend_from_slice(d.data);
+                            out.push(b'!');
+                            true
+                        });
+                    }
+                    // A reply that is not built is not sent.
+                    replies.push(0, |out| {
+                        out.push(b'?');
+                        false
+                    });
+                    let result = batch.send(&server, &replies, |i, e| panic!("reply {i}: {e}"));
+                    assert_eq!(result, (n as u64, reply_bytes));
+                    seen += n;
+                }
+                for (who, data) in sent {
+                    let mut buf = [0u8; 2048];
+                    let (len, from) = clients[who].recv_from(&mut buf).unwrap();
+                    assert_eq!(&buf[..len], [data, b"!"].concat().as_slice());
+                    assert_eq!(from, addr);
+                }
+            }
+        };
+    }
+
+    #[cfg(target_os = "linux")]
+    round_trip!(
+        linux_batches_keep_each_datagram_and_its_source,
+        linux::Batch
+    );
+    round_trip!(
+        portable_batches_keep_each_datagram_and_its_source,
+        portable::Batch
+    );
+
+    /// The portable calls cannot tell a datagram's arrival address, and say
+    /// so: replies then leave from the address routing picks.
+    #[test]
+    fn the_portable_batch_reports_no_arrival_address() {
+        let (server, addr) = server_socket();
+        assert!(!portable::enable(&server, addr, true));
+    }
+}

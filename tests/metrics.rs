@@ -103,3 +103,33 @@ fn bad_requests_get_a_4xx_and_the_echo_goes_on() {
     assert_eq!(round_trip(connect(server.addr), b"fine".to_vec()), b"fine");
     assert_eq!(scrape(at)["echo_server_connections_accepted_total"], 1);
 }
+
+/// HEAD gets the headers of GET; the content type is Prometheus' text
+/// format; dropping the endpoint closes it.
+#[test]
+fn head_content_type_and_drop() {
+    let server = TestServer::loopback(Engine::Threads);
+    let metrics = MetricsServer::start(([127, 0, 0, 1], 0).into(), server.handle.clone()).unwrap();
+    let at = metrics.local_addr();
+    assert_eq!(
+        format!("{metrics:?}"),
+        format!("MetricsServer {{ addr: {at}, .. }}")
+    );
+    let mut s = connect(at);
+    s.write_all(b"HEAD /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut response = String::new();
+    s.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(
+        response
+            .to_ascii_lowercase()
+            .contains("content-type: text/plain; version=0.0.4; charset=utf-8"),
+        "{response}"
+    );
+    // tiny_http's acceptor thread lets go of the socket just after.
+    drop(metrics);
+    wait_for("the endpoint to stop listening", || {
+        std::net::TcpStream::connect(at).is_err()
+    });
+}

@@ -121,3 +121,70 @@ impl Write for ScriptedStream {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The stream does exactly what its script says, step by step: the
+    /// properties are only as strict as this.
+    #[test]
+    fn follows_its_script_step_by_step() {
+        let mut s = ScriptedStream::new(
+            b"abcdefgh".to_vec(),
+            [
+                ReadStep::Chunk(3),
+                ReadStep::Interrupted,
+                ReadStep::WouldBlock,
+                ReadStep::Chunk(0),
+                ReadStep::Reset,
+            ],
+            [
+                WriteStep::Accept(2),
+                WriteStep::Interrupted,
+                WriteStep::WouldBlock,
+                WriteStep::Accept(0),
+            ],
+        );
+        let mut buf = [0u8; 16];
+        assert_eq!(s.read(&mut buf).unwrap(), 3);
+        assert_eq!(&buf[..3], b"abc");
+        assert_eq!(s.consumed(), b"abc");
+        assert_eq!(s.read(&mut buf).unwrap_err().kind(), ErrorKind::Interrupted);
+        assert_eq!(s.read(&mut buf).unwrap_err().kind(), ErrorKind::WouldBlock);
+        // A chunk of 0 still moves a byte: 0 would mean end of file.
+        assert_eq!(s.read(&mut buf).unwrap(), 1);
+        assert_eq!(&buf[..1], b"d");
+        assert_eq!(
+            s.read(&mut buf).unwrap_err().kind(),
+            ErrorKind::ConnectionReset
+        );
+        // Script done: as much as fits, then end of file.
+        assert_eq!(s.read(&mut buf[..2]).unwrap(), 2);
+        assert_eq!(s.read(&mut buf).unwrap(), 2);
+        assert_eq!(&buf[..2], b"gh");
+        assert_eq!(s.consumed(), b"abcdefgh");
+        assert_eq!(s.read(&mut buf).unwrap(), 0);
+
+        // A flush before an ordinary write step leaves it to the write.
+        s.flush().unwrap();
+        assert_eq!(s.write(b"xyz").unwrap(), 2);
+        // Flushes take interrupted and blocked steps.
+        assert_eq!(s.flush().unwrap_err().kind(), ErrorKind::Interrupted);
+        assert_eq!(s.flush().unwrap_err().kind(), ErrorKind::WouldBlock);
+        assert_eq!(s.write(b"z").unwrap(), 1, "Accept(0) still takes a byte");
+        assert_eq!(s.write(b"rest").unwrap(), 4);
+        assert_eq!(s.output(), b"xyzrest");
+        s.flush().unwrap();
+
+        let mut s = ScriptedStream::new(
+            Vec::new(),
+            [],
+            [WriteStep::Interrupted, WriteStep::WouldBlock],
+        );
+        assert_eq!(s.write(b"a").unwrap_err().kind(), ErrorKind::Interrupted);
+        assert_eq!(s.write(b"a").unwrap_err().kind(), ErrorKind::WouldBlock);
+        assert_eq!(s.write(b"ab").unwrap(), 2);
+        assert_eq!(s.output(), b"ab");
+    }
+}

@@ -395,9 +395,12 @@ struct Episode(std::cell::Cell<Option<std::time::Instant>>);
 impl Episode {
     const GAP: Duration = Duration::from_secs(60);
 
-    /// Records an event; returns whether it begins a new episode.
+    /// Records an event now; returns whether it begins a new episode.
     fn begins(&self) -> bool {
-        let now = std::time::Instant::now();
+        self.begins_at(std::time::Instant::now())
+    }
+
+    fn begins_at(&self, now: std::time::Instant) -> bool {
         let new = self
             .0
             .get()
@@ -457,6 +460,20 @@ mod tests {
             );
             assert_eq!(socket.tcp_keepalive_retries().unwrap(), 5);
         }
+    }
+
+    /// An episode ends after a minute without events: gaps up to a
+    /// minute continue it, a longer one begins the next.
+    #[test]
+    fn episodes_are_runs_of_events_at_most_a_minute_apart() {
+        let e = Episode::default();
+        let t0 = std::time::Instant::now();
+        let at = |secs| t0 + Duration::from_secs(secs);
+        assert!(e.begins_at(t0));
+        assert!(!e.begins_at(at(1)));
+        assert!(!e.begins_at(at(61)), "exactly a minute apart");
+        assert!(e.begins_at(at(122)));
+        assert!(!e.begins_at(at(130)));
     }
 
     #[test]

@@ -516,3 +516,41 @@ fn event_loops_and_udp_threads_are_one_per_core_by_default() {
         assert_eq!(server.wait_exit().code(), Some(0));
     }
 }
+
+/// Thread-per-connection wants a descriptor per client: the server lifts
+/// its soft descriptor limit to the hard one at start-up.
+#[test]
+fn the_soft_descriptor_limit_is_raised_to_the_hard_one() {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Binary::command();
+    cmd.args(["-v", "0"]);
+    // SAFETY: only setrlimit, which is async-signal-safe, runs in the child.
+    unsafe {
+        cmd.pre_exec(|| {
+            let lim = libc::rlimit {
+                rlim_cur: 64,
+                rlim_max: 1000,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut server = Binary::spawn_command(cmd);
+    let _ = server.tcp_addr();
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", server.child.id())).unwrap();
+    let open_files: Vec<&str> = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .map(|l| l.split_whitespace().collect())
+        .unwrap();
+    assert_eq!(&open_files[3..5], ["1000", "1000"], "{limits}");
+    server.signal(libc::SIGTERM);
+    assert_eq!(server.wait_exit().code(), Some(0));
+    assert!(
+        !server.seen.iter().any(|l| l.contains("could not raise")),
+        "{:#?}",
+        server.seen
+    );
+}

@@ -531,3 +531,11 @@ fn adopt(socket: Socket, udp_settings: &UdpSettings) -> io::Result<Listener> {
 fn invalid(msg: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, msg)
 }
+
+#[cfg(test)]
+impl ServerBuilder {
+    /// What has been set so far, for tests of the layers that build.
+    pub(crate) fn settings(&self) -> &Settings {
+        &self.settings
+    }
+}

@@ -875,6 +875,45 @@ mod tests {
         assert!(json_line(log::Level::Info, "", &[], before).contains("1970-01-01T00:00:00.000Z"));
     }
 
+    /// What the command line hands the builder, option by option.
+    #[test]
+    fn options_reach_the_builder() {
+        let settings = |args: &[&str]| parse(args).unwrap().builder().unwrap().settings().clone();
+        let default = settings(&["7"]);
+        assert_eq!(
+            default.udp.rate_limit,
+            Some(RateLimit {
+                rate: 1 << 20,
+                burst: 8 << 20
+            })
+        );
+        assert_eq!(default.write_timeout, Some(Duration::from_secs(30)));
+        assert!(!default.splice);
+        // The signal threads, and one more for --stats-interval.
+        assert_eq!(default.reserved_threads, 2);
+        let s = settings(&["--stats-interval", "5", "7"]);
+        assert_eq!(s.reserved_threads, 3);
+        assert_eq!(settings(&["--udp-rate", "0", "7"]).udp.rate_limit, None);
+        assert_eq!(
+            settings(&["--udp-rate", "100", "--udp-burst", "0", "7"])
+                .udp
+                .rate_limit,
+            Some(RateLimit {
+                rate: 100,
+                burst: 1
+            })
+        );
+        assert_eq!(settings(&["--no-write-timeout", "7"]).write_timeout, None);
+        assert!(settings(&["--splice", "7"]).splice);
+        assert!(!settings(&["--no-splice", "7"]).splice);
+        assert_eq!(parse_keepalive("1"), Ok(Duration::from_secs(1)));
+        assert!(parse_keepalive("0.999").is_err());
+        assert_eq!(parse_udp_buffer("4K"), Ok(4096));
+        assert!(parse_udp_buffer("4095").is_err());
+        assert!(parse_udp_buffer("2G").is_err());
+        assert_eq!(parse_udp_buffer("2047M"), Ok(2047 << 20));
+    }
+
     #[test]
     fn reclaim_and_keepalive() {
         let a = parse(&["7"]).unwrap();

@@ -428,6 +428,24 @@ fn serves_tcp_and_udp_sockets_passed_by_systemd() {
     assert_eq!(server.wait_exit().code(), Some(0), "{:#?}", server.seen);
 }
 
+/// LISTEN_FDS announcing descriptors that are not open is an error that
+/// names the first missing one, not a server on closed descriptors.
+#[test]
+fn activation_with_missing_descriptors_is_refused() {
+    let mut cmd = std::process::Command::new("sh");
+    cmd.arg("-c").arg(format!(
+        "export LISTEN_PID=$$ LISTEN_FDS=1000; exec '{}'",
+        env!("CARGO_BIN_EXE_echo-server")
+    ));
+    let mut server = Binary::spawn_command(cmd);
+    assert_eq!(server.wait_exit().code(), Some(1), "{:#?}", server.seen);
+    assert!(
+        server.seen.iter().any(|l| l.contains("which is not open")),
+        "{:#?}",
+        server.seen
+    );
+}
+
 #[test]
 fn activation_for_another_process_is_ignored() {
     let mut cmd = Binary::command();

@@ -140,6 +140,14 @@ fn a_full_server_reclaims_the_idlest_slot_for_a_waiting_client(engine: Engine) {
     idle.write_all(b"i").unwrap();
     assert_eq!(read_n(&mut idle, 1), b"i");
     let mut busy = connect_unix(&path);
+    // Full, but nobody waits: however idle, no one is reclaimed (a check
+    // runs every 250 ms once the idlest has been idle 300 ms).
+    std::thread::sleep(std::time::Duration::from_millis(1000));
+    assert_eq!(
+        server.handle.stats().reclaimed,
+        0,
+        "reclaimed with nobody waiting"
+    );
     let mut waiting = connect_unix(&path);
     waiting.write_all(b"let me in").unwrap();
     // The busy client keeps echoing while the waiting one waits.

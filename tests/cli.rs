@@ -572,3 +572,40 @@ fn the_soft_descriptor_limit_is_raised_to_the_hard_one() {
         server.seen
     );
 }
+
+/// Under --splice a reset is reported as a reset wherever it comes: on the
+/// first splice(2) read (the client sent exactly one small buffer's worth,
+/// which starts bulk mode) and on a later one. It is not taken for
+/// "splice unsupported", whose fallback would read end of file after the
+/// reset and log a normal close.
+#[test]
+fn a_reset_during_splice_is_a_reset() {
+    let mut server = Binary::spawn(&["--engine", "threads", "--splice", "-v", "0"]);
+    let addr = server.tcp_addr();
+    for sent in [1024, 1024 + 70_000] {
+        let s = connect(addr);
+        let payload = vec![7u8; sent];
+        let mut reader = s.try_clone().unwrap();
+        (&s).write_all(&payload).unwrap();
+        assert_eq!(read_n(&mut reader, sent), payload);
+        // Give the server time to be back in splice, waiting for more.
+        std::thread::sleep(Duration::from_millis(200));
+        socket2::SockRef::from(&s)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        drop((s, reader));
+        server.expect_line("the reset, logged", |l| {
+            l.contains("Connection reset by peer")
+        });
+    }
+    server.signal(libc::SIGTERM);
+    assert_eq!(server.wait_exit().code(), Some(0));
+    assert!(
+        !server
+            .seen
+            .iter()
+            .any(|l| l.contains("closed after echoing")),
+        "{:#?}",
+        server.seen
+    );
+}

@@ -101,6 +101,37 @@ mod tests {
 
     const DEADLINE: Duration = Duration::from_secs(30);
 
+    /// Warnings logged in this test process (nothing else installs a
+    /// logger in unit tests). Servers name their address in each line, so
+    /// a test picks out its own server's.
+    static WARNINGS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+    struct Capture;
+
+    impl log::Log for Capture {
+        fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+            metadata.level() <= log::Level::Warn
+        }
+        fn log(&self, record: &log::Record<'_>) {
+            if self.enabled(record.metadata()) {
+                let mut w = WARNINGS.lock().unwrap_or_else(|e| e.into_inner());
+                w.push(record.args().to_string());
+            }
+        }
+        fn flush(&self) {}
+    }
+
+    /// The warnings about `addr` so far.
+    fn warnings_about(addr: SocketAddr) -> Vec<String> {
+        static CAPTURE: Capture = Capture;
+        if log::set_logger(&CAPTURE).is_ok() {
+            log::set_max_level(log::LevelFilter::Warn);
+        }
+        let prefix = format!("tcp {addr}: ");
+        let w = WARNINGS.lock().unwrap_or_else(|e| e.into_inner());
+        w.iter().filter(|l| l.starts_with(&prefix)).cloned().collect()
+    }
+
     struct Running {
         addr: SocketAddr,
         ctx: Arc<Context>,
@@ -165,10 +196,17 @@ mod tests {
     fn resource_errors_of_accept_are_counted_backed_off_and_survived() {
         for code in [libc::ENOMEM, libc::ENOBUFS] {
             let s = start(Engine::Events);
-            s.ctx.faults.inject_os(Point::Accept, code);
+            assert!(warnings_about(s.addr).is_empty());
+            // Three in a row: backed off three times, warned once.
+            for _ in 0..3 {
+                s.ctx.faults.inject_os(Point::Accept, code);
+            }
             assert!(echoes(s.addr, b"one"));
             assert!(echoes(s.addr, b"two"), "stopped serving after errno {code}");
-            assert_eq!(s.handle.stats().accept_errors, 1, "errno {code}");
+            assert_eq!(s.handle.stats().accept_errors, 3, "errno {code}");
+            let warned = warnings_about(s.addr);
+            assert_eq!(warned.len(), 1, "{warned:?}");
+            assert!(warned[0].contains("accept failed, backing off"), "{warned:?}");
         }
     }
 

@@ -425,6 +425,14 @@ fn per_source_cap_resets_only_the_excess_from_one_address(engine: Engine) {
     assert_eq!((a, b), (Fate::Echoed, Fate::Echoed));
     let (c, _) = try_client(server.addr, DEADLINE);
     assert_eq!(c, Fate::Refused, "a third client from one address");
+    // Reset, not closed: the read fails at once and cannot pass for the
+    // end of an echo.
+    let mut third = connect(server.addr);
+    let got = third.read(&mut [0u8; 1]);
+    assert!(
+        matches!(&got, Err(e) if e.kind() == ErrorKind::ConnectionReset),
+        "{got:?}"
+    );
     // Another address is not affected.
     let other = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     other
@@ -442,7 +450,7 @@ fn per_source_cap_resets_only_the_excess_from_one_address(engine: Engine) {
     });
     assert_eq!(try_client(server.addr, DEADLINE).0, Fate::Echoed);
     drop(second);
-    assert_eq!(server.handle.stats().refused_per_source, 1);
+    assert_eq!(server.handle.stats().refused_per_source, 2);
 }
 
 /// A TCP connection from `source` (a 127.0.0.x address) with read and write

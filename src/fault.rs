@@ -129,7 +129,10 @@ mod tests {
         }
         let prefix = format!("tcp {addr}: ");
         let w = WARNINGS.lock().unwrap_or_else(|e| e.into_inner());
-        w.iter().filter(|l| l.starts_with(&prefix)).cloned().collect()
+        w.iter()
+            .filter(|l| l.starts_with(&prefix))
+            .cloned()
+            .collect()
     }
 
     struct Running {
@@ -206,7 +209,10 @@ mod tests {
             assert_eq!(s.handle.stats().accept_errors, 3, "errno {code}");
             let warned = warnings_about(s.addr);
             assert_eq!(warned.len(), 1, "{warned:?}");
-            assert!(warned[0].contains("accept failed, backing off"), "{warned:?}");
+            assert!(
+                warned[0].contains("accept failed, backing off"),
+                "{warned:?}"
+            );
         }
     }
 

@@ -638,3 +638,60 @@ engine_tests! {
     a_storm_of_resets_and_silent_clients_disturbs_no_one,
     per_source_cap_resets_only_the_excess_from_one_address,
 }
+
+/// A UDP port served by one socket cannot be joined: no other socket can
+/// bind it with `SO_REUSEPORT` and take a share of its datagrams. (With
+/// several receive threads the server's own sockets share it, which the
+/// kernel allows only to the same user.)
+#[test]
+fn a_single_udp_socket_does_not_share_its_port() {
+    let mut server = Binary::spawn(&["--udp", "--udp-threads", "1", "0"]);
+    let udp: SocketAddr = server.listening("udp").parse().unwrap();
+    let intruder = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).unwrap();
+    intruder.set_reuse_port(true).unwrap();
+    let joined = intruder.bind(&udp.into());
+    assert!(joined.is_err(), "another socket joined {udp}");
+    server.signal(libc::SIGTERM);
+    assert_eq!(server.wait_exit().code(), Some(0));
+}
+
+/// The UDP buffer asked for is granted to root (SO_RCVBUFFORCE), silently;
+/// to another user only up to net.core.rmem_max, with one warning saying
+/// what was granted and which sysctl to raise.
+#[test]
+fn a_udp_buffer_beyond_rmem_max_is_granted_to_root_and_warned_about_otherwise() {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root to compare with another user");
+        return;
+    }
+    let rmem_max: usize = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(212_992);
+    // Twice the system's maximum, in MiB, at least 1.
+    let asked = format!("{}M", (2 * rmem_max).div_ceil(1 << 20));
+    let warned = |server: &Binary| {
+        server
+            .seen
+            .iter()
+            .filter(|l| l.contains("receive buffer, not the"))
+            .count()
+    };
+    let args = ["--udp", "--udp-threads", "2", "--udp-buffer", &asked, "0"];
+    let mut root = Binary::spawn(&args);
+    let _ = root.listening("udp");
+    assert_eq!(warned(&root), 0, "{:#?}", root.seen);
+    root.signal(libc::SIGTERM);
+    assert_eq!(root.wait_exit().code(), Some(0));
+
+    let mut other = spawn_as_a_stranger_with_nproc(&args, 100);
+    let _ = other.listening("udp");
+    assert_eq!(warned(&other), 1, "{:#?}", other.seen);
+    assert!(
+        other.seen.iter().any(|l| l.contains("net.core.rmem_max")),
+        "{:#?}",
+        other.seen
+    );
+    other.signal(libc::SIGTERM);
+    assert_eq!(other.wait_exit().code(), Some(0));
+}

@@ -609,3 +609,25 @@ fn a_reset_during_splice_is_a_reset() {
         server.seen
     );
 }
+
+/// Even at -v, an idle UDP server says nothing (its one-second receive
+/// timeouts are not errors), and datagrams are logged only with --log-data.
+#[test]
+fn udp_logs_only_what_was_asked_for() {
+    let mut server = Binary::spawn(&["--udp", "-v", "0"]);
+    let udp: SocketAddr = server.listening("udp").parse().unwrap();
+    let c = udp_client(udp, DEADLINE);
+    assert_eq!(udp_round_trip(&c, b"quiet").as_deref(), Some(&b"quiet"[..]));
+    // Past two receive timeouts of each socket.
+    std::thread::sleep(Duration::from_millis(2500));
+    server.signal(libc::SIGTERM);
+    assert_eq!(server.wait_exit().code(), Some(0));
+    assert!(
+        !server
+            .seen
+            .iter()
+            .any(|l| l.contains("byte datagram") || l.contains(": recv: ")),
+        "{:#?}",
+        server.seen
+    );
+}

@@ -631,3 +631,27 @@ fn udp_logs_only_what_was_asked_for() {
         server.seen
     );
 }
+
+/// --log-data logs each datagram's bytes, escaped; an empty datagram has
+/// no data to log.
+#[test]
+fn log_data_shows_datagrams_too() {
+    let mut server = Binary::spawn(&["--udp", "--log-data", "0"]);
+    let udp: SocketAddr = server.listening("udp").parse().unwrap();
+    let c = udp_client(udp, DEADLINE);
+    assert_eq!(udp_round_trip(&c, b"").as_deref(), Some(&b""[..]));
+    assert_eq!(udp_round_trip(&c, b"ab\n").as_deref(), Some(&b"ab\n"[..]));
+    let line = server.expect_line("the datagram's data", |l| l.contains("byte datagram"));
+    assert!(
+        line.ends_with("sent a 3 byte datagram: \"ab\\n\""),
+        "{line}"
+    );
+    server.signal(libc::SIGTERM);
+    assert_eq!(server.wait_exit().code(), Some(0));
+    let logged = server
+        .seen
+        .iter()
+        .filter(|l| l.contains("byte datagram"))
+        .count();
+    assert_eq!(logged, 1, "{:#?}", server.seen);
+}

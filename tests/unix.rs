@@ -70,6 +70,23 @@ fn refuses_a_path_that_is_not_a_socket(engine: Engine) {
     assert_eq!(std::fs::read_to_string(&path).unwrap(), "keep me");
 }
 
+/// A path that cannot even be looked up is refused with the reason the
+/// lookup gave, not a later, vaguer one.
+#[test]
+fn a_path_that_cannot_be_looked_up_is_refused_with_its_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("plain");
+    std::fs::write(&file, "").unwrap();
+    let err = builder(Engine::Threads)
+        .unix(file.join("x.sock"))
+        .build()
+        .unwrap_err();
+    assert!(err.to_string().contains("Not a directory"), "{err}");
+    let long = dir.path().join("d".repeat(5000));
+    let err = builder(Engine::Threads).unix(&long).build().unwrap_err();
+    assert!(err.to_string().contains("File name too long"), "{err}");
+}
+
 fn connection_limit_applies_to_unix_clients(engine: Engine) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("limit.sock");

@@ -695,3 +695,32 @@ fn a_udp_buffer_beyond_rmem_max_is_granted_to_root_and_warned_about_otherwise() 
     other.signal(libc::SIGTERM);
     assert_eq!(other.wait_exit().code(), Some(0));
 }
+
+/// A live Unix socket another user's server owns, which this user may not
+/// connect to, is neither taken for stale nor replaced: the server refuses
+/// to start and the other server keeps its socket.
+#[test]
+fn a_live_unix_socket_it_cannot_reach_is_left_alone() {
+    use std::os::unix::fs::PermissionsExt;
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root to run the server as another user");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // Anyone may create and remove files here (no sticky bit).
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let path = dir.path().join("root.sock");
+    let live = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let mut server = spawn_as_a_stranger_with_nproc(&["--unix", path.to_str().unwrap()], 100);
+    assert_eq!(server.wait_exit().code(), Some(1), "{:#?}", server.seen);
+    assert!(
+        server.seen.iter().any(|l| l.contains("Permission denied")),
+        "{:#?}",
+        server.seen
+    );
+    // Still root's, still answering.
+    let _client = std::os::unix::net::UnixStream::connect(&path).unwrap();
+    live.set_nonblocking(true).unwrap();
+    assert!(live.accept().is_ok(), "the live socket was replaced");
+}

@@ -87,6 +87,47 @@ fn a_path_that_cannot_be_looked_up_is_refused_with_its_reason() {
     assert!(err.to_string().contains("File name too long"), "{err}");
 }
 
+/// The socket file is removed on shutdown only if it is still the server's:
+/// a file put there since (another server's, or anything) stays.
+#[test]
+fn shutdown_leaves_a_file_that_replaced_the_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("moved.sock");
+    let server = TestServer::start(builder(Engine::Threads).unix(&path));
+    std::fs::remove_file(&path).unwrap();
+    // Same directory, so same device: only the inode tells them apart.
+    std::fs::write(&path, "not yours").unwrap();
+    server.stop();
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "not yours");
+}
+
+/// A live server whose backlog is full (it is busy, not gone) is still a
+/// live server: the socket is not taken, and the message says why.
+#[test]
+fn a_live_socket_with_a_full_backlog_is_not_taken() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("busy.sock");
+    let live = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None).unwrap();
+    live.bind(&socket2::SockAddr::unix(&path).unwrap()).unwrap();
+    live.listen(0).unwrap();
+    // Fill the backlog: a Unix connect then fails at once with EAGAIN.
+    let mut waiting = Vec::new();
+    loop {
+        let c = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None).unwrap();
+        c.set_nonblocking(true).unwrap();
+        match c.connect(&socket2::SockAddr::unix(&path).unwrap()) {
+            Ok(()) => waiting.push(c),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => panic!("{e}"),
+        }
+        assert!(waiting.len() < 10_000, "the backlog never filled");
+    }
+    let (status, stderr) = run_binary(&["--unix", path.to_str().unwrap()]);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("another server is listening"), "{stderr}");
+    assert!(path.exists());
+}
+
 fn connection_limit_applies_to_unix_clients(engine: Engine) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("limit.sock");

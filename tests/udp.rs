@@ -13,6 +13,21 @@ fn udp_server() -> TestServer {
     TestServer::start(Server::builder().udp(([127, 0, 0, 1], 0)))
 }
 
+/// A socket the caller bound is served as it is, on its address.
+#[test]
+fn serves_an_existing_std_socket() {
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = socket.local_addr().unwrap();
+    let server = TestServer::start(Server::builder().udp_socket(socket));
+    assert_eq!(server.udp_addr(), addr);
+    let c = udp_client(addr, DEADLINE);
+    assert_eq!(
+        udp_round_trip(&c, b"adopted").as_deref(),
+        Some(&b"adopted"[..])
+    );
+    assert_eq!(server.stop().datagrams_echoed, 1);
+}
+
 #[test]
 fn small_empty_and_60000_byte_datagrams_come_back_whole() {
     let server = udp_server();

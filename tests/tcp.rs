@@ -383,3 +383,32 @@ engine_tests! {
     a_reset_client_does_not_disturb_others,
     shutdown_closes_a_client_that_never_reads_after_the_grace_period,
 }
+
+/// The listen backlog is what was asked for, and the default otherwise
+/// (read back with `ss`, which shows a listener's backlog as its Send-Q).
+#[test]
+fn the_listen_backlog_is_what_was_asked_for() {
+    if std::process::Command::new("ss").arg("-V").output().is_err() {
+        eprintln!("skipped: no `ss` (iproute2) on this machine");
+        return;
+    }
+    for (asked, want) in [(Some(7), 7), (None, echo_server::DEFAULT_BACKLOG)] {
+        let b = builder(Engine::Threads).tcp(([127, 0, 0, 1], 0));
+        let server = TestServer::start(match asked {
+            Some(n) => b.backlog(n),
+            None => b,
+        });
+        let out = std::process::Command::new("ss")
+            .args(["-ltnH", &format!("sport = :{}", server.addr.port())])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let fields: Vec<&str> = text.split_whitespace().collect();
+        assert_eq!(
+            fields.get(2).copied(),
+            Some(want.to_string().as_str()),
+            "{text}"
+        );
+        server.stop();
+    }
+}

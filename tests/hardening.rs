@@ -238,6 +238,24 @@ fn a_low_process_limit_caps_threads_and_auto_serves_the_rest_on_event_loops() {
         let _ = other.wait();
     }
 
+    // Each UDP receive thread is the server's own too: main + 2 signal
+    // threads + TCP accept + 3 UDP receivers leave 3 of 10 for connections.
+    let mut server = spawn_as_a_stranger_with_nproc(
+        &["--engine", "threads", "--udp", "--udp-threads", "3", "0"],
+        10,
+    );
+    let _ = server.listening("udp");
+    assert!(
+        server
+            .seen
+            .iter()
+            .any(|l| l.contains("serving at most 3 connections at once")),
+        "{:#?}",
+        server.seen
+    );
+    let line = summary(&mut server);
+    assert!(!line.contains("for lack of threads"), "{line}");
+
     // main + 2 signal threads + accept + 2 event loops + 1 connection thread.
     let mut server = spawn_as_a_stranger_with_nproc(&["--event-loops", "2", "0"], 7);
     let addr = server.tcp_addr();

@@ -201,6 +201,37 @@ fn tcp_and_udp_share_a_port_chosen_by_the_os() {
     assert_eq!(round_trip(connect(server.addr), b"t".to_vec()), b"t");
 }
 
+/// Only a TCP listener on the same address lends UDP its port: UDP on
+/// another address with port 0 gets a port of its own. (Here the TCP
+/// port is taken for UDP on that other address, so borrowing it fails.)
+#[test]
+fn udp_borrows_the_port_of_tcp_on_the_same_address_only() {
+    for _ in 0..20 {
+        let held = UdpSocket::bind("127.0.0.2:0").unwrap();
+        let port = held.local_addr().unwrap().port();
+        let built = Server::builder()
+            .tcp(([127, 0, 0, 1], port))
+            .udp(([127, 0, 0, 2], 0))
+            .build();
+        let server = match built {
+            Ok(server) => server,
+            // TCP `port` on 127.0.0.1 happened to be busy: another port.
+            Err(e) if e.to_string().contains("tcp 127.0.0.1") => continue,
+            Err(e) => panic!("UDP on 127.0.0.2 took the TCP port: {e}"),
+        };
+        let udp = server
+            .listen_addrs()
+            .find_map(|a| match a {
+                echo_server::ListenAddr::Udp(a) => Some(*a),
+                _ => None,
+            })
+            .unwrap();
+        assert_ne!(udp.port(), port);
+        return;
+    }
+    panic!("no free TCP port found");
+}
+
 #[test]
 fn shutdown_stops_an_idle_udp_server_promptly() {
     let server = udp_server();

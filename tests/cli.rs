@@ -655,3 +655,23 @@ fn log_data_shows_datagrams_too() {
         .count();
     assert_eq!(logged, 1, "{:#?}", server.seen);
 }
+
+/// --max-threads below what the system allows caps the thread engine, and
+/// the warning gives that as the reason.
+#[test]
+fn max_threads_caps_the_thread_engine_and_says_so() {
+    let mut server = Binary::spawn(&["--engine", "threads", "--max-threads", "3", "0"]);
+    let _ = server.tcp_addr();
+    let warning = server
+        .seen
+        .iter()
+        .find(|l| l.contains("serving at most 3 connections at once"))
+        .cloned()
+        .unwrap_or_else(|| panic!("{:#?}", server.seen));
+    assert!(
+        warning.contains("at most 3 connection threads were asked for"),
+        "{warning}"
+    );
+    server.signal(libc::SIGTERM);
+    assert_eq!(server.wait_exit().code(), Some(0));
+}

@@ -201,7 +201,9 @@ fn a_low_process_limit_caps_threads_and_auto_serves_the_rest_on_event_loops() {
         })
         .collect();
     // 2 sleeps + main + 2 signal threads + accept thread + 2 connection threads.
-    let mut server = spawn_as_a_stranger_with_nproc(&["--engine", "threads", "0"], 8);
+    // --max-threads above what the system allows: the system is the reason given.
+    let mut server =
+        spawn_as_a_stranger_with_nproc(&["--engine", "threads", "--max-threads", "1000", "0"], 8);
     let addr = server.tcp_addr();
     let warning = server
         .seen

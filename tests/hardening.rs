@@ -145,23 +145,23 @@ fn out_of_file_descriptors_resets_extra_clients_and_recovers(engine: Engine) {
     assert_eq!(warnings, 1, "{:#?}", server.seen);
 }
 
-/// The server as a user of its own with `RLIMIT_NPROC` at `nproc`: a user
-/// that may run only a handful of threads (root is not held to the limit).
-/// The uid is made from this test process's pid and has no other process:
-/// the limit counts every task of the user, so two test runs at once (as
-/// under `cargo mutants -j 2`) sharing `nobody` would count against each
-/// other.
-fn spawn_as_a_stranger_with_nproc(args: &[&str], nproc: u64) -> Binary {
-    let id = stranger();
+/// The server as user `stranger(who)` with `RLIMIT_NPROC` at `nproc`: a
+/// user that may run only a handful of threads (root is not held to the
+/// limit).
+fn spawn_as_a_stranger_with_nproc(who: u32, args: &[&str], nproc: u64) -> Binary {
+    let id = stranger(who);
     spawn_limited(args, move || {
         set_rlimit(libc::RLIMIT_NPROC, nproc)?;
         run_as(id)
     })
 }
 
-/// The stranger's uid, from this (parent) process's pid.
-fn stranger() -> u32 {
-    200_000 + std::process::id() % 100_000
+/// A uid no other process has: one per test (`who`) and test process. The
+/// process limit counts every task of the user, so tests running at once
+/// (in one `cargo test` process, or two runs under `cargo mutants -j 2`)
+/// must not share one, as they did sharing `nobody`.
+fn stranger(who: u32) -> u32 {
+    200_000 + (std::process::id() % 50_000) * 16 + who
 }
 
 fn run_as(id: u32) -> std::io::Result<()> {
@@ -190,7 +190,7 @@ fn a_low_process_limit_caps_threads_and_auto_serves_the_rest_on_event_loops() {
     // server must count every task of its user, not only its own.
     // Two, so the count cannot come out right by accident (/proc/self and
     // /proc/thread-self repeat the server's own entry).
-    let id = stranger();
+    let id = stranger(0);
     let mut others: Vec<std::process::Child> = (0..2)
         .map(|_| {
             let mut other = std::process::Command::new("sleep");
@@ -202,8 +202,11 @@ fn a_low_process_limit_caps_threads_and_auto_serves_the_rest_on_event_loops() {
         .collect();
     // 2 sleeps + main + 2 signal threads + accept thread + 2 connection threads.
     // --max-threads above what the system allows: the system is the reason given.
-    let mut server =
-        spawn_as_a_stranger_with_nproc(&["--engine", "threads", "--max-threads", "1000", "0"], 8);
+    let mut server = spawn_as_a_stranger_with_nproc(
+        0,
+        &["--engine", "threads", "--max-threads", "1000", "0"],
+        8,
+    );
     let addr = server.tcp_addr();
     let warning = server
         .seen
@@ -243,6 +246,7 @@ fn a_low_process_limit_caps_threads_and_auto_serves_the_rest_on_event_loops() {
     // Each UDP receive thread is the server's own too: main + 2 signal
     // threads + TCP accept + 3 UDP receivers leave 3 of 10 for connections.
     let mut server = spawn_as_a_stranger_with_nproc(
+        0,
         &["--engine", "threads", "--udp", "--udp-threads", "3", "0"],
         10,
     );
@@ -259,7 +263,7 @@ fn a_low_process_limit_caps_threads_and_auto_serves_the_rest_on_event_loops() {
     assert!(!line.contains("for lack of threads"), "{line}");
 
     // main + 2 signal threads + accept + 2 event loops + 1 connection thread.
-    let mut server = spawn_as_a_stranger_with_nproc(&["--event-loops", "2", "0"], 7);
+    let mut server = spawn_as_a_stranger_with_nproc(0, &["--event-loops", "2", "0"], 7);
     let addr = server.tcp_addr();
     let mut served = Vec::new();
     for _ in 0..6 {
@@ -704,7 +708,7 @@ fn a_udp_buffer_beyond_rmem_max_is_granted_to_root_and_warned_about_otherwise() 
     root.signal(libc::SIGTERM);
     assert_eq!(root.wait_exit().code(), Some(0));
 
-    let mut other = spawn_as_a_stranger_with_nproc(&args, 100);
+    let mut other = spawn_as_a_stranger_with_nproc(1, &args, 100);
     let _ = other.listening("udp");
     assert_eq!(warned(&other), 1, "{:#?}", other.seen);
     assert!(
@@ -732,7 +736,7 @@ fn a_live_unix_socket_it_cannot_reach_is_left_alone() {
     let path = dir.path().join("root.sock");
     let live = std::os::unix::net::UnixListener::bind(&path).unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let mut server = spawn_as_a_stranger_with_nproc(&["--unix", path.to_str().unwrap()], 100);
+    let mut server = spawn_as_a_stranger_with_nproc(2, &["--unix", path.to_str().unwrap()], 100);
     assert_eq!(server.wait_exit().code(), Some(1), "{:#?}", server.seen);
     assert!(
         server.seen.iter().any(|l| l.contains("Permission denied")),

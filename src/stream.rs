@@ -36,12 +36,14 @@ impl Stream {
 /// connection table.
 #[derive(Debug)]
 pub(crate) struct Activity {
-    /// Milliseconds since [`epoch`] at the last read that returned data or
-    /// the last write.
+    /// Milliseconds since [`now_ms`]'s epoch at accept or at the last
+    /// write (every read that returns data is followed by one).
     last: AtomicU64,
-    /// Bytes have been read that are not yet known to be written back: set
-    /// by a read that returned data, cleared by the next read (the echo core
-    /// reads only once everything before is written).
+    /// Bytes have been read that are not yet written back: set by a read
+    /// that returned data, cleared by the flush the echo core owes once a
+    /// chunk is written back in full. (Not by the next read: an event loop
+    /// may not read again until the client sends more, and the connection
+    /// must look idle all that while.)
     busy: AtomicBool,
 }
 
@@ -55,6 +57,22 @@ impl Default for Activity {
 }
 
 impl Activity {
+    /// Bytes have arrived: the connection is busy until they are written
+    /// back (and `last` moves when they are).
+    pub(crate) fn received(&self) {
+        self.busy.store(true, Relaxed);
+    }
+
+    /// Some bytes were written back.
+    pub(crate) fn wrote(&self) {
+        self.last.store(now_ms(), Relaxed);
+    }
+
+    /// Everything received so far is written back.
+    pub(crate) fn caught_up(&self) {
+        self.busy.store(false, Relaxed);
+    }
+
     /// How long the connection has been idle, or `None` while an echo is
     /// being written.
     pub(crate) fn idle_for(&self, now_ms: u64) -> Option<u64> {
@@ -139,14 +157,10 @@ pub(crate) struct Metered<'a> {
 impl Read for Metered<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         self.last_op = Op::Read;
-        let activity = &self.stream.1;
-        // Reading again means everything read before is written back.
-        activity.busy.store(false, Relaxed);
         let n = { self.stream }.read(buf)?;
         if n > 0 {
             Counters::add(&self.counters.bytes_received, n as u64);
-            activity.busy.store(true, Relaxed);
-            activity.last.store(now_ms(), Relaxed);
+            self.stream.1.received();
         }
         if self.log_data && n > 0 {
             log::info!(
@@ -165,12 +179,15 @@ impl Write for Metered<'_> {
             return Err(injected);
         }
         let n = { self.stream }.write(buf)?;
-        self.stream.1.last.store(now_ms(), Relaxed);
+        self.stream.1.wrote();
         Counters::add(&self.counters.bytes_echoed, n as u64);
         Ok(n)
     }
 
+    /// The echo core flushes once a chunk is written back in full (a socket
+    /// has nothing to flush): from here the connection is idle.
     fn flush(&mut self) -> io::Result<()> {
+        self.stream.1.caught_up();
         Ok(())
     }
 }

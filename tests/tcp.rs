@@ -362,7 +362,56 @@ fn connections_are_served_on_their_engine_and_shutdown_drains_all(engine: Engine
     }
 }
 
+fn a_full_server_reclaims_the_idlest_slot_for_a_waiting_client(engine: Engine) {
+    let server = TestServer::start(
+        builder(engine)
+            .tcp(([127, 0, 0, 1], 0))
+            .max_connections(2)
+            .reclaim_idle(Some(Duration::from_millis(300))),
+    );
+    let addr = server.addr;
+    reclaims_the_idlest_slot(server, || connect(addr));
+}
+
+/// Bulk echoes, spliced or not: a connection whose echo is stalled (its
+/// client sends but does not read yet) is never reclaimed, however long it
+/// waits; one that has had its bulk echoed in full and gone quiet is.
+fn reclaim_spares_a_stalled_bulk_echo_and_takes_a_finished_one(engine: Engine) {
+    for splice in [true, false] {
+        let server = TestServer::start(
+            builder(engine)
+                .tcp(([127, 0, 0, 1], 0))
+                .splice(splice)
+                .max_connections(2)
+                .reclaim_idle(Some(Duration::from_millis(300))),
+        );
+        let data: Vec<u8> = (0..4u32 << 20).map(|i| (i % 251) as u8).collect();
+        let stalled = connect(server.addr);
+        let mut writer = stalled.try_clone().unwrap();
+        let sent = data.clone();
+        let writing = std::thread::spawn(move || writer.write_all(&sent));
+        let mut finished = connect(server.addr);
+        finished.write_all(&data[..256 << 10]).unwrap();
+        assert_eq!(read_n(&mut finished, 256 << 10), &data[..256 << 10]);
+        std::thread::sleep(Duration::from_millis(1000));
+        let mut waiting = connect(server.addr);
+        waiting.write_all(b"w").unwrap();
+        assert_eq!(read_n(&mut waiting, 1), b"w", "splice {splice}");
+        assert!(
+            is_closed(&mut finished, DEADLINE),
+            "the finished echo was not reclaimed (splice {splice})"
+        );
+        // Nothing of the stalled echo is lost.
+        let mut reader = stalled;
+        assert_eq!(read_n(&mut reader, data.len()), data, "splice {splice}");
+        writing.join().unwrap().unwrap();
+        assert_eq!(server.stop().reclaimed, 1, "splice {splice}");
+    }
+}
+
 engine_tests! {
+    a_full_server_reclaims_the_idlest_slot_for_a_waiting_client,
+    reclaim_spares_a_stalled_bulk_echo_and_takes_a_finished_one,
     connections_are_served_on_their_engine_and_shutdown_drains_all,
     echoes_a_line,
     echoes_every_byte_value_including_nul,

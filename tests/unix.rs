@@ -194,49 +194,7 @@ fn a_full_server_reclaims_the_idlest_slot_for_a_waiting_client(engine: Engine) {
             .max_connections(2)
             .reclaim_idle(Some(std::time::Duration::from_millis(300))),
     );
-    let mut idle = connect_unix(&path);
-    idle.write_all(b"i").unwrap();
-    assert_eq!(read_n(&mut idle, 1), b"i");
-    let mut busy = connect_unix(&path);
-    // Full, but nobody waits: however idle, no one is reclaimed (a check
-    // runs every 250 ms once the idlest has been idle 300 ms).
-    std::thread::sleep(std::time::Duration::from_millis(1000));
-    assert_eq!(
-        server.handle.stats().reclaimed,
-        0,
-        "reclaimed with nobody waiting"
-    );
-    let mut waiting = connect_unix(&path);
-    waiting.write_all(b"let me in").unwrap();
-    // The busy client keeps echoing while the waiting one waits.
-    let start = std::time::Instant::now();
-    let mut waiting_served = false;
-    while start.elapsed() < DEADLINE {
-        busy.write_all(b"b").unwrap();
-        assert_eq!(
-            read_n(&mut busy, 1),
-            b"b",
-            "the busy client is never reclaimed"
-        );
-        waiting
-            .set_read_timeout(Some(std::time::Duration::from_millis(100)))
-            .unwrap();
-        let mut buf = [0u8; 9];
-        if waiting.read_exact(&mut buf).is_ok() {
-            assert_eq!(&buf, b"let me in");
-            waiting_served = true;
-            break;
-        }
-    }
-    assert!(waiting_served, "the waiting client was never served");
-    let mut rest = Vec::new();
-    idle.read_to_end(&mut rest).unwrap();
-    assert!(
-        rest.is_empty(),
-        "the reclaimed client gets end of file, nothing else"
-    );
-    let stats = server.stop();
-    assert_eq!(stats.reclaimed, 1);
+    reclaims_the_idlest_slot(server, || connect_unix(&path));
 }
 
 engine_tests! {

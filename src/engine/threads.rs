@@ -104,11 +104,25 @@ fn bulk(metered: &mut Metered<'_>, ctx: &Context) -> io::Result<u64> {
             .load(std::sync::atomic::Ordering::Relaxed)
             <= SPLICE_MAX_ACTIVE
     {
-        let counters = &ctx.counters;
+        let (counters, activity) = (&ctx.counters, &metered.stream.1);
+        // What was received and is not yet written back, so that a spliced
+        // connection is never reclaimed in mid-echo.
+        let pending = std::cell::Cell::new(0usize);
         let spliced = crate::splice::echo(
             &metered.stream.0,
-            |n| Counters::add(&counters.bytes_received, n as u64),
-            |n| Counters::add(&counters.bytes_echoed, n as u64),
+            |n| {
+                Counters::add(&counters.bytes_received, n as u64);
+                activity.received();
+                pending.set(pending.get() + n);
+            },
+            |n| {
+                Counters::add(&counters.bytes_echoed, n as u64);
+                activity.wrote();
+                pending.set(pending.get() - n);
+                if pending.get() == 0 {
+                    activity.caught_up();
+                }
+            },
         );
         match spliced {
             Ok(n) => return Ok(n),

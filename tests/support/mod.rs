@@ -325,3 +325,72 @@ pub fn udp_round_trip(s: &std::net::UdpSocket, data: &[u8]) -> Option<Vec<u8>> {
         Err(e) => panic!("recv: {e}"),
     }
 }
+
+/// A stream client the shared scenarios can drive: TCP or Unix.
+pub trait Client: Read + Write {
+    fn set_read_timeout(&self, timeout: Duration);
+}
+
+impl Client for TcpStream {
+    fn set_read_timeout(&self, timeout: Duration) {
+        TcpStream::set_read_timeout(self, Some(timeout)).unwrap();
+    }
+}
+
+#[cfg(unix)]
+impl Client for std::os::unix::net::UnixStream {
+    fn set_read_timeout(&self, timeout: Duration) {
+        std::os::unix::net::UnixStream::set_read_timeout(self, Some(timeout)).unwrap();
+    }
+}
+
+/// A server full at 2 connections, reclaiming after 300 ms idle, frees the
+/// slot of the connection idle longest for a waiting client, and never that
+/// of a busy one. `idle` has echoed a message and then gone quiet: an
+/// idle connection is one whose echo is written back, whether or not the
+/// engine has read from it since.
+pub fn reclaims_the_idlest_slot<C: Client>(server: TestServer, connect: impl Fn() -> C) {
+    let mut idle = connect();
+    idle.write_all(b"i").unwrap();
+    assert_eq!(read_n(&mut idle, 1), b"i");
+    let mut busy = connect();
+    // Full, but nobody waits: however idle, no one is reclaimed (a check
+    // runs every 250 ms once the idlest has been idle 300 ms).
+    thread::sleep(Duration::from_millis(1000));
+    assert_eq!(
+        server.handle.stats().reclaimed,
+        0,
+        "reclaimed with nobody waiting"
+    );
+    let mut waiting = connect();
+    waiting.write_all(b"let me in").unwrap();
+    waiting.set_read_timeout(Duration::from_millis(100));
+    // The busy client keeps echoing while the waiting one waits.
+    let start = Instant::now();
+    let mut waiting_served = false;
+    while start.elapsed() < DEADLINE {
+        busy.write_all(b"b").unwrap();
+        assert_eq!(read_n(&mut busy, 1), b"b", "the busy client is served");
+        let mut buf = [0u8; 9];
+        if waiting.read_exact(&mut buf).is_ok() {
+            assert_eq!(&buf, b"let me in");
+            waiting_served = true;
+            break;
+        }
+    }
+    let stats = server.handle.stats();
+    assert!(
+        waiting_served,
+        "the waiting client was never served: {stats:?}"
+    );
+    busy.write_all(b"still").unwrap();
+    assert_eq!(read_n(&mut busy, 5), b"still", "the busy one was reclaimed");
+    let mut rest = Vec::new();
+    idle.read_to_end(&mut rest)
+        .unwrap_or_else(|e| panic!("the idle one was not reclaimed ({e}): {stats:?}"));
+    assert!(
+        rest.is_empty(),
+        "the reclaimed client gets end of file, nothing else"
+    );
+    assert_eq!(server.stop().reclaimed, 1);
+}

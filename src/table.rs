@@ -113,14 +113,20 @@ impl ConnectionTable {
     /// left to write) for at least `min_idle`. Like shutdown, that makes
     /// its engine see end of file and close it with nothing lost. Returns
     /// whether one was reclaimed.
+    ///
+    /// While a reclaimed connection is still closing, its slot is on its
+    /// way: reclaiming another then would end two connections for one
+    /// waiting client (seen when its engine was slow to wake under load).
     pub(crate) fn reclaim_idlest(&self, min_idle: Duration) -> bool {
         let min_ms = u64::try_from(min_idle.as_millis()).unwrap_or(u64::MAX);
         let now = crate::stream::now_ms();
         let mut table = self.lock();
+        if table.live.values().any(|e| e.reclaimed) {
+            return false;
+        }
         let idlest = table
             .live
             .values_mut()
-            .filter(|e| !e.reclaimed)
             .filter_map(|e| Some((e.stream.1.idle_for(now)?, e)))
             .filter(|(idle, _)| *idle >= min_ms)
             .max_by_key(|(idle, _)| *idle);
@@ -162,5 +168,56 @@ impl ConnectionTable {
                 .0;
         }
         true
+    }
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+    use socket2::Socket;
+    use std::os::unix::net::UnixStream;
+
+    /// A live entry and the client end of its socket.
+    fn admit(table: &ConnectionTable, counters: &Counters) -> (u64, UnixStream) {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let stream = Arc::new(Stream::new(Socket::from(std::os::fd::OwnedFd::from(ours))));
+        (table.insert(stream, counters), theirs)
+    }
+
+    /// One waiting client, one reclaim: while the reclaimed connection is
+    /// still closing, no other is taken, however idle.
+    #[test]
+    fn one_reclaim_at_a_time() {
+        let (table, counters) = (ConnectionTable::default(), Counters::default());
+        let (_first, _a) = admit(&table, &counters);
+        let (_second, _b) = admit(&table, &counters);
+        assert!(table.reclaim_idlest(Duration::ZERO));
+        assert!(
+            !table.reclaim_idlest(Duration::ZERO),
+            "a second connection reclaimed before the first closed"
+        );
+        // Whichever was taken, it closes; then the other may go.
+        let reclaimed = table
+            .lock()
+            .live
+            .iter()
+            .find(|(_, e)| e.reclaimed)
+            .map(|(&id, _)| id)
+            .unwrap();
+        table.remove(reclaimed, &counters);
+        assert!(table.reclaim_idlest(Duration::ZERO));
+    }
+
+    /// Only a connection idle at least `min_idle`, and not one mid-echo.
+    #[test]
+    fn spares_the_recent_and_the_busy() {
+        let (table, counters) = (ConnectionTable::default(), Counters::default());
+        let (_id, _client) = admit(&table, &counters);
+        assert!(!table.reclaim_idlest(Duration::from_secs(3600)));
+        let stream = Arc::clone(&table.lock().live.values().next().unwrap().stream);
+        stream.1.received();
+        assert!(!table.reclaim_idlest(Duration::ZERO), "reclaimed mid-echo");
+        stream.1.caught_up();
+        assert!(table.reclaim_idlest(Duration::ZERO));
     }
 }

@@ -373,6 +373,18 @@ fn a_full_server_reclaims_the_idlest_slot_for_a_waiting_client(engine: Engine) {
     reclaims_the_idlest_slot(server, || connect(addr));
 }
 
+/// A client whose receive buffer is asked to be `size` before it connects
+/// (so that the window it offers stays small).
+fn connect_with_receive_buffer(addr: SocketAddr, size: usize) -> std::net::TcpStream {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(size).unwrap();
+    socket.connect_timeout(&addr.into(), DEADLINE).unwrap();
+    let stream = std::net::TcpStream::from(socket);
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    stream.set_write_timeout(Some(DEADLINE)).unwrap();
+    stream
+}
+
 /// Bulk echoes, spliced or not: a connection whose echo is stalled (its
 /// client sends but does not read yet) is never reclaimed, however long it
 /// waits; one that has had its bulk echoed in full and gone quiet is.
@@ -385,11 +397,22 @@ fn reclaim_spares_a_stalled_bulk_echo_and_takes_a_finished_one(engine: Engine) {
                 .max_connections(2)
                 .reclaim_idle(Some(Duration::from_millis(300))),
         );
-        let data: Vec<u8> = (0..4u32 << 20).map(|i| (i % 251) as u8).collect();
-        let stalled = connect(server.addr);
+        // More than the server's socket buffers hold, with a small receive
+        // buffer here: the server's echo stalls for sure.
+        let data: Vec<u8> = (0..16u32 << 20).map(|i| (i % 251) as u8).collect();
+        let stalled = connect_with_receive_buffer(server.addr, 64 << 10);
         let mut writer = stalled.try_clone().unwrap();
         let sent = data.clone();
         let writing = std::thread::spawn(move || writer.write_all(&sent));
+        // Stalled for good once the buffers are full: from then on its
+        // last write is older than anything the finished one does, and only
+        // its unwritten echo says it is busy.
+        let mut echoed = server.handle.stats().bytes_echoed;
+        wait_for("the stalled echo to stop moving", || {
+            std::thread::sleep(Duration::from_millis(300));
+            let now = server.handle.stats().bytes_echoed;
+            std::mem::replace(&mut echoed, now) == now && now > 0
+        });
         let mut finished = connect(server.addr);
         finished.write_all(&data[..256 << 10]).unwrap();
         assert_eq!(read_n(&mut finished, 256 << 10), &data[..256 << 10]);

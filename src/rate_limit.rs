@@ -118,6 +118,16 @@ mod tests {
     const A: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 1));
     const B: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2));
 
+    /// A table with `MAX_SOURCES` sources (0.0.0.0, 0.0.0.1, …), each
+    /// answered once at `now`.
+    fn full_table(limit: RateLimit, now: Instant) -> SourceBuckets {
+        let mut buckets = SourceBuckets::new(limit);
+        for i in 0..MAX_SOURCES as u32 {
+            assert!(buckets.allow(IpAddr::from(i.to_be_bytes()), 0, now));
+        }
+        buckets
+    }
+
     #[test]
     fn burst_then_refill_at_the_rate() {
         let limit = RateLimit {
@@ -154,11 +164,8 @@ mod tests {
             rate: 1000,
             burst: 10 * DATAGRAM_OVERHEAD,
         };
-        let mut buckets = SourceBuckets::new(limit);
         let t0 = Instant::now();
-        for i in 0..MAX_SOURCES as u32 {
-            assert!(buckets.allow(IpAddr::from(i.to_be_bytes()), 0, t0));
-        }
+        let mut buckets = full_table(limit, t0);
         // Long enough for every bucket to be full again.
         let later = t0 + Duration::from_secs(3600);
         assert!(buckets.allow(B, 0, later));
@@ -172,11 +179,8 @@ mod tests {
             rate: 0,
             burst: 10 * DATAGRAM_OVERHEAD,
         };
-        let mut buckets = SourceBuckets::new(limit);
         let now = Instant::now();
-        for i in 0..MAX_SOURCES as u32 {
-            assert!(buckets.allow(IpAddr::from(i.to_be_bytes()), 0, now));
-        }
+        let mut buckets = full_table(limit, now);
         let extra = (0..100u32)
             .filter(|i| buckets.allow(IpAddr::from((u32::MAX - i).to_be_bytes()), 0, now))
             .count();

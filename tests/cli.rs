@@ -22,9 +22,7 @@ fn prints_the_listening_line_echoes_and_exits_0_on_sigterm(engine: Engine) {
     );
     // The loopback default tells the user how to accept remote clients.
     server.expect_line("remote hint", |l| l.contains("--bind ::"));
-    server.signal(libc::SIGTERM);
-    let status = server.wait_exit();
-    assert_eq!(status.code(), Some(0), "stderr: {:#?}", server.seen);
+    server.stop();
     let listening = server
         .seen
         .iter()
@@ -74,13 +72,8 @@ fn ipv6_and_dual_stack_from_the_command_line() {
     let v4: SocketAddr = ([127, 0, 0, 1], addr.port()).into();
     assert_eq!(round_trip(connect(v4), b"v4".to_vec()), b"v4");
     // Not loopback-only: no hint about --bind.
-    dual.signal(libc::SIGTERM);
-    assert_eq!(dual.wait_exit().code(), Some(0));
-    assert!(
-        !dual.seen.iter().any(|l| l.contains("--bind")),
-        "{:#?}",
-        dual.seen
-    );
+    dual.stop();
+    assert!(!dual.logged("--bind"), "{:#?}", dual.seen);
 }
 
 #[test]
@@ -157,8 +150,7 @@ fn several_binds_ports_and_host_names_are_all_served() {
         l.starts_with("listening on tcp ")
     });
     addrs.push(more["listening on tcp ".len()..].parse().unwrap());
-    server.signal(libc::SIGTERM);
-    assert_eq!(server.wait_exit().code(), Some(0));
+    server.stop();
     let listening: Vec<SocketAddr> = server
         .seen
         .iter()
@@ -239,8 +231,7 @@ fn sigusr1_and_stats_interval_log_the_counters() {
     );
     // Still serving.
     assert_eq!(round_trip(connect(addr), b"more".to_vec()), b"more");
-    server.signal(libc::SIGTERM);
-    assert_eq!(server.wait_exit().code(), Some(0));
+    server.stop();
 }
 
 /// --log-format json: every log line is one JSON object, the listening
@@ -261,8 +252,7 @@ fn json_logs_and_a_metrics_endpoint_from_the_command_line() {
     let mut page = String::new();
     std::io::Read::read_to_string(&mut s, &mut page).unwrap();
     assert!(page.contains("echo_server_bytes_echoed_total 4"), "{page}");
-    server.signal(libc::SIGTERM);
-    assert_eq!(server.wait_exit().code(), Some(0));
+    server.stop();
     let logs: Vec<&String> = server
         .seen
         .iter()
@@ -322,14 +312,9 @@ fn log_data_sees_bulk_traffic_too(engine: Engine) {
     let payload: Vec<u8> = (0..20_000u32).map(|i| (i % 256) as u8).collect();
     assert_eq!(round_trip(connect(addr), payload.clone()), payload);
     assert_eq!(logged_data(&mut server, payload.len()), payload);
-    server.signal(libc::SIGTERM);
-    assert_eq!(server.wait_exit().code(), Some(0));
+    server.stop();
     // End of file is not data.
-    assert!(
-        !server.seen.iter().any(|l| l.contains("sent 0 bytes")),
-        "{:#?}",
-        server.seen
-    );
+    assert!(!server.logged("sent 0 bytes"), "{:#?}", server.seen);
 }
 
 fn max_connections_from_the_command_line(engine: Engine) {
@@ -353,13 +338,8 @@ fn idle_timeout_from_the_command_line(engine: Engine) {
     c.write_all(b"x").unwrap();
     assert_eq!(read_n(&mut c, 1), b"x");
     assert!(is_closed(&mut c, DEADLINE));
-    server.signal(libc::SIGTERM);
-    assert_eq!(server.wait_exit().code(), Some(0));
-    assert!(
-        server.seen.iter().any(|l| l.contains("1 idle timeouts")),
-        "{:#?}",
-        server.seen
-    );
+    server.stop();
+    assert!(server.logged("1 idle timeouts"), "{:#?}", server.seen);
 }
 
 /// Starts the binary the way systemd does: `fds` become descriptors 3, 4, …
@@ -424,8 +404,7 @@ fn serves_tcp_and_udp_sockets_passed_by_systemd() {
     );
     let c = udp_client(udp_addr, DEADLINE);
     assert_eq!(udp_round_trip(&c, b"dgram").as_deref(), Some(&b"dgram"[..]));
-    server.signal(libc::SIGTERM);
-    assert_eq!(server.wait_exit().code(), Some(0), "{:#?}", server.seen);
+    server.stop();
 }
 
 /// LISTEN_FDS announcing descriptors that are not open is an error that
@@ -439,11 +418,7 @@ fn activation_with_missing_descriptors_is_refused() {
     ));
     let mut server = Binary::spawn_command(cmd);
     assert_eq!(server.wait_exit().code(), Some(1), "{:#?}", server.seen);
-    assert!(
-        server.seen.iter().any(|l| l.contains("which is not open")),
-        "{:#?}",
-        server.seen
-    );
+    assert!(server.logged("which is not open"), "{:#?}", server.seen);
 }
 
 #[test]
@@ -530,8 +505,7 @@ fn event_loops_and_udp_threads_are_one_per_core_by_default() {
             "{args:?}: {:?}",
             thread_names(server.child.id())
         );
-        server.signal(libc::SIGTERM);
-        assert_eq!(server.wait_exit().code(), Some(0));
+        server.stop();
     }
 }
 
@@ -564,13 +538,8 @@ fn the_soft_descriptor_limit_is_raised_to_the_hard_one() {
         .map(|l| l.split_whitespace().collect())
         .unwrap();
     assert_eq!(&open_files[3..5], ["1000", "1000"], "{limits}");
-    server.signal(libc::SIGTERM);
-    assert_eq!(server.wait_exit().code(), Some(0));
-    assert!(
-        !server.seen.iter().any(|l| l.contains("could not raise")),
-        "{:#?}",
-        server.seen
-    );
+    server.stop();
+    assert!(!server.logged("could not raise"), "{:#?}", server.seen);
 }
 
 /// Under --splice a reset is reported as a reset wherever it comes: on the
@@ -598,16 +567,8 @@ fn a_reset_during_splice_is_a_reset() {
             l.contains("Connection reset by peer")
         });
     }
-    server.signal(libc::SIGTERM);
-    assert_eq!(server.wait_exit().code(), Some(0));
-    assert!(
-        !server
-            .seen
-            .iter()
-            .any(|l| l.contains("closed after echoing")),
-        "{:#?}",
-        server.seen
-    );
+    server.stop();
+    assert!(!server.logged("closed after echoing"), "{:#?}", server.seen);
 }
 
 /// Even at -v, an idle UDP server says nothing (its one-second receive
@@ -620,8 +581,7 @@ fn udp_logs_only_what_was_asked_for() {
     assert_eq!(udp_round_trip(&c, b"quiet").as_deref(), Some(&b"quiet"[..]));
     // Past two receive timeouts of each socket.
     std::thread::sleep(Duration::from_millis(2500));
-    server.signal(libc::SIGTERM);
-    assert_eq!(server.wait_exit().code(), Some(0));
+    server.stop();
     assert!(
         !server
             .seen
@@ -646,13 +606,8 @@ fn log_data_shows_datagrams_too() {
         line.ends_with("sent a 3 byte datagram: \"ab\\n\""),
         "{line}"
     );
-    server.signal(libc::SIGTERM);
-    assert_eq!(server.wait_exit().code(), Some(0));
-    let logged = server
-        .seen
-        .iter()
-        .filter(|l| l.contains("byte datagram"))
-        .count();
+    server.stop();
+    let logged = server.count_lines("byte datagram");
     assert_eq!(logged, 1, "{:#?}", server.seen);
 }
 
@@ -672,6 +627,5 @@ fn max_threads_caps_the_thread_engine_and_says_so() {
         warning.contains("at most 3 connection threads were asked for"),
         "{warning}"
     );
-    server.signal(libc::SIGTERM);
-    assert_eq!(server.wait_exit().code(), Some(0));
+    server.stop();
 }

@@ -89,15 +89,14 @@ fn set_rlimit(resource: libc::__rlimit_resource_t, n: u64) -> std::io::Result<()
     Ok(())
 }
 
-fn summary(server: &mut Binary) -> String {
-    server.signal(libc::SIGTERM);
-    assert_eq!(server.wait_exit().code(), Some(0), "{:#?}", server.seen);
-    server
-        .seen
-        .iter()
-        .find(|l| l.starts_with("shut down:"))
-        .cloned()
-        .expect("a shutdown summary")
+/// Whether to skip a test that needs root to `why`; says so if it does.
+fn skip_unless_root(why: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        eprintln!("skipped: needs root to {why}");
+    }
+    !root
 }
 
 fn out_of_file_descriptors_resets_extra_clients_and_recovers(engine: Engine) {
@@ -131,17 +130,14 @@ fn out_of_file_descriptors_resets_extra_clients_and_recovers(engine: Engine) {
             (fate, _) => panic!("not serving again after fds were freed: {fate:?}"),
         }
     }
-    let line = summary(&mut server);
+    server.stop();
+    let line = server.summary();
     assert!(
         line.contains(&format!("{refused} reset for lack of file descriptors")),
         "{line}"
     );
     // One warning for the episode, not one per client reset.
-    let warnings = server
-        .seen
-        .iter()
-        .filter(|l| l.contains("out of file descriptors"))
-        .count();
+    let warnings = server.count_lines("out of file descriptors");
     assert_eq!(warnings, 1, "{:#?}", server.seen);
 }
 
@@ -182,8 +178,7 @@ fn run_as(id: u32) -> std::io::Result<()> {
 /// against each other's limit.)
 #[test]
 fn a_low_process_limit_caps_threads_and_auto_serves_the_rest_on_event_loops() {
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: needs root to run the server as another user");
+    if skip_unless_root("run the server as another user") {
         return;
     }
     // Other processes of the same user count against the limit too: the
@@ -236,7 +231,8 @@ fn a_low_process_limit_caps_threads_and_auto_serves_the_rest_on_event_loops() {
             "a waiting client got its byte back"
         );
     }
-    let line = summary(&mut server);
+    server.stop();
+    let line = server.summary();
     assert!(!line.contains("for lack of threads"), "{line}");
     for mut other in others.drain(..) {
         let _ = other.kill();
@@ -252,14 +248,12 @@ fn a_low_process_limit_caps_threads_and_auto_serves_the_rest_on_event_loops() {
     );
     let _ = server.listening("udp");
     assert!(
-        server
-            .seen
-            .iter()
-            .any(|l| l.contains("serving at most 3 connections at once")),
+        server.logged("serving at most 3 connections at once"),
         "{:#?}",
         server.seen
     );
-    let line = summary(&mut server);
+    server.stop();
+    let line = server.summary();
     assert!(!line.contains("for lack of threads"), "{line}");
 
     // main + 2 signal threads + accept + 2 event loops + 1 connection thread.
@@ -272,7 +266,8 @@ fn a_low_process_limit_caps_threads_and_auto_serves_the_rest_on_event_loops() {
         served.extend(s);
     }
     drop(served);
-    let line = summary(&mut server);
+    server.stop();
+    let line = server.summary();
     assert!(!line.contains("for lack of threads"), "{line}");
 }
 
@@ -314,7 +309,8 @@ fn a_stalled_reader_holds_bounded_memory_until_the_write_timeout(engine: Engine)
         is_closed_or_reset(&mut s),
         "stalled reader was never closed"
     );
-    let line = summary(&mut server);
+    server.stop();
+    let line = server.summary();
     assert!(line.contains("closed early: 1 write timeouts"), "{line}");
 }
 
@@ -428,7 +424,8 @@ fn a_storm_of_resets_and_silent_clients_disturbs_no_one(engine: Engine) {
     last.write_all(b"last").unwrap();
     assert_eq!(read_n(&mut last, 4), b"last");
     drop(last);
-    let line = summary(&mut server);
+    server.stop();
+    let line = server.summary();
     assert!(line.contains("302 connections accepted"), "{line}");
     assert!(line.contains(" 0 active;"), "{line}");
     // Resets are neither timeouts nor peers that vanished (keepalive).
@@ -584,16 +581,13 @@ fn a_silent_crowd_cannot_lock_a_full_server(engine: Engine) {
     for a in attackers {
         a.join().unwrap();
     }
-    let line = summary(&mut server);
+    server.stop();
+    let line = server.summary();
     assert!(
         line.contains("idle reclaimed for waiting clients"),
         "{line}"
     );
-    let warnings = server
-        .seen
-        .iter()
-        .filter(|l| l.contains("every slot taken and clients waiting"))
-        .count();
+    let warnings = server.count_lines("every slot taken and clients waiting");
     assert_eq!(warnings, 1, "logged once per episode: {:#?}", server.seen);
 }
 
@@ -678,8 +672,7 @@ fn a_single_udp_socket_does_not_share_its_port() {
     intruder.set_reuse_port(true).unwrap();
     let joined = intruder.bind(&udp.into());
     assert!(joined.is_err(), "another socket joined {udp}");
-    server.signal(libc::SIGTERM);
-    assert_eq!(server.wait_exit().code(), Some(0));
+    server.stop();
 }
 
 /// The UDP buffer asked for is granted to root (SO_RCVBUFFORCE), silently;
@@ -687,8 +680,7 @@ fn a_single_udp_socket_does_not_share_its_port() {
 /// what was granted and which sysctl to raise.
 #[test]
 fn a_udp_buffer_beyond_rmem_max_is_granted_to_root_and_warned_about_otherwise() {
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: needs root to compare with another user");
+    if skip_unless_root("compare with another user") {
         return;
     }
     let rmem_max: usize = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
@@ -697,30 +689,18 @@ fn a_udp_buffer_beyond_rmem_max_is_granted_to_root_and_warned_about_otherwise() 
         .unwrap_or(212_992);
     // Twice the system's maximum, in MiB, at least 1.
     let asked = format!("{}M", (2 * rmem_max).div_ceil(1 << 20));
-    let warned = |server: &Binary| {
-        server
-            .seen
-            .iter()
-            .filter(|l| l.contains("receive buffer, not the"))
-            .count()
-    };
+    let warned = |server: &Binary| server.count_lines("receive buffer, not the");
     let args = ["--udp", "--udp-threads", "2", "--udp-buffer", &asked, "0"];
     let mut root = Binary::spawn(&args);
     let _ = root.listening("udp");
     assert_eq!(warned(&root), 0, "{:#?}", root.seen);
-    root.signal(libc::SIGTERM);
-    assert_eq!(root.wait_exit().code(), Some(0));
+    root.stop();
 
     let mut other = spawn_as_a_stranger_with_nproc(1, &args, 100);
     let _ = other.listening("udp");
     assert_eq!(warned(&other), 1, "{:#?}", other.seen);
-    assert!(
-        other.seen.iter().any(|l| l.contains("net.core.rmem_max")),
-        "{:#?}",
-        other.seen
-    );
-    other.signal(libc::SIGTERM);
-    assert_eq!(other.wait_exit().code(), Some(0));
+    assert!(other.logged("net.core.rmem_max"), "{:#?}", other.seen);
+    other.stop();
 }
 
 /// A live Unix socket another user's server owns, which this user may not
@@ -729,8 +709,7 @@ fn a_udp_buffer_beyond_rmem_max_is_granted_to_root_and_warned_about_otherwise() 
 #[test]
 fn a_live_unix_socket_it_cannot_reach_is_left_alone() {
     use std::os::unix::fs::PermissionsExt;
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: needs root to run the server as another user");
+    if skip_unless_root("run the server as another user") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -741,11 +720,7 @@ fn a_live_unix_socket_it_cannot_reach_is_left_alone() {
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
     let mut server = spawn_as_a_stranger_with_nproc(2, &["--unix", path.to_str().unwrap()], 100);
     assert_eq!(server.wait_exit().code(), Some(1), "{:#?}", server.seen);
-    assert!(
-        server.seen.iter().any(|l| l.contains("Permission denied")),
-        "{:#?}",
-        server.seen
-    );
+    assert!(server.logged("Permission denied"), "{:#?}", server.seen);
     // Still root's, still answering.
     let _client = std::os::unix::net::UnixStream::connect(&path).unwrap();
     live.set_nonblocking(true).unwrap();

@@ -42,24 +42,23 @@
 //! counters 5 s to settle; a hang fails with a message saying what waited.
 #![no_main]
 
+#[path = "../support/live_server.rs"]
+#[macro_use]
+mod live_server;
+
 use echo_server::{Engine, Server, ServerHandle, Stats};
 use libfuzzer_sys::fuzz_target;
+use live_server::{serve_forever, Script, IO_TIMEOUT, SETTLE_TIMEOUT, SLOTS};
 use socket2::SockRef;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-const IO_TIMEOUT: Duration = Duration::from_secs(2);
-const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
-const SLOTS: usize = 4;
-const MAX_ACTIONS: usize = 64;
 /// Echo a client leaves unread before it sends more: well within what the
 /// loopback socket buffers hold, so neither side's writes ever block for
 /// long and nothing deadlocks.
 const MAX_UNREAD: u64 = 32 << 10;
-const MAX_PAUSE: Duration = Duration::from_millis(5);
-const MAX_PAUSE_PER_INPUT: Duration = Duration::from_millis(20);
 
 struct Target {
     name: &'static str,
@@ -77,14 +76,7 @@ fn start(name: &'static str, engine: Engine) -> Target {
         .build()
         .unwrap_or_else(|e| panic!("{name}: cannot start the server: {e}"));
     let addr = server.local_addr().expect("a TCP listener");
-    let handle = server.handle();
-    std::thread::Builder::new()
-        .name(format!("server-{name}"))
-        .spawn(move || match server.run() {
-            Ok(stats) => panic!("{name}: the server stopped on its own: {stats}"),
-            Err(e) => panic!("{name}: the server failed: {e}"),
-        })
-        .expect("a server thread");
+    let handle = serve_forever(name, server);
     Target {
         name,
         engine,
@@ -106,12 +98,7 @@ fn targets() -> &'static [Target; 3] {
 
 /// Byte `offset` of connection `conn`'s stream.
 fn pattern(conn: u64, offset: u64) -> u8 {
-    let mut x = conn.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (offset >> 3);
-    // splitmix64's finalizer
-    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    x ^= x >> 31;
-    (x >> ((offset & 7) * 8)) as u8
+    live_server::pattern(conn.wrapping_mul(0x9E37_79B9_7F4A_7C15), offset)
 }
 
 struct Conn {
@@ -131,7 +118,6 @@ struct Run {
     /// Some connection ended before reading its whole echo (so the server
     /// may have received or echoed less than was sent).
     unread_at_close: bool,
-    paused: Duration,
     step: usize,
     buf: Vec<u8>,
 }
@@ -289,16 +275,6 @@ impl Run {
         }
     }
 
-    fn pause(&mut self, units: u8) {
-        let want = (Duration::from_micros(20) * u32::from(units)).min(MAX_PAUSE);
-        let left = MAX_PAUSE_PER_INPUT.saturating_sub(self.paused);
-        let d = want.min(left);
-        if !d.is_zero() {
-            std::thread::sleep(d);
-            self.paused += d;
-        }
-    }
-
     /// What must hold at any time while the script runs.
     fn invariants(&self, before: &Stats) {
         let s = self.target.handle.stats();
@@ -352,21 +328,6 @@ fn timed_out(e: &std::io::Error) -> &'static str {
         ErrorKind::WouldBlock | ErrorKind::TimedOut => ", no data for 2 s",
         _ => "",
     }
-}
-
-/// Asserts that each named counter is the same in both snapshots.
-macro_rules! assert_unchanged {
-    ($name:expr, $before:expr, $after:expr, [$($field:ident),+ $(,)?]) => {
-        $(assert_eq!(
-            $before.$field,
-            $after.$field,
-            "{}: {} changed: before {:?}, after {:?}",
-            $name,
-            stringify!($field),
-            $before,
-            $after
-        );)+
-    };
 }
 
 /// Waits until the counters settle after the script and checks them.
@@ -435,7 +396,7 @@ fn settle(run: &Run, before: &Stats) {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&engine, mut script)) = data.split_first() else {
+    let Some((&engine, script)) = data.split_first() else {
         return;
     };
     let target = &targets()[usize::from(engine % 3)];
@@ -452,37 +413,30 @@ fuzz_target!(|data: &[u8]| {
         sent: 0,
         read: 0,
         unread_at_close: false,
-        paused: Duration::ZERO,
         step: 0,
         buf: vec![0; 16 << 10],
     };
-    let arg = |script: &mut &[u8]| match script.split_first() {
-        Some((&b, rest)) => {
-            *script = rest;
-            b
-        }
-        None => 0,
-    };
-    while let Some((&action, rest)) = script.split_first() {
-        script = rest;
-        if run.step == MAX_ACTIONS {
-            break;
-        }
-        let slot = usize::from(action >> 4) % SLOTS;
-        match (action & 0x0f) % 12 {
+    let mut script = Script::new(script);
+    while let Some(action) = script.next_action(12) {
+        run.step = action.index;
+        let slot = action.slot;
+        match action.op {
             0 => run.connect(slot),
             1 => {
-                let len = u16::from_le_bytes([arg(&mut script), arg(&mut script)]);
+                let len = script.u16();
                 run.send(slot, usize::from(len) % 4097);
             }
-            2 => run.send(slot, 1 + usize::from(arg(&mut script) % 64)),
+            2 => run.send(slot, 1 + usize::from(script.byte() % 64)),
             3 => {
-                run.send(slot, 1 + usize::from(arg(&mut script) % 64));
+                run.send(slot, 1 + usize::from(script.byte() % 64));
                 run.read_all(slot);
             }
-            4 => run.pause(arg(&mut script)),
+            4 => {
+                let units = script.byte();
+                script.pause(units);
+            }
             5 => {
-                let n = 1 + u64::from(arg(&mut script)) * 16;
+                let n = 1 + u64::from(script.byte()) * 16;
                 if let Some(c) = &run.slots[slot] {
                     run.read_echo(slot, n.min(c.sent - c.read));
                 }
@@ -495,13 +449,12 @@ fuzz_target!(|data: &[u8]| {
                 run.connect(slot);
             }
             10 => {
-                let len = u16::from_le_bytes([arg(&mut script), arg(&mut script)]);
+                let len = script.u16();
                 run.send(slot, usize::from(len) % 16385);
             }
             _ => run.close(slot),
         }
         run.invariants(&before);
-        run.step += 1;
     }
     for slot in 0..SLOTS {
         run.half_close(slot);

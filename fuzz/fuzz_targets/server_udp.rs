@@ -38,24 +38,23 @@
 //! kernel. Every receive has a 2 s timeout and the counters 5 s to settle.
 #![no_main]
 
+#[path = "../support/live_server.rs"]
+#[macro_use]
+mod live_server;
+
 use echo_server::{Server, ServerHandle, Stats};
 use libfuzzer_sys::fuzz_target;
+use live_server::{serve_forever, Script, IO_TIMEOUT, SETTLE_TIMEOUT, SLOTS};
 use socket2::SockRef;
 use std::io::ErrorKind;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-const IO_TIMEOUT: Duration = Duration::from_secs(2);
-const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
-const SLOTS: usize = 4;
-const MAX_ACTIONS: usize = 64;
 const IPV4_MAX: usize = 65_507;
 const CAPPED_MAX: usize = 1000;
 /// Socket buffer size asked for on client sockets (the OS may grant less).
 const CLIENT_BUFFER: usize = 4 << 20;
-const MAX_PAUSE: Duration = Duration::from_millis(5);
-const MAX_PAUSE_PER_INPUT: Duration = Duration::from_millis(20);
 
 struct Target {
     name: &'static str,
@@ -77,14 +76,7 @@ fn start(name: &'static str, max_datagram: usize, threads: usize) -> Target {
         Some(echo_server::ListenAddr::Udp(addr)) => *addr,
         other => panic!("{name}: not a UDP address: {other:?}"),
     };
-    let handle = server.handle();
-    std::thread::Builder::new()
-        .name(format!("server-{name}"))
-        .spawn(move || match server.run() {
-            Ok(stats) => panic!("{name}: the server stopped on its own: {stats}"),
-            Err(e) => panic!("{name}: the server failed: {e}"),
-        })
-        .expect("a server thread");
+    let handle = serve_forever(name, server);
     Target {
         name,
         addr,
@@ -134,13 +126,8 @@ fn cost(len: usize) -> usize {
 
 /// Byte `offset` of datagram `seq` of client `client`.
 fn pattern(client: u64, seq: u64, offset: usize) -> u8 {
-    let mut x = client.wrapping_mul(0x9E37_79B9_7F4A_7C15)
-        ^ seq.wrapping_mul(0xD6E8_FEB8_6659_FD93)
-        ^ (offset as u64 >> 3);
-    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    x ^= x >> 31;
-    (x >> ((offset & 7) * 8)) as u8
+    let key = client.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ seq.wrapping_mul(0xD6E8_FEB8_6659_FD93);
+    live_server::pattern(key, offset as u64)
 }
 
 struct Client {
@@ -163,7 +150,6 @@ struct Run {
     answered_bytes: u64,
     too_long: u64,
     before: Stats,
-    paused: Duration,
     step: usize,
     buf: Vec<u8>,
 }
@@ -301,30 +287,6 @@ impl Run {
         }
         self.in_flight = 0;
     }
-
-    fn pause(&mut self, units: u8) {
-        let want = (Duration::from_micros(20) * u32::from(units)).min(MAX_PAUSE);
-        let d = want.min(MAX_PAUSE_PER_INPUT.saturating_sub(self.paused));
-        if !d.is_zero() {
-            std::thread::sleep(d);
-            self.paused += d;
-        }
-    }
-}
-
-/// Asserts that each named counter is the same in both snapshots.
-macro_rules! assert_unchanged {
-    ($name:expr, $before:expr, $after:expr, [$($field:ident),+ $(,)?]) => {
-        $(assert_eq!(
-            $before.$field,
-            $after.$field,
-            "{}: {} changed: before {:?}, after {:?}",
-            $name,
-            stringify!($field),
-            $before,
-            $after
-        );)+
-    };
 }
 
 fn settle(run: &mut Run) {
@@ -387,7 +349,7 @@ fn settle(run: &mut Run) {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&server, mut script)) = data.split_first() else {
+    let Some((&server, script)) = data.split_first() else {
         return;
     };
     let setup = setup();
@@ -402,52 +364,44 @@ fuzz_target!(|data: &[u8]| {
         answered_bytes: 0,
         too_long: 0,
         before: target.handle.stats(),
-        paused: Duration::ZERO,
         step: 0,
         buf: vec![0; IPV4_MAX + 1],
     };
-    let arg = |script: &mut &[u8]| match script.split_first() {
-        Some((&b, rest)) => {
-            *script = rest;
-            b
-        }
-        None => 0,
-    };
-    while let Some((&action, rest)) = script.split_first() {
-        script = rest;
-        if run.step == MAX_ACTIONS {
-            break;
-        }
-        let slot = usize::from(action >> 4) % SLOTS;
-        match (action & 0x0f) % 10 {
+    let mut script = Script::new(script);
+    while let Some(action) = script.next_action(10) {
+        run.step = action.index;
+        let slot = action.slot;
+        match action.op {
             0 => run.send(slot, 0),
-            1 => run.send(slot, 1 + usize::from(arg(&mut script) % 64)),
+            1 => run.send(slot, 1 + usize::from(script.byte() % 64)),
             2 => {
-                let len = u16::from_le_bytes([arg(&mut script), arg(&mut script)]);
+                let len = script.u16();
                 run.send(slot, usize::from(len) % 4097);
             }
             3 => {
-                let n = u16::from_le_bytes([arg(&mut script), arg(&mut script)]);
+                let n = script.u16();
                 run.send(slot, 4097 + usize::from(n) % (IPV4_MAX - 4096));
             }
-            4 => run.send(slot, IPV4_MAX - usize::from(arg(&mut script))),
+            4 => run.send(slot, IPV4_MAX - usize::from(script.byte())),
             5 => run.recv(slot),
             6 => run.drain(slot),
-            7 => run.pause(arg(&mut script)),
+            7 => {
+                let units = script.byte();
+                script.pause(units);
+            }
             8 => {
                 run.drain(slot);
                 run.clients[slot] = None;
                 run.client(slot);
             }
             _ => {
-                let count = 1 + arg(&mut script) % 32;
-                let len = usize::from(arg(&mut script) % 64);
+                let count = 1 + script.byte() % 32;
+                let len = usize::from(script.byte() % 64);
                 for _ in 0..count {
                     run.send(slot, len);
                 }
             }
         }
-        run.step += 1;
     }
     settle(&mut run);
 });

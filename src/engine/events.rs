@@ -228,15 +228,9 @@ impl EventLoop {
         }
     }
 
-    /// How often timeouts are checked: often enough that a timeout fires
-    /// within a quarter of itself, at most once per 10 ms.
     fn tick(&self) -> Option<Duration> {
         let settings = &self.ctx.settings;
-        let shortest = match (settings.idle_timeout, settings.write_timeout) {
-            (Some(a), Some(b)) => a.min(b),
-            (a, b) => a.or(b)?,
-        };
-        Some((shortest / 4).clamp(Duration::from_millis(10), Duration::from_secs(1)))
+        sweep_period(settings.idle_timeout, settings.write_timeout)
     }
 
     /// Takes the commands waiting in the inbox. Returns `false` on `Stop`.
@@ -361,5 +355,35 @@ impl EventLoop {
         self.free.push(index);
         self.load.fetch_sub(1, Relaxed);
         served.conn.close(outcome);
+    }
+}
+
+/// How often an event loop checks its timeouts: often enough that a timeout
+/// fires within a quarter of itself (or 1 s) late, at most once per 10 ms;
+/// never without a timeout.
+fn sweep_period(idle: Option<Duration>, write: Option<Duration>) -> Option<Duration> {
+    let shortest = match (idle, write) {
+        (Some(a), Some(b)) => a.min(b),
+        (a, b) => a.or(b)?,
+    };
+    Some((shortest / 4).clamp(Duration::from_millis(10), Duration::from_secs(1)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sweep_period;
+    use std::time::Duration;
+
+    #[test]
+    fn timeouts_are_checked_at_a_quarter_of_the_shortest() {
+        let ms = Duration::from_millis;
+        assert_eq!(sweep_period(None, None), None);
+        assert_eq!(sweep_period(Some(ms(2000)), None), Some(ms(500)));
+        assert_eq!(sweep_period(None, Some(ms(400))), Some(ms(100)));
+        assert_eq!(sweep_period(Some(ms(800)), Some(ms(2000))), Some(ms(200)));
+        assert_eq!(sweep_period(Some(ms(2000)), Some(ms(800))), Some(ms(200)));
+        // Bounded both ways.
+        assert_eq!(sweep_period(Some(ms(20)), None), Some(ms(10)));
+        assert_eq!(sweep_period(Some(ms(60_000)), None), Some(ms(1000)));
     }
 }

@@ -65,13 +65,11 @@ pub(crate) use linux::Batch;
 #[cfg(not(target_os = "linux"))]
 pub(crate) use portable::Batch;
 
-/// Sets the `SOL_SOCKET` option `name` to `value`; whether the OS agreed.
+/// Asks for the `SOL_SOCKET` option `name` to be `value`. Best effort: every
+/// caller sees the effect, or its absence, another way (the buffer size
+/// granted; drop counts arriving or not).
 #[cfg(unix)]
-pub(crate) fn set_socket_option(
-    socket: &socket2::Socket,
-    name: libc::c_int,
-    value: libc::c_int,
-) -> bool {
+pub(crate) fn set_socket_option(socket: &socket2::Socket, name: libc::c_int, value: libc::c_int) {
     use std::os::fd::AsRawFd;
     // SAFETY: a valid fd and a pointer to a c_int of the length given.
     unsafe {
@@ -81,7 +79,7 @@ pub(crate) fn set_socket_option(
             name,
             std::ptr::addr_of!(value).cast(),
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        ) == 0
+        );
     }
 }
 

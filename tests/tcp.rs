@@ -399,7 +399,7 @@ fn reclaim_spares_a_stalled_bulk_echo_and_takes_a_finished_one(engine: Engine) {
         );
         // More than the server's socket buffers hold, with a small receive
         // buffer here: the server's echo stalls for sure.
-        let data: Vec<u8> = (0..16u32 << 20).map(|i| (i % 251) as u8).collect();
+        let data: Vec<u8> = (0..8u32 << 20).map(|i| (i % 251) as u8).collect();
         let stalled = connect_with_receive_buffer(server.addr, 64 << 10);
         let mut writer = stalled.try_clone().unwrap();
         let sent = data.clone();
@@ -416,7 +416,7 @@ fn reclaim_spares_a_stalled_bulk_echo_and_takes_a_finished_one(engine: Engine) {
         let mut finished = connect(server.addr);
         finished.write_all(&data[..256 << 10]).unwrap();
         assert_eq!(read_n(&mut finished, 256 << 10), &data[..256 << 10]);
-        std::thread::sleep(Duration::from_millis(1000));
+        std::thread::sleep(Duration::from_millis(500));
         let mut waiting = connect(server.addr);
         waiting.write_all(b"w").unwrap();
         assert_eq!(read_n(&mut waiting, 1), b"w", "splice {splice}");

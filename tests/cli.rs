@@ -267,10 +267,13 @@ fn json_logs_and_a_metrics_endpoint_from_the_command_line() {
             "not a JSON log line: {line}"
         );
     }
-    assert!(server
-        .seen
-        .iter()
-        .any(|l| l.contains("\"message\":\"shut down: 1 connections")));
+    assert!(server.logged("\"message\":\"shut down: 1 connections"));
+    // The --log-data line carries its fields for a log shipper to index.
+    assert!(
+        server.logged(",\"peer\":\"127.0.0.1:") && server.logged(",\"bytes\":\"4\""),
+        "{:#?}",
+        server.seen
+    );
 }
 
 /// Collects `--log-data` lines until they add up to `len` bytes (a chunk may

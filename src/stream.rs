@@ -158,15 +158,16 @@ impl Read for Metered<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         self.last_op = Op::Read;
         let n = { self.stream }.read(buf)?;
+        // End of file is not data: not counted, not logged.
         if n > 0 {
             Counters::add(&self.counters.bytes_received, n as u64);
             self.stream.1.received();
-        }
-        if self.log_data && n > 0 {
-            log::info!(
-                peer:% = self.peer, bytes = n;
-                "{} sent {n} bytes: \"{}\"", self.peer, escape(&buf[..n])
-            );
+            if self.log_data {
+                log::info!(
+                    peer:% = self.peer, bytes = n;
+                    "{} sent {n} bytes: \"{}\"", self.peer, escape(&buf[..n])
+                );
+            }
         }
         Ok(n)
     }

@@ -178,7 +178,9 @@ impl EventLoop {
     fn run(&mut self) {
         let mut events = Events::with_capacity(1024);
         let tick = self.tick();
-        let mut next_sweep = tick.map(|t| Instant::now() + t);
+        // The first sweep comes at once (it finds nothing to close) and sets
+        // the pace.
+        let mut next_sweep = tick.map(|_| Instant::now());
         loop {
             let timeout = if !self.again.is_empty() {
                 Some(Duration::ZERO)
@@ -371,8 +373,78 @@ fn sweep_period(idle: Option<Duration>, write: Option<Duration>) -> Option<Durat
 
 #[cfg(test)]
 mod tests {
-    use super::sweep_period;
-    use std::time::Duration;
+    use super::*;
+    use crate::stream::Peer;
+    use socket2::Socket;
+
+    /// A connection that always has more to read is served
+    /// `CHUNKS_PER_TURN` chunks a turn and put back in line, so that one
+    /// busy client cannot starve the others of its loop.
+    #[test]
+    fn a_busy_connection_yields_after_its_turn() {
+        use std::io::{Read, Write};
+        let settings = crate::server::Server::builder().settings().clone();
+        let ctx = Arc::new(Context::new(settings, 4));
+        let (commands_in, commands) = mpsc::channel();
+        let poll = Poll::new().unwrap();
+        let mut event_loop = EventLoop {
+            poll,
+            commands,
+            load: Arc::new(AtomicUsize::new(1)),
+            ctx: Arc::clone(&ctx),
+            served: Vec::new(),
+            free: Vec::new(),
+            again: Vec::new(),
+            // Small chunks, so that a turn fits in the socket buffers.
+            scratch: vec![0; 16],
+        };
+        let (ours, mut client) = std::os::unix::net::UnixStream::pair().unwrap();
+        let permit = ctx.limit.acquire(&ctx.shutdown, || {}).unwrap();
+        let peer = Peer::Local("test".to_owned());
+        let conn = Connection::admit(
+            Socket::from(std::os::fd::OwnedFd::from(ours)),
+            peer,
+            &ctx,
+            permit,
+            None,
+        );
+        let now = Instant::now();
+        event_loop.add(conn, now);
+        let turn = CHUNKS_PER_TURN as usize * 16;
+        client.write_all(&vec![b'x'; turn + 100]).unwrap();
+        event_loop.serve(0, now, Drained::Unknown);
+        assert_eq!(event_loop.again, [0], "put back in line");
+        client.set_nonblocking(true).unwrap();
+        let mut echoed = vec![0; turn + 100];
+        assert_eq!(client.read(&mut echoed).unwrap(), turn, "one turn's worth");
+        drop(commands_in);
+    }
+
+    /// A loop that is no longer running (it panicked) gives a connection
+    /// handed to it back, for the server to refuse and count, and its load
+    /// is as before.
+    #[test]
+    fn a_loop_that_has_stopped_gives_the_connection_back() {
+        let settings = crate::server::Server::builder().settings().clone();
+        let ctx = Arc::new(Context::new(settings, 4));
+        let mut loops = EventLoops::start(1, &ctx).unwrap();
+        for l in &mut loops.loops {
+            l.inbox.send(Command::Stop).unwrap();
+            let _ = l.waker.wake();
+            l.thread.take().unwrap().join().unwrap();
+        }
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (socket, peer) = listener.accept().unwrap();
+        let permit = ctx.limit.acquire(&ctx.shutdown, || {}).unwrap();
+        let conn = Connection::admit(Socket::from(socket), Peer::Ip(peer), &ctx, permit, None);
+        let Err(back) = loops.serve(conn) else {
+            panic!("a stopped loop took a connection");
+        };
+        assert_eq!(loops.loops[0].load.load(Relaxed), 0);
+        drop(back);
+        assert_eq!(ctx.limit.in_use(), 0, "the slot is freed");
+    }
 
     #[test]
     fn timeouts_are_checked_at_a_quarter_of_the_shortest() {

@@ -576,6 +576,26 @@ fn the_soft_descriptor_limit_is_raised_to_the_hard_one() {
     assert!(!server.logged("could not raise"), "{:#?}", server.seen);
 }
 
+/// At -v each connection's close names the bytes it echoed: all of them,
+/// for a bulk connection too (the small-buffer phase plus the bulk phase,
+/// spliced or copied).
+#[test]
+fn the_close_line_counts_every_byte_echoed() {
+    for splice in ["--splice", "--no-splice"] {
+        let mut server = Binary::spawn(&["--engine", "threads", splice, "-v", "0"]);
+        let addr = server.tcp_addr();
+        let payload: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+        assert_eq!(round_trip(connect(addr), payload.clone()), payload);
+        server.expect_line("the close", |l| l.contains("closed after echoing"));
+        server.stop();
+        assert!(
+            server.logged("closed after echoing 300000 bytes"),
+            "{splice}: {:#?}",
+            server.seen
+        );
+    }
+}
+
 /// Under --splice a reset is reported as a reset wherever it comes: on the
 /// first splice(2) read (the client sent exactly one small buffer's worth,
 /// which starts bulk mode) and on a later one. It is not taken for

@@ -18,6 +18,13 @@ use std::sync::{Arc, Mutex, PoisonError};
 /// untouched pages cost no memory.
 pub(crate) const STACK_SIZE: usize = 64 * 1024;
 
+/// How every connection thread is made: named, on a small stack.
+fn connection_thread() -> std::thread::Builder {
+    std::thread::Builder::new()
+        .name("echo-conn".to_owned())
+        .stack_size(STACK_SIZE)
+}
+
 /// Starts a thread that serves `conn` until the client is done. If the OS
 /// refuses a thread, the connection is handed back untouched, so that the
 /// caller can serve it another way or close it.
@@ -31,16 +38,13 @@ pub(crate) fn spawn(conn: Connection) -> Result<(), (Connection, io::Error)> {
     // spawn fails, the closure is dropped and the connection is still ours.
     let cell = Arc::new(Mutex::new(Some(conn)));
     let theirs = Arc::clone(&cell);
-    let spawned = std::thread::Builder::new()
-        .name("echo-conn".to_owned())
-        .stack_size(STACK_SIZE)
-        .spawn(move || {
-            let conn = theirs.lock().unwrap_or_else(PoisonError::into_inner).take();
-            drop(theirs);
-            if let Some(conn) = conn {
-                serve(conn);
-            }
-        });
+    let spawned = connection_thread().spawn(move || {
+        let conn = theirs.lock().unwrap_or_else(PoisonError::into_inner).take();
+        drop(theirs);
+        if let Some(conn) = conn {
+            serve(conn);
+        }
+    });
     match spawned {
         Ok(thread) => {
             ctx.table.attach(id, thread);
@@ -140,4 +144,34 @@ fn bulk(metered: &mut Metered<'_>, ctx: &Context) -> io::Result<u64> {
     #[cfg(not(target_os = "linux"))]
     let _ = (ctx, ErrorKind::Unsupported, Op::Read);
     echo::echo_with_buffer(metered, &mut vec![0u8; echo::DEFAULT_BUFFER_SIZE])
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    /// Connection threads get the 64 KiB stack they are designed for (the
+    /// headroom above the 16 KiB minimum is for panics and log formatting),
+    /// as the thread itself sees it.
+    #[test]
+    fn connection_threads_have_a_64_kib_stack() {
+        let size = super::connection_thread()
+            .spawn(|| {
+                // SAFETY: attributes of the calling thread, initialised by
+                // pthread_getattr_np and destroyed after use.
+                unsafe {
+                    let mut attr: libc::pthread_attr_t = std::mem::zeroed();
+                    assert_eq!(libc::pthread_getattr_np(libc::pthread_self(), &mut attr), 0);
+                    let mut size = 0;
+                    assert_eq!(libc::pthread_attr_getstacksize(&attr, &mut size), 0);
+                    libc::pthread_attr_destroy(&mut attr);
+                    size
+                }
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        assert!(
+            (64 << 10..=68 << 10).contains(&size),
+            "stack of {size} bytes"
+        );
+    }
 }

@@ -262,7 +262,9 @@ mod linux {
                         0,
                     )
                 };
-                if n < 0 {
+                // At most `count - done` sent, and at least one: sendmmsg
+                // reports an error of a later message on the next call.
+                let Ok(n) = usize::try_from(n) else {
                     let e = io::Error::last_os_error();
                     if e.kind() == io::ErrorKind::Interrupted {
                         continue;
@@ -272,13 +274,12 @@ mod linux {
                     failed(replies.get(done).0, e);
                     done += 1;
                     continue;
-                }
-                let n = (n as usize).max(1).min(count - done);
+                };
                 for m in &self.send_msgs[done..done + n] {
                     sent += 1;
                     bytes += u64::from(m.msg_len);
                 }
-                done += n;
+                done += n.max(1);
             }
             (sent, bytes)
         }
@@ -573,6 +574,60 @@ mod tests {
         linux_batches_keep_each_datagram_and_its_source,
         linux::Batch
     );
+
+    /// A reply the kernel refuses (too long for UDP) is reported and
+    /// skipped, whether it comes first or after others in a `sendmmsg`;
+    /// every other reply goes out once, and no header left over from an
+    /// earlier, longer batch is sent again.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_refused_reply_is_skipped_and_the_rest_sent_once() {
+        let (server, addr) = server_socket();
+        let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut batch = linux::Batch::new(2048, false);
+        let mut replies = Replies::default();
+        let mut batch_of = |data: &[&[u8]], too_long: &[usize]| {
+            for d in data {
+                client.send_to(d, addr).unwrap();
+            }
+            let mut got = 0;
+            while got < data.len() {
+                got += batch.recv(&server).unwrap();
+            }
+            assert_eq!(got, data.len(), "one batch");
+            replies.clear();
+            for k in 0..data.len() {
+                let d = batch.datagram(k).data.to_vec();
+                replies.push(k, |out| {
+                    match too_long.contains(&k) {
+                        true => out.resize(out.len() + 70_000, b'x'),
+                        false => out.extend_from_slice(&d),
+                    }
+                    true
+                });
+            }
+            let mut refused = Vec::new();
+            let result = batch.send(&server, &replies, |i, e| refused.push((i, e.kind())));
+            (result, refused)
+        };
+        let six: [&[u8]; 6] = [b"a0", b"a1", b"a2", b"a3", b"a4", b"a5"];
+        assert_eq!(batch_of(&six, &[]), ((6, 12), vec![]));
+        let four: [&[u8]; 4] = [b"b0", b"b1", b"b2", b"b3"];
+        let (result, refused) = batch_of(&four, &[0, 2]);
+        assert_eq!(result, (2, 4));
+        let refused: Vec<usize> = refused.iter().map(|r| r.0).collect();
+        assert_eq!(refused, [0, 2]);
+        client
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let mut buf = [0u8; 2048];
+        let mut received = Vec::new();
+        while let Ok(len) = client.recv(&mut buf) {
+            received.push(buf[..len].to_vec());
+        }
+        let want: Vec<&[u8]> = vec![b"a0", b"a1", b"a2", b"a3", b"a4", b"a5", b"b1", b"b3"];
+        assert_eq!(received, want);
+    }
     round_trip!(
         portable_batches_keep_each_datagram_and_its_source,
         portable::Batch

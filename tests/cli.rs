@@ -70,14 +70,10 @@ fn a_signal_that_interrupts_a_wait_is_not_an_error() {
     let _ = server.tcp_addr();
     let pid = server.child.id() as libc::pid_t;
     let threads_named = |name: &str| -> Vec<libc::pid_t> {
-        std::fs::read_dir(format!("/proc/{pid}/task"))
-            .unwrap()
-            .filter_map(|task| {
-                let dir = task.ok()?.path();
-                let comm = std::fs::read_to_string(dir.join("comm")).ok()?;
-                let tid: libc::pid_t = dir.file_name()?.to_str()?.parse().ok()?;
-                (comm.trim_end() == name).then_some(tid)
-            })
+        threads_of(&pid.to_string())
+            .into_iter()
+            .filter(|(_, n)| n == name)
+            .filter_map(|(dir, _)| dir.file_name()?.to_str()?.parse().ok())
             .collect()
     };
     // A new thread takes its name a moment after it starts.
@@ -483,15 +479,11 @@ engine_tests! {
     idle_timeout_from_the_command_line,
 }
 
-/// The names of `pid`'s threads (`/proc/PID/task/*/comm`).
+/// The names of `pid`'s threads.
 fn thread_names(pid: u32) -> Vec<String> {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return Vec::new();
-    };
-    tasks
-        .flatten()
-        .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
-        .map(|name| name.trim_end().to_owned())
+    threads_of(&pid.to_string())
+        .into_iter()
+        .map(|(_, name)| name)
         .collect()
 }
 
@@ -681,12 +673,7 @@ fn log_data_shows_datagrams_too() {
 fn max_threads_caps_the_thread_engine_and_says_so() {
     let mut server = Binary::spawn(&["--engine", "threads", "--max-threads", "3", "0"]);
     let _ = server.tcp_addr();
-    let warning = server
-        .seen
-        .iter()
-        .find(|l| l.contains("serving at most 3 connections at once"))
-        .cloned()
-        .unwrap_or_else(|| panic!("{:#?}", server.seen));
+    let warning = server.line_containing("serving at most 3 connections at once");
     assert!(
         warning.contains("at most 3 connection threads were asked for"),
         "{warning}"

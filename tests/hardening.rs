@@ -203,12 +203,7 @@ fn a_low_process_limit_caps_threads_and_auto_serves_the_rest_on_event_loops() {
         8,
     );
     let addr = server.tcp_addr();
-    let warning = server
-        .seen
-        .iter()
-        .find(|l| l.contains("serving at most 2 connections at once"))
-        .cloned()
-        .unwrap_or_else(|| panic!("no warning about the thread budget: {:#?}", server.seen));
+    let warning = server.line_containing("serving at most 2 connections at once");
     assert!(warning.contains("RLIMIT_NPROC"), "{warning}");
     assert!(warning.contains("not 4096"), "{warning}");
     let mut served = Vec::new();

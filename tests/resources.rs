@@ -82,14 +82,10 @@ fn a_few_connections_splice_and_pay_one_pipe_each_many_do_not() {
 /// CPU time (user + system, in clock ticks) of this process's threads
 /// named `name`.
 fn cpu_ticks_of_threads(name: &str) -> u64 {
-    std::fs::read_dir("/proc/self/task")
-        .unwrap()
-        .filter_map(|task| {
-            let dir = task.ok()?.path();
-            let comm = std::fs::read_to_string(dir.join("comm")).ok()?;
-            if comm.trim_end() != name {
-                return None;
-            }
+    threads_of("self")
+        .into_iter()
+        .filter(|(_, n)| n == name)
+        .filter_map(|(dir, _)| {
             let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
             // Fields after the command (which is in parentheses): state is
             // the 3rd field, utime the 14th and stime the 15th.

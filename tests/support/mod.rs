@@ -276,6 +276,15 @@ impl Binary {
             .unwrap_or_else(|| panic!("no shutdown summary: {:#?}", self.seen))
     }
 
+    /// The first line of stderr so far that contains `needle`.
+    pub fn line_containing(&self, needle: &str) -> String {
+        self.seen
+            .iter()
+            .find(|l| l.contains(needle))
+            .cloned()
+            .unwrap_or_else(|| panic!("no line with {needle:?}: {:#?}", self.seen))
+    }
+
     /// Whether any line of stderr so far contains `needle`.
     pub fn logged(&self, needle: &str) -> bool {
         self.count_lines(needle) > 0
@@ -424,4 +433,21 @@ pub fn reclaims_the_idlest_slot<C: Client>(server: TestServer, connect: impl Fn(
         "the reclaimed client gets end of file, nothing else"
     );
     assert_eq!(server.stop().reclaimed, 1);
+}
+
+/// The threads of process `pid` (`"self"` for this one): each one's
+/// `/proc/PID/task/TID` directory and name.
+#[cfg(target_os = "linux")]
+pub fn threads_of(pid: &str) -> Vec<(std::path::PathBuf, String)> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| {
+            let dir = t.path();
+            let name = std::fs::read_to_string(dir.join("comm")).ok()?;
+            Some((dir, name.trim_end().to_owned()))
+        })
+        .collect()
 }

@@ -6,7 +6,8 @@
 //! guard page, its signal stack and guard page), and a process may have at
 //! most `vm.max_map_count` mappings (65,530 by default): about 16,000
 //! threads. Threads are also tasks: `kernel.threads-max` and
-//! `kernel.pid_max` bound them system-wide, `RLIMIT_NPROC` per user. Past
+//! `kernel.pid_max` bound them system-wide, `RLIMIT_NPROC` per user, and a
+//! control group's `pids.max` per container or service unit. Past
 //! any of these, spawning a thread fails at best and aborts the process at
 //! worst (the signal stack allocation), so the server stays below all of
 //! them, with headroom for the rest of the process and the system.
@@ -40,9 +41,19 @@ pub(crate) struct OsLimits {
     pub(crate) tasks_in_use: u64,
     /// Tasks of our user now (what `RLIMIT_NPROC` counts).
     pub(crate) user_tasks: u64,
+    /// The tightest `pids.max` of this process's control group and its
+    /// ancestors, with the tasks that group holds now (`pids.current`).
+    pub(crate) cgroup_pids: Option<CgroupPids>,
     /// Threads the server will run besides connection threads (signal
     /// handling, accept loops, event loops) that are not running yet.
     pub(crate) reserved: u64,
+}
+
+/// A control group's task limit and its use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct CgroupPids {
+    pub(crate) max: u64,
+    pub(crate) current: u64,
 }
 
 /// At most this many connection threads, and the limit that sets it.
@@ -60,6 +71,7 @@ pub(crate) enum Bound {
     ThreadsMax(u64),
     PidMax(u64),
     Nproc(u64),
+    CgroupPids(u64),
 }
 
 impl fmt::Display for Bound {
@@ -81,6 +93,11 @@ impl fmt::Display for Bound {
             Bound::Nproc(n) => write!(
                 f,
                 "the process limit (RLIMIT_NPROC) is {n} (raise it with `ulimit -u`)"
+            ),
+            Bound::CgroupPids(n) => write!(
+                f,
+                "the control group's pids.max is {n} (raise the container's pids limit, \
+                 or TasksMax= of the systemd unit)"
             ),
         }
     }
@@ -109,6 +126,13 @@ impl ThreadBudget {
                 (
                     n.saturating_sub(limits.user_tasks + reserved),
                     Bound::Nproc(n),
+                )
+            }),
+            // Counted for the group, exact like RLIMIT_NPROC.
+            limits.cgroup_pids.map(|c| {
+                (
+                    c.max.saturating_sub(c.current + reserved),
+                    Bound::CgroupPids(c.max),
                 )
             }),
         ];
@@ -154,8 +178,54 @@ fn read_limits() -> OsLimits {
         user_tasks: if nproc.is_some() { user_tasks() } else { 0 },
         nproc,
         tasks_in_use,
+        cgroup_pids: fs::read_to_string("/proc/self/cgroup")
+            .ok()
+            .and_then(|groups| cgroup_pids(&groups, |path| fs::read_to_string(path).ok())),
         reserved: 0,
     }
+}
+
+/// The tightest task limit over this process's control group and its
+/// ancestors (each level's `pids.max` applies), given `/proc/self/cgroup`
+/// and a way to read a file. cgroup v2 (`0::/path`, under /sys/fs/cgroup)
+/// and v1's `pids` controller (`N:pids:/path`, under /sys/fs/cgroup/pids)
+/// are both read; a level without a limit (`max`) or whose files cannot be
+/// read is skipped.
+#[cfg(target_os = "linux")]
+fn cgroup_pids(
+    proc_self_cgroup: &str,
+    read: impl Fn(&std::path::Path) -> Option<String>,
+) -> Option<CgroupPids> {
+    use std::path::Path;
+    let mut tightest: Option<CgroupPids> = None;
+    for line in proc_self_cgroup.lines() {
+        let mut fields = line.splitn(3, ':');
+        let (Some(_), Some(controllers), Some(path)) =
+            (fields.next(), fields.next(), fields.next())
+        else {
+            continue;
+        };
+        let root = match controllers {
+            "" => Path::new("/sys/fs/cgroup"),
+            c if c.split(',').any(|c| c == "pids") => Path::new("/sys/fs/cgroup/pids"),
+            _ => continue,
+        };
+        // Up from the process's own group to the root of the hierarchy.
+        let mut level = Some(Path::new(path.trim()));
+        while let Some(group) = level {
+            let dir = root.join(group.strip_prefix("/").unwrap_or(group));
+            let number = |name: &str| -> Option<u64> { read(&dir.join(name))?.trim().parse().ok() };
+            if let (Some(max), Some(current)) = (number("pids.max"), number("pids.current")) {
+                let here = CgroupPids { max, current };
+                let left = |c: &CgroupPids| c.max.saturating_sub(c.current);
+                if tightest.as_ref().is_none_or(|t| left(&here) < left(t)) {
+                    tightest = Some(here);
+                }
+            }
+            level = group.parent();
+        }
+    }
+    tightest
 }
 
 /// Tasks (threads) of processes whose real user is ours, as
@@ -209,6 +279,7 @@ fn read_limits() -> OsLimits {
         nproc: nproc_limit(),
         tasks_in_use: 0,
         user_tasks: 1,
+        cgroup_pids: None,
         reserved: 0,
     }
 }
@@ -253,8 +324,59 @@ mod tests {
             nproc: None,
             tasks_in_use: 600,
             user_tasks: 1,
+            cgroup_pids: None,
             reserved: 4,
         }
+    }
+
+    /// A container's or unit's `pids.max` binds when it is the tightest,
+    /// counted against the tasks its group holds.
+    #[test]
+    fn a_cgroup_task_limit_binds_and_is_named() {
+        let limits = OsLimits {
+            cgroup_pids: Some(CgroupPids {
+                max: 100,
+                current: 30,
+            }),
+            ..typical()
+        };
+        let b = ThreadBudget::from_limits(&limits);
+        assert_eq!(b.threads, 100 - 30 - 4);
+        assert_eq!(b.bound_by, Some(Bound::CgroupPids(100)));
+        assert!(b.bound_by.unwrap().to_string().contains("pids.max is 100"));
+    }
+
+    /// v2 and v1 layouts, limits at the leaf or an ancestor, `max` levels
+    /// skipped: the level with the least room left wins.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn cgroup_limits_are_read_up_the_hierarchy_in_v1_and_v2() {
+        use std::collections::HashMap;
+        let files: HashMap<&str, &str> = HashMap::from([
+            ("/sys/fs/cgroup/a/b/pids.max", "max\n"),
+            ("/sys/fs/cgroup/a/b/pids.current", "5\n"),
+            ("/sys/fs/cgroup/a/pids.max", "50\n"),
+            ("/sys/fs/cgroup/a/pids.current", "40\n"),
+            ("/sys/fs/cgroup/pids/x/pids.max", "1000"),
+            ("/sys/fs/cgroup/pids/x/pids.current", "7"),
+        ]);
+        let read = |p: &std::path::Path| files.get(p.to_str()?).map(|s| s.to_string());
+        assert_eq!(
+            cgroup_pids("0::/a/b\n", read),
+            Some(CgroupPids {
+                max: 50,
+                current: 40
+            })
+        );
+        assert_eq!(
+            cgroup_pids("12:pids:/x\n11:memory:/y\n0::/\n", read),
+            Some(CgroupPids {
+                max: 1000,
+                current: 7
+            })
+        );
+        assert_eq!(cgroup_pids("0::/none\n", read), None);
+        assert_eq!(cgroup_pids("garbage", read), None);
     }
 
     #[test]

@@ -118,9 +118,17 @@ impl Peer {
         if let Some(ip) = addr.as_socket() {
             return Peer::Ip(ip);
         }
+        // A Unix client names its own socket, so its name is client bytes:
+        // escaped like data, it can never forge a log line or move the
+        // terminal's cursor.
         #[cfg(unix)]
         if let Some(path) = addr.as_pathname() {
-            return Peer::Local(path.display().to_string());
+            use std::os::unix::ffi::OsStrExt;
+            return Peer::Local(escape(path.as_os_str().as_bytes()));
+        }
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        if let Some(name) = addr.as_abstract_namespace() {
+            return Peer::Local(format!("@{}", escape(name)));
         }
         Peer::Local("unix client".to_owned())
     }

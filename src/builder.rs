@@ -77,6 +77,9 @@ pub struct ServerBuilder {
     sources: Vec<Source>,
     max_connections: usize,
     backlog: i32,
+    /// Permissions of the Unix sockets this builder binds; the umask's when
+    /// `None`.
+    unix_mode: Option<u32>,
     settings: Settings,
 }
 
@@ -98,6 +101,7 @@ impl Default for ServerBuilder {
             sources: Vec::new(),
             max_connections: DEFAULT_MAX_CONNECTIONS,
             backlog: DEFAULT_BACKLOG,
+            unix_mode: None,
             settings: Settings {
                 idle_timeout: None,
                 write_timeout: Some(DEFAULT_WRITE_TIMEOUT),
@@ -162,10 +166,21 @@ impl ServerBuilder {
 
     /// Listens on a Unix stream socket at `path`. A stale socket file there
     /// is replaced; a live one, or any other file, is an error. The file is
-    /// removed when the server has shut down.
+    /// removed when the server has shut down. While the server runs it holds
+    /// a lock on `PATH.lock`, so that two servers starting at once cannot
+    /// take each other's socket for stale.
     #[cfg(unix)]
     pub fn unix(mut self, path: impl Into<PathBuf>) -> Self {
         self.sources.push(Source::Unix(path.into()));
+        self
+    }
+
+    /// Permissions of every Unix socket this builder binds, such as `0o660`
+    /// (who may connect); set before the socket listens. Default: what the
+    /// process's umask leaves.
+    #[cfg(unix)]
+    pub fn unix_mode(mut self, mode: u32) -> Self {
+        self.unix_mode = Some(mode);
         self
     }
 
@@ -400,7 +415,7 @@ impl ServerBuilder {
                     addr.set_port(tcp_port.unwrap_or(0));
                 }
             }
-            listeners.push(bind(source, self.backlog, &udp_settings)?);
+            listeners.push(bind(source, self.backlog, self.unix_mode, &udp_settings)?);
         }
         let short = listeners.iter().find_map(|l| match l {
             Listener::Datagram(d) => d.short_buffer,
@@ -482,7 +497,12 @@ impl ServerBuilder {
 }
 
 /// Binds (or adopts) one listener; errors say which.
-fn bind(source: Source, backlog: i32, udp_settings: &UdpSettings) -> io::Result<Listener> {
+fn bind(
+    source: Source,
+    backlog: i32,
+    unix_mode: Option<u32>,
+    udp_settings: &UdpSettings,
+) -> io::Result<Listener> {
     let context = |what: ListenAddr| {
         move |e: io::Error| io::Error::new(e.kind(), format!("cannot listen on {what}: {e}"))
     };
@@ -499,7 +519,8 @@ fn bind(source: Source, backlog: i32, udp_settings: &UdpSettings) -> io::Result<
         }
         #[cfg(unix)]
         Source::Unix(path) => Listener::Stream(
-            StreamListener::bind_unix(&path, backlog).map_err(context(ListenAddr::Unix(path)))?,
+            StreamListener::bind_unix(&path, backlog, unix_mode)
+                .map_err(context(ListenAddr::Unix(path)))?,
         ),
         #[cfg(unix)]
         Source::Inherited(fd) => adopt(Socket::from(fd), udp_settings)?,

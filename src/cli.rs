@@ -52,10 +52,29 @@ pub struct Args {
     #[arg(long, requires = "ports")]
     pub udp: bool,
 
-    /// Also (or only) listen on a Unix stream socket at PATH. A stale socket
-    /// file there is replaced; a live one is never taken over. Removed on exit.
+    /// Also (or only) listen on a Unix stream socket at PATH (may be given
+    /// several times). A stale socket file there is replaced; a live one is
+    /// never taken over. Removed on exit. While serving, the server holds a
+    /// lock on PATH.lock, so two servers starting at once cannot both take it.
     #[arg(long, value_name = "PATH")]
-    pub unix: Option<PathBuf>,
+    pub unix: Vec<PathBuf>,
+
+    /// Permissions of the --unix sockets, in octal (e.g. 660: owner and
+    /// group may connect), set before the socket accepts anyone
+    /// [default: what the umask leaves]
+    #[arg(long, value_name = "OCTAL", requires = "unix", value_parser = parse_mode)]
+    pub unix_mode: Option<u32>,
+
+    /// Listen backlog: clients that may wait to be accepted (also while
+    /// every slot is taken); the kernel caps it at net.core.somaxconn.
+    #[arg(long, value_name = "N", default_value_t = crate::DEFAULT_BACKLOG,
+          value_parser = clap::value_parser!(i32).range(1..))]
+    pub backlog: i32,
+
+    /// On SIGINT/SIGTERM, how long connections may go on echoing what they
+    /// have already sent before they are closed (0: close them at once).
+    #[arg(long, value_name = "SECS", default_value = "2", value_parser = parse_secs_or_zero)]
+    pub shutdown_grace: Duration,
 
     /// Serve at most N connections at once. Further clients are not refused:
     /// they wait in the listen backlog until a connection ends.
@@ -245,6 +264,25 @@ fn parse_secs(s: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(secs).map_err(|_| format!("{s} seconds is too long"))
 }
 
+/// A number of seconds, zero allowed.
+fn parse_secs_or_zero(s: &str) -> Result<Duration, String> {
+    if s.parse::<f64>() == Ok(0.0) {
+        return Ok(Duration::ZERO);
+    }
+    parse_secs(s)
+}
+
+/// File permissions in octal, such as `660` or `0o600`.
+fn parse_mode(s: &str) -> Result<u32, String> {
+    let digits = s.strip_prefix("0o").unwrap_or(s);
+    match u32::from_str_radix(digits, 8) {
+        Ok(mode) if mode <= 0o777 && !digits.is_empty() => Ok(mode),
+        _ => Err(format!(
+            "`{s}` is not a file mode in octal from 0 to 777 (e.g. 660)"
+        )),
+    }
+}
+
 /// `off` (as zero) or a number of seconds.
 fn parse_secs_or_off(s: &str) -> Result<Duration, String> {
     if s.eq_ignore_ascii_case("off") {
@@ -367,7 +405,9 @@ impl Args {
             .udp_rate_limit(rate_limit)
             .udp_max_datagram(self.udp_max_datagram)
             .udp_threads(self.udp_threads.unwrap_or(0))
-            .udp_buffer(self.udp_buffer);
+            .udp_buffer(self.udp_buffer)
+            .backlog(self.backlog)
+            .shutdown_grace(self.shutdown_grace);
         let ips = if self.ports.is_empty() {
             Vec::new()
         } else {
@@ -382,8 +422,12 @@ impl Args {
             }
         }
         #[cfg(unix)]
-        if let Some(path) = &self.unix {
+        for path in &self.unix {
             builder = builder.unix(path);
+        }
+        #[cfg(unix)]
+        if let Some(mode) = self.unix_mode {
+            builder = builder.unix_mode(mode);
         }
         Ok(builder)
     }
@@ -486,7 +530,7 @@ fn serve(args: &Args) -> Result<(), Failure> {
     let inherited = crate::activation::systemd_sockets()?;
     #[cfg(not(unix))]
     let inherited: Vec<std::convert::Infallible> = Vec::new();
-    if args.ports.is_empty() && args.unix.is_none() && inherited.is_empty() {
+    if args.ports.is_empty() && args.unix.is_empty() && inherited.is_empty() {
         return Err(Failure::Usage(
             "a PORT is required, unless --unix PATH is given or systemd passes sockets",
         ));
@@ -742,7 +786,7 @@ mod tests {
         let a = parse(&["7007"]).unwrap();
         assert_eq!(a.ports, [7007]);
         assert!(!a.udp);
-        assert_eq!(a.unix, None);
+        assert!(a.unix.is_empty());
         assert_eq!(a.udp_rate, 1 << 20);
         assert_eq!(a.udp_burst, 8 << 20);
         assert_eq!(a.udp_max_datagram, 65_527);
@@ -837,7 +881,8 @@ mod tests {
     /// against a calendar that counts days one by one.
     #[test]
     fn json_time_matches_a_day_by_day_calendar() {
-        let leap = |y: u64| y % 4 == 0 && (y % 100 != 0 || y % 400 == 0);
+        let leap =
+            |y: u64| y.is_multiple_of(4) && (!y.is_multiple_of(100) || y.is_multiple_of(400));
         let (mut year, mut month, mut day) = (1970u64, 1u64, 1u64);
         for days in 0..146_097u64 {
             // A different time of day each day, both ends of it included.
@@ -1024,7 +1069,7 @@ mod tests {
     fn port_is_optional_with_unix() {
         let a = parse(&["--unix", "/tmp/x.sock"]).unwrap();
         assert!(a.ports.is_empty());
-        assert_eq!(a.unix, Some(PathBuf::from("/tmp/x.sock")));
+        assert_eq!(a.unix, [PathBuf::from("/tmp/x.sock")]);
     }
 
     #[test]

@@ -98,7 +98,20 @@ impl StreamListener {
             Some(ip) => ListenAddr::Tcp(ip),
             None => ListenAddr::Unix(unix_path(&local)?),
         };
+        // The accept loop waits for a client with `poll` and only then
+        // takes a slot and accepts, so `accept` must never block: a client
+        // that gave up in between would otherwise hold the slot. This also
+        // makes an adopted listener's own `O_NONBLOCK` (systemd's
+        // `NonBlocking=yes`) irrelevant. Elsewhere `accept` blocks, and the
+        // timeout is its backstop.
+        #[cfg(unix)]
+        socket.set_nonblocking(true)?;
+        #[cfg(not(unix))]
         socket.set_read_timeout(Some(POLL))?;
+        // Urgent (out-of-band) bytes stay in the stream, in order, and are
+        // echoed like the rest (RFC 862: all data received is sent back).
+        // Set on the listener, it is inherited by every accepted socket.
+        socket.set_out_of_band_inline(true)?;
         Ok(StreamListener {
             socket,
             addr,
@@ -111,8 +124,12 @@ impl StreamListener {
     /// A Unix socket at a path this server created, removed when the
     /// listener is dropped.
     #[cfg(unix)]
-    pub(crate) fn bind_unix(path: &std::path::Path, backlog: i32) -> io::Result<StreamListener> {
-        let (socket, file) = crate::unix::bind_unix(path, backlog)?;
+    pub(crate) fn bind_unix(
+        path: &std::path::Path,
+        backlog: i32,
+        mode: Option<u32>,
+    ) -> io::Result<StreamListener> {
+        let (socket, file) = crate::unix::bind_unix(path, backlog, mode)?;
         let mut listener = StreamListener::from_socket(socket)?;
         listener.cleanup = Some(file);
         Ok(listener)
@@ -141,6 +158,12 @@ impl StreamListener {
         let mut backoff = Backoff::default();
         let (reclaims, sheds) = (Episode::default(), Episode::default());
         loop {
+            // No slot is taken until a client is there: a listener with no
+            // client must not hold the slot a client of another listener
+            // waits for.
+            if !self.wait_for_client(ctx) {
+                break;
+            }
             let limit_reached = || Counters::add(&ctx.counters.limit_reached, 1);
             // While full, a waiting client may take the slot of the
             // connection idle longest.
@@ -170,6 +193,9 @@ impl StreamListener {
             };
             let (socket, addr) = match accepted {
                 Ok(accepted) => accepted,
+                // The client that made the listener readable gave up, or
+                // another process sharing the listener took it.
+                Err(e) if e.kind() == ErrorKind::WouldBlock => continue,
                 Err(e) => {
                     drop(permit);
                     if ctx.shutdown.is_requested() {
@@ -184,6 +210,11 @@ impl StreamListener {
             if ctx.shutdown.is_requested() {
                 break; // most likely our own wake-up connection
             }
+            // BSD-derived systems pass the listener's O_NONBLOCK on to the
+            // accepted socket; the thread engine needs it blocking (the
+            // event engine sets its own).
+            #[cfg(all(unix, not(any(target_os = "linux", target_os = "android"))))]
+            let _ = socket.set_nonblocking(false);
             backoff.reset();
             ctx.table.reap();
             Counters::add(&ctx.counters.accepted, 1);
@@ -195,6 +226,9 @@ impl StreamListener {
                         Some(slot) => source_slot = Some(slot),
                         None => {
                             Counters::add(&ctx.counters.refused_per_source, 1);
+                            // Accepted and closed at once: the identity
+                            // accepted = closed + active holds.
+                            Counters::add(&ctx.counters.closed, 1);
                             log::debug!(
                                 peer:% = peer, reason = "per_source_cap";
                                 "{}: {peer} is at the per-source cap, closed", self.addr
@@ -226,9 +260,28 @@ impl StreamListener {
         log::debug!("{}: no longer accepting", self.addr);
     }
 
+    /// Waits until a client is in the backlog or shutdown is requested
+    /// (the shutdown waker connects, which makes the listener readable;
+    /// `POLL` is the backstop). Returns `false` on shutdown.
+    fn wait_for_client(&self, ctx: &Context) -> bool {
+        loop {
+            if ctx.shutdown.is_requested() {
+                return false;
+            }
+            if self.client_waits_within(POLL) {
+                return !ctx.shutdown.is_requested();
+            }
+        }
+    }
+
     /// Whether a client waits in the backlog: the listening socket is
     /// readable. (Where that cannot be asked, assume one does.)
     fn has_waiting_client(&self) -> bool {
+        self.client_waits_within(Duration::ZERO)
+    }
+
+    /// Whether the listening socket becomes readable within `wait`.
+    fn client_waits_within(&self, wait: Duration) -> bool {
         #[cfg(unix)]
         {
             use std::os::fd::AsRawFd;
@@ -237,13 +290,18 @@ impl StreamListener {
                 events: libc::POLLIN,
                 revents: 0,
             };
-            // SAFETY: one valid pollfd, no waiting. Its result adds nothing:
-            // `revents` stays 0 when nothing is ready or the call fails.
-            unsafe { libc::poll(&mut pfd, 1, 0) };
+            let ms = i32::try_from(wait.as_millis()).unwrap_or(i32::MAX);
+            // SAFETY: one valid pollfd. Its result adds nothing: `revents`
+            // stays 0 when nothing is ready, the wait ended or the call
+            // failed (EINTR: the caller asks again).
+            unsafe { libc::poll(&mut pfd, 1, ms) };
             pfd.revents & libc::POLLIN != 0
         }
         #[cfg(not(unix))]
-        true
+        {
+            let _ = wait;
+            true
+        }
     }
 
     /// Deals with a failed `accept`. Returns `false` if shutdown was
@@ -265,6 +323,9 @@ impl StreamListener {
         }
         if is_fd_exhaustion(e) {
             if self.shed_one() {
+                // Accepted (on the spare descriptor) and closed at once.
+                Counters::add(&ctx.counters.accepted, 1);
+                Counters::add(&ctx.counters.closed, 1);
                 Counters::add(&ctx.counters.fd_exhausted, 1);
                 // Once per episode: a flood of clients is not a flood of logs.
                 if sheds.begins() {

@@ -9,9 +9,12 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Stats {
-    /// Connections accepted since the server started.
+    /// Connections accepted since the server started, including those
+    /// closed at once (refused at the per-source cap, for lack of a thread
+    /// or of a file descriptor).
     pub accepted: u64,
-    /// Connections closed (by either side) since the server started:
+    /// Connections closed (by either side, or refused) since the server
+    /// started. Whenever no connection is being opened or closed,
     /// `accepted = closed + active`.
     pub closed: u64,
     /// Connections being served right now.

@@ -1,17 +1,31 @@
 //! Unix stream sockets: binding a path without ever stealing a live socket,
-//! and removing the file again on shutdown.
+//! with the permissions asked for, and removing the file again on shutdown.
 
 use socket2::{Domain, SockAddr, Socket, Type};
-use std::fs;
+use std::fs::{self, File, TryLockError};
 use std::io::{self, ErrorKind};
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// Binds a listening Unix socket at `path`, and returns it with the file it
 /// created. If something is already there:
 /// a socket a server answers on is left alone (`AddrInUse`), a stale socket
 /// file (nobody answers) is replaced, anything else is refused.
-pub(crate) fn bind_unix(path: &Path, backlog: i32) -> io::Result<(Socket, SocketFile)> {
+///
+/// Check, probe, unlink and bind are four steps: two servers starting at
+/// the same moment could each find the other's fresh socket not yet
+/// listening, take it for stale and unlink it. So the steps run under an
+/// exclusive lock on `PATH.lock`, held for as long as the server serves
+/// the socket (a server that holds it is starting or live).
+///
+/// `mode` (such as `0o660`) is set before `listen`, so no client can
+/// connect while the socket still has the umask's permissions.
+pub(crate) fn bind_unix(
+    path: &Path,
+    backlog: i32,
+    mode: Option<u32>,
+) -> io::Result<(Socket, SocketFile)> {
+    let lock = PathLock::take(path)?;
     match fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {
             if is_live(path)? {
@@ -34,9 +48,74 @@ pub(crate) fn bind_unix(path: &Path, backlog: i32) -> io::Result<(Socket, Socket
     }
     let socket = Socket::new(Domain::UNIX, Type::STREAM, None)?;
     socket.bind(&SockAddr::unix(path)?)?;
-    let file = SocketFile::new(path)?;
+    let file = SocketFile::new(path, lock)?;
+    if let Some(mode) = mode {
+        fs::set_permissions(path, fs::Permissions::from_mode(mode))?;
+    }
     socket.listen(backlog)?;
     Ok((socket, file))
+}
+
+/// An exclusive lock on `PATH.lock` beside a socket path. The lock file is
+/// removed (while still locked) when the server lets the path go.
+#[derive(Debug)]
+struct PathLock {
+    path: PathBuf,
+    /// Holds the lock until dropped.
+    _file: File,
+}
+
+impl PathLock {
+    fn take(socket: &Path) -> io::Result<PathLock> {
+        let mut name = socket.as_os_str().to_owned();
+        name.push(".lock");
+        let path = PathBuf::from(name);
+        loop {
+            let file = File::options()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&path)
+                .map_err(|e| {
+                    io::Error::new(
+                        e.kind(),
+                        format!("cannot open the lock file {}: {e}", path.display()),
+                    )
+                })?;
+            match file.try_lock() {
+                Ok(()) => {}
+                Err(TryLockError::WouldBlock) => {
+                    return Err(io::Error::new(
+                        ErrorKind::AddrInUse,
+                        format!(
+                            "another server holds {} (it is starting or serving this socket)",
+                            path.display()
+                        ),
+                    ))
+                }
+                Err(TryLockError::Error(e)) => return Err(e),
+            }
+            // The holder before us may have removed the file between our
+            // open and our lock: a lock on a removed file guards nothing,
+            // so lock the file that is there now.
+            let same = fs::symlink_metadata(&path).is_ok_and(|now| {
+                file.metadata()
+                    .is_ok_and(|ours| (ours.dev(), ours.ino()) == (now.dev(), now.ino()))
+            });
+            if same {
+                return Ok(PathLock { path, _file: file });
+            }
+        }
+    }
+}
+
+impl Drop for PathLock {
+    fn drop(&mut self) {
+        // Removed while locked, so whoever opened it meanwhile finds it
+        // gone once they hold the lock, and starts again.
+        let _ = fs::remove_file(&self.path);
+    }
 }
 
 /// Whether a server answers at `path`. A connection attempt that is refused
@@ -55,22 +134,26 @@ fn is_live(path: &Path) -> io::Result<bool> {
     }
 }
 
-/// The socket file this server created. Dropping it removes the file, but
-/// only if it is still the same file: another server may have replaced it.
+/// The socket file this server created, and the lock that makes it ours.
+/// Dropping it removes the file, but only if it is still the same file
+/// (something may have replaced it), then the lock.
 #[derive(Debug)]
 pub(crate) struct SocketFile {
     path: PathBuf,
     dev: u64,
     ino: u64,
+    /// Dropped after the socket file is removed (fields drop after `drop`).
+    _lock: PathLock,
 }
 
 impl SocketFile {
-    fn new(path: &Path) -> io::Result<SocketFile> {
+    fn new(path: &Path, lock: PathLock) -> io::Result<SocketFile> {
         let meta = fs::symlink_metadata(path)?;
         Ok(SocketFile {
             path: path.to_owned(),
             dev: meta.dev(),
             ino: meta.ino(),
+            _lock: lock,
         })
     }
 }

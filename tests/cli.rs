@@ -382,39 +382,6 @@ fn idle_timeout_from_the_command_line(engine: Engine) {
     assert!(server.logged("1 idle timeouts"), "{:#?}", server.seen);
 }
 
-/// Starts the binary the way systemd does: `fds` become descriptors 3, 4, …
-/// and LISTEN_PID/LISTEN_FDS name the process (`exec` keeps the shell's pid).
-fn spawn_activated(fds: &[std::os::fd::RawFd], args: &str) -> Binary {
-    use std::os::unix::process::CommandExt;
-    let mut cmd = std::process::Command::new("sh");
-    cmd.arg("-c").arg(format!(
-        "export LISTEN_PID=$$ LISTEN_FDS={}; exec '{}' {args}",
-        fds.len(),
-        env!("CARGO_BIN_EXE_echo-server")
-    ));
-    let fds = fds.to_vec();
-    // SAFETY: only dup2, which is async-signal-safe, runs between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            // Through high numbers first, so no source is overwritten, and
-            // every target is a fresh dup (which clears close-on-exec).
-            for (i, &fd) in fds.iter().enumerate() {
-                if libc::dup2(fd, 100 + i as i32) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            for i in 0..fds.len() as i32 {
-                if libc::dup2(100 + i, 3 + i) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                libc::close(100 + i);
-            }
-            Ok(())
-        });
-    }
-    Binary::spawn_command(cmd)
-}
-
 #[test]
 fn serves_tcp_and_udp_sockets_passed_by_systemd() {
     use std::os::fd::AsRawFd;

@@ -142,6 +142,18 @@ impl Drop for EventLoops {
     }
 }
 
+/// What a connection is watched for. Edge-triggered, both ways at once:
+/// what the echo waits for next (reading, or writing an echo that did not
+/// fit) is its own business, and re-registering would cost a call. Where
+/// the system reports urgent data apart (`EPOLLPRI`), that too, so that a
+/// read stopped at the urgent mark is not taken for an empty queue.
+fn interest() -> Interest {
+    let both = Interest::READABLE | Interest::WRITABLE;
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    let both = both | Interest::PRIORITY;
+    both
+}
+
 /// What a short read says about a socket's receive queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Drained {
@@ -201,7 +213,10 @@ impl EventLoop {
                 }
                 // An end of file that arrived before this event was taken is
                 // in its flags; one that arrives later raises a new event.
-                let drained = if event.is_read_closed() || event.is_error() {
+                // Urgent data (kept inline, `SO_OOBINLINE`) ends a read at
+                // its mark however much follows: a short read then says
+                // nothing about the queue.
+                let drained = if event.is_read_closed() || event.is_error() || event.is_priority() {
                     Drained::Unknown
                 } else {
                     Drained::OnShortRead
@@ -261,14 +276,9 @@ impl EventLoop {
         };
         let fd = conn.stream.0.as_raw_fd();
         let registered = conn.stream.0.set_nonblocking(true).and_then(|()| {
-            self.poll.registry().register(
-                &mut SourceFd(&fd),
-                Token(index),
-                // Edge-triggered, both ways at once: what the echo waits for
-                // next (reading, or writing an echo that did not fit) is
-                // its own business, and re-registering would cost a call.
-                Interest::READABLE | Interest::WRITABLE,
-            )
+            self.poll
+                .registry()
+                .register(&mut SourceFd(&fd), Token(index), interest())
         });
         if let Err(e) = registered {
             log::warn!("{}: cannot watch the connection: {e}", conn.peer);

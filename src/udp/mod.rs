@@ -97,6 +97,10 @@ impl DatagramSocket {
         let mut reply_from_arrival = local.ip().is_unspecified();
         let mut short_buffer = None;
         for socket in &sockets {
+            // The receive threads block in `recv` with `POLL` as the
+            // backstop; a socket adopted with `O_NONBLOCK` (systemd's
+            // `NonBlocking=yes`) would make that a spin.
+            socket.set_nonblocking(false)?;
             socket.set_read_timeout(Some(POLL))?;
             reply_from_arrival &= batch::enable(socket, local, local.ip().is_unspecified());
             let granted = size_buffers(socket, settings.buffer);

@@ -451,3 +451,49 @@ pub fn threads_of(pid: &str) -> Vec<(std::path::PathBuf, String)> {
         })
         .collect()
 }
+
+/// Starts the binary the way systemd does: `fds` become descriptors 3, 4, …
+/// and LISTEN_PID/LISTEN_FDS name the process (`exec` keeps the shell's pid).
+#[cfg(unix)]
+pub fn spawn_activated(fds: &[std::os::fd::RawFd], args: &str) -> Binary {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = std::process::Command::new("sh");
+    cmd.arg("-c").arg(format!(
+        "export LISTEN_PID=$$ LISTEN_FDS={}; exec '{}' {args}",
+        fds.len(),
+        env!("CARGO_BIN_EXE_echo-server")
+    ));
+    let fds = fds.to_vec();
+    // SAFETY: only dup2, which is async-signal-safe, runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            // Through high numbers first, so no source is overwritten, and
+            // every target is a fresh dup (which clears close-on-exec).
+            for (i, &fd) in fds.iter().enumerate() {
+                if libc::dup2(fd, 100 + i as i32) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            for i in 0..fds.len() as i32 {
+                if libc::dup2(100 + i, 3 + i) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                libc::close(100 + i);
+            }
+            Ok(())
+        });
+    }
+    Binary::spawn_command(cmd)
+}
+
+/// CPU time (user + system, in clock ticks of 1/100 s) that process `pid`
+/// has used so far.
+#[cfg(target_os = "linux")]
+pub fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read stat");
+    // After the command (in parentheses): utime is the 14th field, stime
+    // the 15th, counting the pid as the 1st.
+    let after = &stat[stat.rfind(')').expect("a command") + 2..];
+    let fields: Vec<&str> = after.split(' ').collect();
+    fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime")
+}

@@ -4,7 +4,7 @@
 //!
 //! Input: `[engine][action]*`. The engine byte picks threads, events, or auto
 //! with one thread connection (`% 3`). Each action byte names a connection
-//! slot (high nibble `% 4`) and an action (low nibble `% 12`), followed by its
+//! slot (high nibble `% 4`) and an action (low nibble `% 13`), followed by its
 //! argument bytes (missing ones read as 0):
 //!
 //! | op | action | arguments |
@@ -21,6 +21,7 @@
 //! | 9 | reconnect: close (no draining), connect anew | |
 //! | 10 | send a large chunk | length: 2 bytes LE, `% 16385` |
 //! | 11 | close without draining (the slot stays empty) | |
+//! | 12 | send a small chunk whose middle byte is urgent (`MSG_OOB`) | length: `1 + b % 64` |
 //!
 //! Sending on an empty slot connects first; other actions on an empty slot do
 //! nothing. The bytes sent are a pattern keyed by the connection and the
@@ -171,6 +172,24 @@ impl Run {
         }
         c.sent += len as u64;
         self.sent += len as u64;
+    }
+
+    /// Sends `len` bytes with the middle one as urgent data: the server
+    /// keeps it inline (`SO_OOBINLINE`), so it is echoed in its place, and
+    /// a read that stops at the urgent mark must not stall the rest.
+    fn send_urgent(&mut self, slot: usize, len: usize) {
+        let before = len / 2;
+        self.send(slot, before);
+        let at = self.at();
+        let c = self.slots[slot].as_mut().unwrap();
+        let urgent = [pattern(c.id, c.sent)];
+        match SockRef::from(&c.stream).send_out_of_band(&urgent) {
+            Ok(1) => {}
+            other => panic!("{at}: connection #{}: urgent byte not sent: {other:?}", c.id),
+        }
+        c.sent += 1;
+        self.sent += 1;
+        self.send(slot, len - before - 1);
     }
 
     /// Reads `n` bytes of echo (`n` at most what is due), checking each.
@@ -417,7 +436,7 @@ fuzz_target!(|data: &[u8]| {
         buf: vec![0; 16 << 10],
     };
     let mut script = Script::new(script);
-    while let Some(action) = script.next_action(12) {
+    while let Some(action) = script.next_action(13) {
         run.step = action.index;
         let slot = action.slot;
         match action.op {
@@ -452,7 +471,8 @@ fuzz_target!(|data: &[u8]| {
                 let len = script.u16();
                 run.send(slot, usize::from(len) % 16385);
             }
-            _ => run.close(slot),
+            11 => run.close(slot),
+            _ => run.send_urgent(slot, 1 + usize::from(script.byte() % 64)),
         }
         run.invariants(&before);
     }

@@ -129,8 +129,8 @@ fn a_source_over_its_rate_gets_no_answers() {
         answered += 1;
     }
     assert_eq!(answered, 5);
-    // Another source address has its own budget.
-    let other = UdpSocket::bind("127.0.0.2:0").unwrap();
+    // Another source network has its own budget.
+    let other = UdpSocket::bind("127.0.1.2:0").unwrap();
     other.connect(server.udp_addr()).unwrap();
     other.set_read_timeout(Some(DEADLINE)).unwrap();
     assert_eq!(udp_round_trip(&other, b"hi").as_deref(), Some(&b"hi"[..]));
@@ -257,7 +257,8 @@ fn batches_keep_every_datagram_whole_in_order_and_to_its_sender() {
     let server = TestServer::start(
         Server::builder()
             .udp(([127, 0, 0, 1], 0))
-            .udp_rate_limit(None),
+            .udp_rate_limit(None)
+            .udp_total_rate_limit(None),
     );
     let addr = server.udp_addr();
     const SIZES: [usize; 8] = [1, 5, 64, 1400, 1473, 9000, 32_768, 65_507];
@@ -310,7 +311,8 @@ fn a_mixed_burst_answers_exactly_the_good_datagrams() {
     );
     let addr = server.udp_addr();
     let good = udp_client(addr, DEADLINE);
-    let limited = UdpSocket::bind("127.0.0.2:0").unwrap();
+    // Another /24: a budget of its own.
+    let limited = UdpSocket::bind("127.0.1.2:0").unwrap();
     limited.connect(addr).unwrap();
     limited.set_read_timeout(Some(DEADLINE)).unwrap();
     let privileged = privileged_socket();
@@ -400,7 +402,8 @@ fn kernel_drops_are_counted() {
             .udp(([127, 0, 0, 1], 0))
             .udp_threads(1)
             .udp_buffer(4096)
-            .udp_rate_limit(None),
+            .udp_rate_limit(None)
+            .udp_total_rate_limit(None),
     );
     let addr = server.udp_addr();
     let mut sent = 0u64;

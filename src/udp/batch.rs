@@ -229,6 +229,8 @@ mod linux {
                 return (ControlData::default(), true);
             }
             let buf = &self.controls[i].0;
+            // A socklen_t on some libcs (musl), a size_t on glibc.
+            #[allow(clippy::unnecessary_cast)]
             let len = (hdr.msg_controllen as usize).min(buf.len());
             (parse_control(&buf[..len]), false)
         }
@@ -367,6 +369,8 @@ mod linux {
         let mut out = ControlData::default();
         let mut rest = buf;
         while let Some(header) = read_plain::<libc::cmsghdr>(rest) {
+            // A socklen_t on some libcs (musl), a size_t on glibc.
+            #[allow(clippy::unnecessary_cast)]
             let len = header.cmsg_len as usize;
             if len < data_offset || len > rest.len() {
                 break;
@@ -395,6 +399,83 @@ mod linux {
             rest = rest.get(cmsg_align(len)..).unwrap_or_default();
         }
         out
+    }
+
+    /// Points `hdr` at one `IP_PKTINFO`/`IPV6_PKTINFO` message in `control`
+    /// saying which address to send from.
+    ///
+    /// # Safety
+    ///
+    /// `control` outlives the use of `hdr`.
+    unsafe fn write_pktinfo(hdr: &mut libc::msghdr, control: &mut Control, from: Arrival) {
+        let (level, kind, size) = match from {
+            Arrival::V4(_) => (
+                libc::IPPROTO_IP,
+                libc::IP_PKTINFO,
+                size_of::<libc::in_pktinfo>(),
+            ),
+            Arrival::V6(..) => (
+                libc::IPPROTO_IPV6,
+                libc::IPV6_PKTINFO,
+                size_of::<libc::in6_pktinfo>(),
+            ),
+        };
+        control.0 = [0; 128];
+        hdr.msg_control = control.0.as_mut_ptr().cast();
+        hdr.msg_controllen = libc::CMSG_SPACE(size as u32) as _;
+        let cmsg = libc::CMSG_FIRSTHDR(hdr);
+        (*cmsg).cmsg_level = level;
+        (*cmsg).cmsg_type = kind;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(size as u32) as _;
+        match from {
+            Arrival::V4(addr) => ptr::write_unaligned(
+                libc::CMSG_DATA(cmsg).cast(),
+                libc::in_pktinfo {
+                    ipi_ifindex: 0,
+                    ipi_spec_dst: libc::in_addr {
+                        s_addr: u32::from_ne_bytes(addr),
+                    },
+                    ipi_addr: libc::in_addr { s_addr: 0 },
+                },
+            ),
+            Arrival::V6(addr, ifindex) => {
+                // SAFETY: all-zero bytes are a valid in6_addr.
+                let mut ipi6_addr: libc::in6_addr = mem::zeroed();
+                ipi6_addr.s6_addr = addr;
+                ptr::write_unaligned(
+                    libc::CMSG_DATA(cmsg).cast(),
+                    libc::in6_pktinfo {
+                        ipi6_addr,
+                        ipi6_ifindex: ifindex,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Asks the kernel for each datagram's destination address (to reply
+    /// from it) and, always, for its drop count. Returns whether it gave
+    /// the destination.
+    pub(crate) fn enable(socket: &Socket, local: SocketAddr, pktinfo: bool) -> bool {
+        super::set_socket_option(socket, SO_RXQ_OVFL, 1);
+        if !pktinfo {
+            return false;
+        }
+        let (level, name) = match local {
+            SocketAddr::V4(_) => (libc::IPPROTO_IP, libc::IP_PKTINFO),
+            SocketAddr::V6(_) => (libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO),
+        };
+        let on: libc::c_int = 1;
+        // SAFETY: a valid fd and a pointer to a c_int of the length given.
+        unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                level,
+                name,
+                ptr::addr_of!(on).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            ) == 0
+        }
     }
 
     /// The control-message parser on crafted buffers: what the kernel
@@ -544,83 +625,6 @@ mod linux {
             for n in 0..=two.len() {
                 let _ = parse_control(&two[..n]);
             }
-        }
-    }
-
-    /// Points `hdr` at one `IP_PKTINFO`/`IPV6_PKTINFO` message in `control`
-    /// saying which address to send from.
-    ///
-    /// # Safety
-    ///
-    /// `control` outlives the use of `hdr`.
-    unsafe fn write_pktinfo(hdr: &mut libc::msghdr, control: &mut Control, from: Arrival) {
-        let (level, kind, size) = match from {
-            Arrival::V4(_) => (
-                libc::IPPROTO_IP,
-                libc::IP_PKTINFO,
-                size_of::<libc::in_pktinfo>(),
-            ),
-            Arrival::V6(..) => (
-                libc::IPPROTO_IPV6,
-                libc::IPV6_PKTINFO,
-                size_of::<libc::in6_pktinfo>(),
-            ),
-        };
-        control.0 = [0; 128];
-        hdr.msg_control = control.0.as_mut_ptr().cast();
-        hdr.msg_controllen = libc::CMSG_SPACE(size as u32) as _;
-        let cmsg = libc::CMSG_FIRSTHDR(hdr);
-        (*cmsg).cmsg_level = level;
-        (*cmsg).cmsg_type = kind;
-        (*cmsg).cmsg_len = libc::CMSG_LEN(size as u32) as _;
-        match from {
-            Arrival::V4(addr) => ptr::write_unaligned(
-                libc::CMSG_DATA(cmsg).cast(),
-                libc::in_pktinfo {
-                    ipi_ifindex: 0,
-                    ipi_spec_dst: libc::in_addr {
-                        s_addr: u32::from_ne_bytes(addr),
-                    },
-                    ipi_addr: libc::in_addr { s_addr: 0 },
-                },
-            ),
-            Arrival::V6(addr, ifindex) => {
-                // SAFETY: all-zero bytes are a valid in6_addr.
-                let mut ipi6_addr: libc::in6_addr = mem::zeroed();
-                ipi6_addr.s6_addr = addr;
-                ptr::write_unaligned(
-                    libc::CMSG_DATA(cmsg).cast(),
-                    libc::in6_pktinfo {
-                        ipi6_addr,
-                        ipi6_ifindex: ifindex,
-                    },
-                );
-            }
-        }
-    }
-
-    /// Asks the kernel for each datagram's destination address (to reply
-    /// from it) and, always, for its drop count. Returns whether it gave
-    /// the destination.
-    pub(crate) fn enable(socket: &Socket, local: SocketAddr, pktinfo: bool) -> bool {
-        super::set_socket_option(socket, SO_RXQ_OVFL, 1);
-        if !pktinfo {
-            return false;
-        }
-        let (level, name) = match local {
-            SocketAddr::V4(_) => (libc::IPPROTO_IP, libc::IP_PKTINFO),
-            SocketAddr::V6(_) => (libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO),
-        };
-        let on: libc::c_int = 1;
-        // SAFETY: a valid fd and a pointer to a c_int of the length given.
-        unsafe {
-            libc::setsockopt(
-                socket.as_raw_fd(),
-                level,
-                name,
-                ptr::addr_of!(on).cast(),
-                size_of::<libc::c_int>() as libc::socklen_t,
-            ) == 0
         }
     }
 }

@@ -207,6 +207,10 @@ fn size_buffers(socket: &Socket, bytes: usize) -> usize {
     socket.recv_buffer_size().unwrap_or(0)
 }
 
+/// A received datagram's source, length and verdict so far (`None`: no
+/// source address to answer).
+type Judged = Option<(SocketAddr, usize, Result<(), Refusal>)>;
+
 /// One receive thread: batches in, replies out, until shutdown.
 fn serve_socket(socket: &Socket, addr: &ListenAddr, reply_from_arrival: bool, ctx: &Context) {
     let settings = &ctx.settings.udp;
@@ -218,8 +222,7 @@ fn serve_socket(socket: &Socket, addr: &ListenAddr, reply_from_arrival: bool, ct
     let counters = &ctx.counters;
     let mut drops_seen: u32 = 0;
     // Each datagram of a batch: its source, length and verdict so far.
-    let mut verdicts: Vec<Option<(SocketAddr, usize, Result<(), Refusal>)>> =
-        Vec::with_capacity(batch::BATCH);
+    let mut verdicts: Vec<Judged> = Vec::with_capacity(batch::BATCH);
     let mut truncated_controls: u64 = 0;
     while !ctx.shutdown.is_requested() {
         let received = match batch.recv(socket) {

@@ -14,8 +14,8 @@ Our server is three rows, one per engine (`ours-threads`, `ours-events`,
 `ours-auto`, run with `--engine ENGINE`), or a single `ours` row when
 `echo-server --help` does not mention `--engine`. In the UDP scenarios
 (the engine does not matter there) it is one row, `ours`
-(`echo-server -q --udp --udp-rate 0 PORT`), plus `ours-ratelimited` (the
-per-source rate limit on, with a budget above the offered load) in udp64; UDP peers are `tokio`
+(`echo-server -q --udp --udp-rate 0 --udp-total-rate 0 PORT`), plus
+`ours-ratelimited` (both rate limits on, with budgets above the offered load) in udp64; UDP peers are `tokio`
 (`tokio-echo --udp PORT`) and `socat` (`UDP-RECVFROM:PORT,fork PIPE`: a
 process per datagram; `UDP-LISTEN:PORT PIPE` in udp1, one socket, where it
 echoes each datagram whole), and the UDP results get tables of their own.
@@ -183,13 +183,15 @@ def udp_table(args):
     t = {}
     if OURS_BIN.exists():
         base = [str(OURS_BIN), "-q", "--udp"]
-        t["ours"] = lambda p, _sc: [*base, "--udp-rate", "0", *extra, str(p)]
+        t["ours"] = lambda p, _sc: [*base, "--udp-rate", "0", "--udp-total-rate", "0", *extra,
+                                    str(p)]
         # The limiter on, with a budget above what one loopback source offers
         # here, so every datagram goes through it and is answered: what the
         # limiter itself costs. (The default 1 MiB/s lets one source have
         # about 8k small datagrams/s, by design.)
         t["ours-ratelimited"] = lambda p, _sc: [*base, "--udp-rate", "1G", "--udp-burst", "1G",
-                                                *extra, str(p)]
+                                                "--udp-total-rate", "1G",
+                                                "--udp-total-burst", "1G", *extra, str(p)]
 
     def socat(p, sc):
         # UDP-LISTEN serves one peer from one process: right for a single
@@ -864,8 +866,8 @@ def render(scs, names_for, results, args):
         lines += tables(tcp)
     if udp:
         lines += [] if not tcp else [""]
-        lines += ["UDP: `ours` is `echo-server --udp --udp-rate 0` (one row: the engine does not matter for UDP), "
-                  "`ours-ratelimited` the same with the per-source rate limit on (`--udp-rate 1G --udp-burst 1G`: "
+        lines += ["UDP: `ours` is `echo-server --udp --udp-rate 0 --udp-total-rate 0` (one row: the engine does not matter for UDP), "
+                  "`ours-ratelimited` the same with both rate limits on (`--udp-rate 1G --udp-burst 1G`, the same server-wide: "
                   "every client socket is on 127.0.0.1, one source, offering less than that budget, so the row "
                   "shows what the limiter costs). Answered/s counts replies within the window; "
                   "a datagram not answered within 200 ms is lost (and replaced); lost, bad replies (corrupted, "

@@ -1,7 +1,7 @@
 //! Configuring a server: which sockets to listen on and how to serve them.
 
 use crate::listener::{self, ListenAddr, StreamListener};
-use crate::rate_limit::RateLimit;
+use crate::rate_limit::{RateLimit, SourcePrefix};
 use crate::server::{Listener, Server};
 use crate::settings::{Engine, Settings, UdpSettings};
 use crate::thread_budget::ThreadBudget;
@@ -119,6 +119,8 @@ impl Default for ServerBuilder {
                 udp: UdpSettings {
                     filter_sources: true,
                     rate_limit: Some(RateLimit::default()),
+                    total_rate_limit: Some(RateLimit::total_default()),
+                    prefix: SourcePrefix::default(),
                     max_datagram: udp::MAX_DATAGRAM,
                     threads: 0,
                     buffer: udp::DEFAULT_UDP_BUFFER,
@@ -202,10 +204,28 @@ impl ServerBuilder {
         self
     }
 
-    /// Per-source UDP rate limit, or `None` for none. Default
-    /// [`RateLimit::default`]: 1 MiB/s with an 8 MiB burst per source.
+    /// UDP rate limit of each source network (see
+    /// [`udp_source_prefix`](Self::udp_source_prefix)), or `None` for none.
+    /// Default [`RateLimit::default`]: 1 MiB/s with an 8 MiB burst per
+    /// network. The server-wide limit is set on its own.
     pub fn udp_rate_limit(mut self, limit: Option<RateLimit>) -> Self {
         self.settings.udp.rate_limit = limit;
+        self
+    }
+
+    /// UDP reply budget of the whole server, every source together, or
+    /// `None` for none. Default [`RateLimit::total_default`]: 16 MiB/s with
+    /// a 64 MiB burst.
+    pub fn udp_total_rate_limit(mut self, limit: Option<RateLimit>) -> Self {
+        self.settings.udp.total_rate_limit = limit;
+        self
+    }
+
+    /// The source networks that share one UDP budget. Default
+    /// [`SourcePrefix::default`]: IPv4 /24 and IPv6 /56; `{ v4: 32, v6: 128 }`
+    /// gives each address its own.
+    pub fn udp_source_prefix(mut self, prefix: SourcePrefix) -> Self {
+        self.settings.udp.prefix = prefix;
         self
     }
 
@@ -390,9 +410,18 @@ impl ServerBuilder {
         if !(1..=udp::MAX_DATAGRAM).contains(&self.settings.udp.max_datagram) {
             return Err(invalid("the largest UDP datagram must be 1 to 65527 bytes"));
         }
-        if matches!(self.settings.udp.rate_limit, Some(l) if l.rate == 0 || l.burst == 0) {
+        let udp = &self.settings.udp;
+        if [udp.rate_limit, udp.total_rate_limit]
+            .iter()
+            .any(|l| matches!(l, Some(l) if l.rate == 0 || l.burst == 0))
+        {
             return Err(invalid(
                 "a UDP rate limit needs a rate and a burst above zero",
+            ));
+        }
+        if !udp.prefix.is_valid() {
+            return Err(invalid(
+                "a UDP source prefix is 0 to 32 bits (IPv4) and 0 to 128 (IPv6)",
             ));
         }
         #[cfg(not(unix))]
@@ -416,6 +445,9 @@ impl ServerBuilder {
                 }
             }
             listeners.push(bind(source, self.backlog, self.unix_mode, &udp_settings)?);
+        }
+        if listeners.iter().any(|l| matches!(l, Listener::Datagram(_))) {
+            warn_of_small_bursts(&self.settings.udp);
         }
         let short = listeners.iter().find_map(|l| match l {
             Listener::Datagram(d) => d.short_buffer,
@@ -494,6 +526,40 @@ impl ServerBuilder {
         );
         serving
     }
+}
+
+/// One line at start-up when a UDP burst is below what the largest datagram
+/// answered costs: the limiter would refuse every such datagram forever, and
+/// nothing else would say why.
+fn warn_of_small_bursts(udp: &UdpSettings) {
+    let bursts = [
+        (udp.rate_limit, "per-network UDP burst (--udp-burst)"),
+        (
+            udp.total_rate_limit,
+            "server-wide UDP burst (--udp-total-burst)",
+        ),
+    ];
+    let smallest = bursts
+        .iter()
+        .filter_map(|&(limit, name)| limit.map(|l| (l.burst, name)))
+        .min_by_key(|&(burst, _)| burst);
+    let Some((burst, name)) = smallest else {
+        return;
+    };
+    let largest = crate::rate_limit::cost(udp.max_datagram);
+    if burst >= largest {
+        return;
+    }
+    let overhead = crate::rate_limit::cost(0);
+    let never = match burst.checked_sub(overhead) {
+        Some(fits) => format!("datagrams over {fits} bytes will never be answered"),
+        None => "no datagram, not even an empty one, will ever be answered".to_owned(),
+    };
+    log::warn!(
+        "the {name} is {burst} bytes, below the {largest} a {} byte datagram costs (each \
+         costs its length + {overhead}): {never}",
+        udp.max_datagram
+    );
 }
 
 /// Binds (or adopts) one listener; errors say which.

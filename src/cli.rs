@@ -5,7 +5,7 @@
 //! cannot run (such as a port in use), 2 for a usage error.
 
 use crate::{
-    udp, Engine, RateLimit, Server, ServerBuilder, DEFAULT_MAX_CONNECTIONS,
+    udp, Engine, RateLimit, Server, ServerBuilder, SourcePrefix, DEFAULT_MAX_CONNECTIONS,
     DEFAULT_THREAD_CONNECTIONS,
 };
 use clap::{CommandFactory, Parser};
@@ -147,14 +147,36 @@ pub struct Args {
     #[arg(long)]
     pub udp_allow_any_source: bool,
 
-    /// Per-source UDP rate limit in bytes per second (suffixes K, M, G;
-    /// each datagram also costs 64 bytes); 0 turns the limit off.
+    /// UDP rate limit of each source network (--udp-prefix) in bytes per
+    /// second (suffixes K, M, G; each datagram also costs 64 bytes); 0 turns
+    /// it off.
     #[arg(long, value_name = "BYTES", default_value = "1M", value_parser = parse_bytes)]
     pub udp_rate: u64,
 
-    /// Per-source UDP burst: bytes a quiet source may send at once.
-    #[arg(long, value_name = "BYTES", default_value = "8M", value_parser = parse_bytes)]
+    /// UDP burst of each source network: bytes a quiet network may send at
+    /// once. Below the cost of the largest datagram answered, a start-up
+    /// warning says which datagrams will never be answered.
+    #[arg(long, value_name = "BYTES", default_value = "8M", value_parser = parse_burst)]
     pub udp_burst: u64,
+
+    /// What one UDP budget covers: every source in the same IPv4 /V4 and
+    /// IPv6 /V6 network (forged sources rotating through a network share
+    /// it); 32,128 gives each address its own. IPv4-mapped IPv6 sources
+    /// count as IPv4.
+    #[arg(long, value_name = "V4,V6", default_value = "24,56", value_parser = parse_prefix)]
+    pub udp_prefix: SourcePrefix,
+
+    /// UDP reply ceiling of the whole server, every source together, in
+    /// bytes per second: what forged sources from any number of networks
+    /// can make it send. The default is 16 networks at full --udp-rate
+    /// (about 134 Mbit/s), far above what any one tester gets; 0 turns it
+    /// off.
+    #[arg(long, value_name = "BYTES", default_value = "16M", value_parser = parse_bytes)]
+    pub udp_total_rate: u64,
+
+    /// UDP burst of the whole server (--udp-total-rate).
+    #[arg(long, value_name = "BYTES", default_value = "64M", value_parser = parse_burst)]
+    pub udp_total_burst: u64,
 
     /// Largest UDP datagram answered; larger ones are dropped whole (never
     /// echoed in part) and counted. At most 65527.
@@ -327,6 +349,25 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("`{s}` is too large"))
 }
 
+/// A UDP burst: a zero burst would answer nothing, ever.
+fn parse_burst(s: &str) -> Result<u64, String> {
+    match parse_bytes(s)? {
+        0 => Err("must be above 0 (no datagram could ever be answered)".to_owned()),
+        n => Ok(n),
+    }
+}
+
+/// `V4,V6`: the IPv4 and IPv6 prefix lengths of a UDP source network.
+fn parse_prefix(s: &str) -> Result<SourcePrefix, String> {
+    let usage = || format!("`{s}` is not V4,V6 prefix lengths (IPv4 0-32, IPv6 0-128; e.g. 24,56)");
+    let (v4, v6) = s.split_once(',').ok_or_else(usage)?;
+    let prefix = SourcePrefix {
+        v4: v4.trim().parse().map_err(|_| usage())?,
+        v6: v6.trim().parse().map_err(|_| usage())?,
+    };
+    prefix.is_valid().then_some(prefix).ok_or_else(usage)
+}
+
 fn parse_udp_buffer(s: &str) -> Result<usize, String> {
     match parse_bytes(s)? {
         n if n < 4096 => Err("must be at least 4K".to_owned()),
@@ -383,7 +424,11 @@ impl Args {
     pub fn builder(&self) -> std::io::Result<ServerBuilder> {
         let rate_limit = (self.udp_rate > 0).then_some(RateLimit {
             rate: self.udp_rate,
-            burst: self.udp_burst.max(1),
+            burst: self.udp_burst,
+        });
+        let total_rate_limit = (self.udp_total_rate > 0).then_some(RateLimit {
+            rate: self.udp_total_rate,
+            burst: self.udp_total_burst,
         });
         let mut builder = Server::builder()
             .max_connections(self.max_connections)
@@ -403,6 +448,8 @@ impl Args {
             .splice(self.splice && !self.no_splice)
             .udp_source_filter(!self.udp_allow_any_source)
             .udp_rate_limit(rate_limit)
+            .udp_total_rate_limit(total_rate_limit)
+            .udp_source_prefix(self.udp_prefix)
             .udp_max_datagram(self.udp_max_datagram)
             .udp_threads(self.udp_threads.unwrap_or(0))
             .udp_buffer(self.udp_buffer)
@@ -940,7 +987,7 @@ mod tests {
         assert_eq!(s.reserved_threads, 3);
         assert_eq!(settings(&["--udp-rate", "0", "7"]).udp.rate_limit, None);
         assert_eq!(
-            settings(&["--udp-rate", "100", "--udp-burst", "0", "7"])
+            settings(&["--udp-rate", "100", "--udp-burst", "1", "7"])
                 .udp
                 .rate_limit,
             Some(RateLimit {
@@ -948,6 +995,32 @@ mod tests {
                 burst: 1
             })
         );
+        assert_eq!(
+            default.udp.total_rate_limit,
+            Some(RateLimit::total_default())
+        );
+        assert_eq!(default.udp.prefix, SourcePrefix { v4: 24, v6: 56 });
+        let s = settings(&[
+            "--udp-total-rate=2M",
+            "--udp-total-burst=3M",
+            "--udp-prefix= 32,128",
+            "7",
+        ]);
+        assert_eq!(
+            s.udp.total_rate_limit,
+            Some(RateLimit {
+                rate: 2 << 20,
+                burst: 3 << 20
+            })
+        );
+        assert_eq!(s.udp.prefix, SourcePrefix { v4: 32, v6: 128 });
+        assert_eq!(
+            settings(&["--udp-total-rate", "0", "7"])
+                .udp
+                .total_rate_limit,
+            None
+        );
+        assert_eq!(parse_prefix("0,0"), Ok(SourcePrefix { v4: 0, v6: 0 }));
         assert_eq!(settings(&["--no-write-timeout", "7"]).write_timeout, None);
         assert!(settings(&["--splice", "7"]).splice);
         assert!(!settings(&["--no-splice", "7"]).splice);
@@ -1045,6 +1118,13 @@ mod tests {
             &["--keepalive", "0.5", "7"],
             &["--reclaim-idle", "never", "7"],
             &["--udp-buffer", "1K", "7"],
+            &["--udp-burst", "0", "7"],
+            &["--udp-total-burst", "0", "7"],
+            &["--udp-prefix", "33,56", "7"],
+            &["--udp-prefix", "24,129", "7"],
+            &["--udp-prefix", "24", "7"],
+            &["--udp-prefix", "24,56,1", "7"],
+            &["--udp-prefix", "-1,56", "7"],
             &["-q", "-v", "7"],
         ] {
             let err = parse(bad).unwrap_err();

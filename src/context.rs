@@ -3,7 +3,7 @@
 
 use crate::fault::Faults;
 use crate::limit::{ConnectionLimit, SourceCap};
-use crate::rate_limit::SourceBuckets;
+use crate::rate_limit::UdpLimiter;
 use crate::settings::Settings;
 use crate::shutdown::Shutdown;
 use crate::stats::Counters;
@@ -21,7 +21,7 @@ pub(crate) struct Context {
     pub(crate) table: ConnectionTable,
     /// The UDP rate limit: one set of buckets for every UDP socket and
     /// thread, so a source spraying several of them gets one budget.
-    pub(crate) udp_buckets: Option<Mutex<SourceBuckets>>,
+    pub(crate) udp_limiter: Option<Mutex<UdpLimiter>>,
     /// Errors injected by unit tests (nothing in other builds).
     pub(crate) faults: Faults,
 }
@@ -33,10 +33,13 @@ impl Context {
         let limit = ConnectionLimit::new(max_connections, &shutdown);
         Context {
             per_source: settings.max_per_source.map(SourceCap::new),
-            udp_buckets: settings
-                .udp
-                .rate_limit
-                .map(|limit| Mutex::new(SourceBuckets::new(limit))),
+            udp_limiter: UdpLimiter::new(
+                settings.udp.rate_limit,
+                settings.udp.total_rate_limit,
+                settings.udp.prefix,
+                std::time::Instant::now(),
+            )
+            .map(Mutex::new),
             settings,
             counters: Counters::default(),
             shutdown,

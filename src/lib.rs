@@ -91,7 +91,10 @@ pub use echo::{
 };
 pub use escape::{escape, unescape};
 pub use listener::ListenAddr;
-pub use rate_limit::{RateLimit, DEFAULT_UDP_BURST, DEFAULT_UDP_RATE};
+pub use rate_limit::{
+    RateLimit, SourcePrefix, DEFAULT_UDP_BURST, DEFAULT_UDP_RATE, DEFAULT_UDP_TOTAL_BURST,
+    DEFAULT_UDP_TOTAL_RATE,
+};
 pub use server::{Server, ServerHandle};
 pub use settings::Engine;
 pub use stats::Stats;

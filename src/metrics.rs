@@ -166,6 +166,7 @@ pub fn render(s: &Stats) -> String {
             ("{reason=\"privileged_port\"}", s.refused_privileged_port),
             ("{reason=\"invalid_source\"}", s.refused_invalid_source),
             ("{reason=\"rate_limited\"}", s.rate_limited),
+            ("{reason=\"total_rate_limited\"}", s.udp_total_rate_limited),
             ("{reason=\"too_large\"}", s.truncated),
         ],
     );
@@ -194,11 +195,13 @@ mod tests {
             accepted: 7,
             active_events: 2,
             rate_limited: 3,
+            udp_total_rate_limited: 4,
             ..Stats::default()
         });
         assert!(text.contains("echo_server_connections_accepted_total 7\n"));
         assert!(text.contains("echo_server_active_connections{engine=\"events\"} 2\n"));
         assert!(text.contains("echo_server_refused_total{reason=\"rate_limited\"} 3\n"));
+        assert!(text.contains("echo_server_refused_total{reason=\"total_rate_limited\"} 4\n"));
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let (name, value) = line.rsplit_once(' ').unwrap();
             assert!(name.starts_with("echo_server_"), "{line}");

@@ -1,7 +1,7 @@
 //! How the server serves: the configuration every layer reads, set once by
 //! the builder and never changed while the server runs.
 
-use crate::rate_limit::RateLimit;
+use crate::rate_limit::{RateLimit, SourcePrefix};
 use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
@@ -91,7 +91,12 @@ pub(crate) struct Settings {
 #[derive(Debug, Clone)]
 pub(crate) struct UdpSettings {
     pub(crate) filter_sources: bool,
+    /// The budget of each source network.
     pub(crate) rate_limit: Option<RateLimit>,
+    /// The budget of the whole server, every source together.
+    pub(crate) total_rate_limit: Option<RateLimit>,
+    /// What a source network is.
+    pub(crate) prefix: SourcePrefix,
     pub(crate) max_datagram: usize,
     /// Receive threads (and sockets) per UDP address.
     pub(crate) threads: usize,

@@ -1,7 +1,7 @@
 //! Who a client is: source addresses normalized so that IPv4 clients of a
 //! dual-stack socket count as IPv4, and the source filter UDP answers only
 //! through. The per-source connection cap and the UDP rate limit key on
-//! [`normalize`]d addresses.
+//! [`normalize`]d addresses (the rate limit on their network).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
@@ -15,8 +15,11 @@ pub enum Refusal {
     /// From a broadcast, multicast or unspecified address: no real host
     /// sends from those, so the source is forged.
     InvalidSource,
-    /// The source has used up its rate limit.
+    /// The source's network has used up its rate limit.
     RateLimited,
+    /// The server has used up its own reply budget (`--udp-total-rate`),
+    /// whatever the source.
+    TotalRateLimited,
     /// Larger than the configured maximum: dropped whole, never echoed in part.
     Truncated,
 }

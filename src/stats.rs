@@ -58,8 +58,12 @@ pub struct Stats {
     /// UDP datagrams not answered because their source address was
     /// broadcast, multicast or unspecified.
     pub refused_invalid_source: u64,
-    /// UDP datagrams not answered because their source exceeded its rate.
+    /// UDP datagrams not answered because their source's network exceeded
+    /// its rate.
     pub rate_limited: u64,
+    /// UDP datagrams not answered because the server as a whole was at its
+    /// reply rate ceiling.
+    pub udp_total_rate_limited: u64,
     /// UDP datagrams dropped because they were larger than the maximum.
     pub truncated: u64,
     /// UDP datagrams the kernel dropped before the server saw them, for want
@@ -94,7 +98,7 @@ impl fmt::Display for Stats {
         if self.datagrams_echoed > 0 {
             write!(f, "; {} datagrams echoed", self.datagrams_echoed)?;
         }
-        let groups: [(&str, [(u64, &str); 5]); 3] = [
+        let groups: [(&str, [(u64, &str); 6]); 3] = [
             (
                 "closed early",
                 [
@@ -102,6 +106,7 @@ impl fmt::Display for Stats {
                     (self.write_timeouts, "write timeouts"),
                     (self.reclaimed, "idle reclaimed for waiting clients"),
                     (self.keepalive_closed, "vanished (keepalive)"),
+                    (0, ""),
                     (0, ""),
                 ],
             ),
@@ -113,6 +118,7 @@ impl fmt::Display for Stats {
                     (self.fd_exhausted, "reset for lack of file descriptors"),
                     (self.accept_errors, "accept errors"),
                     (0, ""),
+                    (0, ""),
                 ],
             ),
             (
@@ -121,6 +127,7 @@ impl fmt::Display for Stats {
                     (self.refused_privileged_port, "from privileged ports"),
                     (self.refused_invalid_source, "from invalid sources"),
                     (self.rate_limited, "rate limited"),
+                    (self.udp_total_rate_limited, "over the server-wide rate"),
                     (self.truncated, "too large"),
                     (self.udp_kernel_drops, "dropped by the kernel"),
                 ],
@@ -175,6 +182,7 @@ pub(crate) struct Counters {
     pub(crate) refused_privileged_port: AtomicU64,
     pub(crate) refused_invalid_source: AtomicU64,
     pub(crate) rate_limited: AtomicU64,
+    pub(crate) udp_total_rate_limited: AtomicU64,
     pub(crate) truncated: AtomicU64,
     pub(crate) udp_kernel_drops: AtomicU64,
 }
@@ -193,6 +201,7 @@ impl Counters {
             Refusal::PrivilegedPort => &self.refused_privileged_port,
             Refusal::InvalidSource => &self.refused_invalid_source,
             Refusal::RateLimited => &self.rate_limited,
+            Refusal::TotalRateLimited => &self.udp_total_rate_limited,
             Refusal::Truncated => &self.truncated,
         };
         Counters::add(counter, 1);
@@ -220,6 +229,7 @@ impl Counters {
             refused_privileged_port: self.refused_privileged_port.load(Relaxed),
             refused_invalid_source: self.refused_invalid_source.load(Relaxed),
             rate_limited: self.rate_limited.load(Relaxed),
+            udp_total_rate_limited: self.udp_total_rate_limited.load(Relaxed),
             truncated: self.truncated.load(Relaxed),
             udp_kernel_drops: self.udp_kernel_drops.load(Relaxed),
         }
@@ -254,6 +264,7 @@ mod tests {
             reclaimed: 2,
             fd_exhausted: 4,
             truncated: 1,
+            udp_total_rate_limited: 8,
             limit_reached: 6,
             ..Stats::default()
         };
@@ -263,7 +274,7 @@ mod tests {
              0 bytes received, 0 echoed; 7 datagrams echoed; the connection limit was \
              reached 6 times (clients waited); closed early: 1 idle timeouts, \
              2 idle reclaimed for waiting clients; refused: 4 reset for lack of file \
-             descriptors; datagrams not answered: 1 too large"
+             descriptors; datagrams not answered: 8 over the server-wide rate, 1 too large"
         );
     }
 }

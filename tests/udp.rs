@@ -129,8 +129,8 @@ fn a_source_over_its_rate_gets_no_answers() {
         answered += 1;
     }
     assert_eq!(answered, 5);
-    // Another source address has its own budget.
-    let other = UdpSocket::bind("127.0.0.2:0").unwrap();
+    // Another source network has its own budget.
+    let other = UdpSocket::bind("127.0.1.2:0").unwrap();
     other.connect(server.udp_addr()).unwrap();
     other.set_read_timeout(Some(DEADLINE)).unwrap();
     assert_eq!(udp_round_trip(&other, b"hi").as_deref(), Some(&b"hi"[..]));
@@ -257,7 +257,8 @@ fn batches_keep_every_datagram_whole_in_order_and_to_its_sender() {
     let server = TestServer::start(
         Server::builder()
             .udp(([127, 0, 0, 1], 0))
-            .udp_rate_limit(None),
+            .udp_rate_limit(None)
+            .udp_total_rate_limit(None),
     );
     let addr = server.udp_addr();
     const SIZES: [usize; 8] = [1, 5, 64, 1400, 1473, 9000, 32_768, 65_507];
@@ -310,7 +311,8 @@ fn a_mixed_burst_answers_exactly_the_good_datagrams() {
     );
     let addr = server.udp_addr();
     let good = udp_client(addr, DEADLINE);
-    let limited = UdpSocket::bind("127.0.0.2:0").unwrap();
+    // Another /24: a budget of its own.
+    let limited = UdpSocket::bind("127.0.1.2:0").unwrap();
     limited.connect(addr).unwrap();
     limited.set_read_timeout(Some(DEADLINE)).unwrap();
     let privileged = privileged_socket();
@@ -400,7 +402,8 @@ fn kernel_drops_are_counted() {
             .udp(([127, 0, 0, 1], 0))
             .udp_threads(1)
             .udp_buffer(4096)
-            .udp_rate_limit(None),
+            .udp_rate_limit(None)
+            .udp_total_rate_limit(None),
     );
     let addr = server.udp_addr();
     let mut sent = 0u64;
@@ -437,4 +440,214 @@ fn kernel_drops_are_counted() {
         server.handle.stats().udp_kernel_drops > 0,
         "16,000 datagrams into a 4 KiB buffer and not one dropped"
     );
+}
+
+/// What a flood from many source addresses got answered, through the real
+/// binary.
+struct Flood {
+    /// Reply bytes the clients received.
+    answered: u64,
+    /// From the first datagram sent to the last reply read.
+    elapsed: Duration,
+    /// Replies from each source address, in order.
+    per_source: Vec<u64>,
+}
+
+/// Sends `count` datagrams of `size` bytes from each of `sources` (each a
+/// loopback address of its own, port chosen by the OS) to `server`,
+/// round-robin, then reads every reply that comes. Bounded: the sends by
+/// count, the reads by a quiet period and the deadline.
+fn flood(server: SocketAddr, sources: &[Ipv4Addr], count: usize, size: usize) -> Flood {
+    let clients: Vec<UdpSocket> = sources
+        .iter()
+        .map(|&ip| {
+            let c = UdpSocket::bind((ip, 0)).expect("127.0.0.0/8 is all loopback on Linux");
+            c.connect(server).unwrap();
+            c.set_nonblocking(true).unwrap();
+            c
+        })
+        .collect();
+    let payload = vec![0x5a; size];
+    let start = std::time::Instant::now();
+    for _ in 0..count {
+        for c in &clients {
+            // A full send buffer is the client's problem, not the server's:
+            // such a datagram was never offered.
+            let _ = c.send(&payload);
+        }
+    }
+    let mut per_source = vec![0u64; clients.len()];
+    let mut buf = vec![0u8; 70_000];
+    let mut last_reply = std::time::Instant::now();
+    // Non-blocking reads: the wait is bounded by the quiet period.
+    while last_reply.elapsed() < Duration::from_millis(500) && start.elapsed() < DEADLINE {
+        let mut got = false;
+        for (i, c) in clients.iter().enumerate() {
+            while let Ok(n) = c.recv(&mut buf) {
+                per_source[i] += n as u64;
+                got = true;
+            }
+        }
+        if got {
+            last_reply = std::time::Instant::now();
+        } else {
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+    Flood {
+        answered: per_source.iter().sum(),
+        elapsed: start.elapsed().saturating_sub(Duration::from_millis(500)),
+        per_source,
+    }
+}
+
+/// The most a token bucket of `rate` and `burst` lets through in `elapsed`
+/// for datagrams of `size` bytes, in reply bytes: the burst and the refill,
+/// plus one datagram, doubled and more for a shared, slow machine.
+fn budget(rate: u64, burst: u64, elapsed: Duration, size: usize) -> u64 {
+    let cost = size as f64 + 64.0;
+    let tokens = burst as f64 + rate as f64 * (elapsed.as_secs_f64() + 0.5) + cost;
+    // Tokens to reply bytes: each datagram answered used `cost` of them.
+    (2.0 * tokens * size as f64 / cost) as u64
+}
+
+/// The echo-server binary with UDP on a free port, and that port.
+#[cfg(unix)]
+fn udp_binary(options: &[&str]) -> (Binary, SocketAddr) {
+    let mut args = vec!["--udp"];
+    args.extend_from_slice(options);
+    args.push("0");
+    let mut server = Binary::spawn(&args);
+    let addr = server.listening("udp").parse().expect("an address");
+    (server, addr)
+}
+
+/// 100 sources of one /24 (forged sources rotating through a victim's
+/// network, say) are answered at about one budget between them, not 100;
+/// a source of another /24 still has its own, untouched budget.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_network_of_sources_shares_one_budget() {
+    let (rate, burst) = (65_536, 65_536);
+    let (mut server, addr) =
+        udp_binary(&["--udp-rate=64K", "--udp-burst=64K", "--udp-total-rate=0"]);
+    let sources: Vec<Ipv4Addr> = (10..110).map(|i| Ipv4Addr::new(127, 0, 0, i)).collect();
+    let f = flood(addr, &sources, 20, 1000);
+    let most = budget(rate, burst, f.elapsed, 1000);
+    assert!(
+        f.answered <= most,
+        "{} of 2,000,000 bytes answered in {:?}: more than one budget ({most})",
+        f.answered,
+        f.elapsed
+    );
+    assert!(f.answered >= 30_000, "not even the burst: {}", f.answered);
+    let other = UdpSocket::bind("127.0.1.10:0").unwrap();
+    other.connect(addr).unwrap();
+    other.set_read_timeout(Some(DEADLINE)).unwrap();
+    assert_eq!(
+        udp_round_trip(&other, &[1; 1000]).as_deref(),
+        Some(&[1u8; 1000][..]),
+        "another /24 lost its budget too"
+    );
+    server.stop();
+    assert!(
+        server.summary().contains(" rate limited"),
+        "{}",
+        server.summary()
+    );
+}
+
+/// `--udp-prefix 32,128`: a budget per address again, so the same 100
+/// sources each get their (smaller) load answered in full.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_prefix_of_32_gives_each_address_its_own_budget() {
+    let (mut server, addr) = udp_binary(&[
+        "--udp-rate=64K",
+        "--udp-burst=64K",
+        "--udp-total-rate=0",
+        "--udp-prefix=32,128",
+    ]);
+    let sources: Vec<Ipv4Addr> = (10..110).map(|i| Ipv4Addr::new(127, 0, 0, i)).collect();
+    // 10 KB per source: well within each address's 64 KiB burst.
+    let f = flood(addr, &sources, 10, 1000);
+    let short: Vec<_> = f.per_source.iter().filter(|&&n| n < 10_000).collect();
+    assert!(
+        short.len() <= 5,
+        "{} of 100 addresses were not answered in full: {short:?}",
+        short.len()
+    );
+    server.stop();
+    assert!(
+        !server.summary().contains("rate limited"),
+        "{}",
+        server.summary()
+    );
+}
+
+/// `--udp-total-rate` caps the sum over networks: 100 sources, each of its
+/// own /24 and each far below its own budget, are answered at about the
+/// server-wide budget in all, the rest counted under its own reason.
+#[cfg(target_os = "linux")]
+#[test]
+fn the_server_wide_rate_caps_the_sum_over_networks() {
+    let (rate, burst) = (65_536, 65_536);
+    let (mut server, addr) = udp_binary(&[
+        "--udp-rate=1M",
+        "--udp-burst=1M",
+        "--udp-total-rate=64K",
+        "--udp-total-burst=64K",
+    ]);
+    let sources: Vec<Ipv4Addr> = (10..110).map(|i| Ipv4Addr::new(127, 0, i, 1)).collect();
+    let f = flood(addr, &sources, 20, 1000);
+    let most = budget(rate, burst, f.elapsed, 1000);
+    assert!(
+        f.answered <= most,
+        "{} of 2,000,000 bytes answered in {:?}: more than the server-wide budget ({most})",
+        f.answered,
+        f.elapsed
+    );
+    assert!(f.answered >= 30_000, "not even the burst: {}", f.answered);
+    server.stop();
+    let summary = server.summary();
+    assert!(summary.contains("over the server-wide rate"), "{summary}");
+    assert!(
+        !summary.contains(" rate limited"),
+        "no network was over its own: {summary}"
+    );
+}
+
+/// A zero burst would answer nothing: a usage error, exit 2.
+#[test]
+fn a_zero_burst_is_a_usage_error() {
+    for option in ["--udp-burst=0", "--udp-total-burst=0"] {
+        let (status, stderr) = run_binary(&["--udp", option, "0"]);
+        assert_eq!(status.code(), Some(2), "{option}: {stderr}");
+        assert!(stderr.contains("must be above 0"), "{option}: {stderr}");
+    }
+    let (status, stderr) = run_binary(&["--udp", "--udp-prefix=33,56", "0"]);
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("IPv4 0-32"), "{stderr}");
+}
+
+/// A burst below what the largest datagram answered costs: one start-up
+/// line says which datagrams will never be answered; and indeed a datagram
+/// over that size is not, while one at it is.
+#[cfg(unix)]
+#[test]
+fn a_burst_too_small_for_the_largest_datagram_is_warned_about() {
+    let (mut server, addr) = udp_binary(&["--udp-burst=1000", "--udp-rate=1M"]);
+    // Logged before the `listening on` lines, which udp_binary waited for.
+    let warning = server.line_containing("will never be answered");
+    assert!(warning.contains("datagrams over 936 bytes"), "{warning}");
+    let c = udp_client(addr, Duration::from_millis(500));
+    assert_eq!(udp_round_trip(&c, &[1; 937]), None);
+    c.set_read_timeout(Some(DEADLINE)).unwrap();
+    assert_eq!(udp_round_trip(&c, &[2; 936]), Some(vec![2; 936]));
+    server.stop();
+    assert_eq!(server.count_lines("will never be answered"), 1);
+    // Large enough: no warning.
+    let (mut quiet, _) = udp_binary(&["--udp-max-datagram=1000"]);
+    quiet.stop();
+    assert!(!quiet.logged("will never be answered"), "{:#?}", quiet.seen);
 }

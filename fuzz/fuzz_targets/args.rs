@@ -16,6 +16,9 @@ fn render(args: &Args) -> Vec<String> {
         format!("--max-connections={}", args.max_connections),
         format!("--udp-rate={}", args.udp_rate),
         format!("--udp-burst={}", args.udp_burst),
+        format!("--udp-prefix={},{}", args.udp_prefix.v4, args.udp_prefix.v6),
+        format!("--udp-total-rate={}", args.udp_total_rate),
+        format!("--udp-total-burst={}", args.udp_total_burst),
         format!("--udp-max-datagram={}", args.udp_max_datagram),
         format!("--engine={}", args.engine),
         format!("--thread-connections={}", args.thread_connections),
@@ -119,6 +122,10 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(
         (again.udp_rate, again.udp_burst, again.udp_max_datagram),
         (args.udp_rate, args.udp_burst, args.udp_max_datagram)
+    );
+    assert_eq!(
+        (again.udp_prefix, again.udp_total_rate, again.udp_total_burst),
+        (args.udp_prefix, args.udp_total_rate, args.udp_total_burst)
     );
     assert_eq!((again.splice, again.no_splice), (args.splice, args.no_splice));
     assert_eq!((again.verbose, again.quiet), (args.verbose, args.quiet));

@@ -67,6 +67,7 @@ fn start(name: &'static str, max_datagram: usize, threads: usize) -> Target {
     let server = Server::builder()
         .udp(([127, 0, 0, 1], 0))
         .udp_rate_limit(None)
+        .udp_total_rate_limit(None)
         .udp_source_filter(true)
         .udp_max_datagram(max_datagram)
         .udp_threads(threads)
@@ -325,6 +326,7 @@ fn settle(run: &mut Run) {
             refused_privileged_port,
             refused_invalid_source,
             rate_limited,
+            udp_total_rate_limited,
             udp_kernel_drops,
             accepted,
             bytes_received

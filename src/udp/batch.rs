@@ -22,6 +22,10 @@ pub(crate) struct Datagram<'a> {
     /// The socket's count of datagrams the kernel dropped for want of
     /// buffer space, as of this one (`SO_RXQ_OVFL`), where the OS says.
     pub(crate) drops: Option<u32>,
+    /// The kernel had more control data than room for it (`MSG_CTRUNC`):
+    /// none of it is used, so the drop count waits for the next datagram
+    /// and the reply leaves from the socket's own address.
+    pub(crate) control_truncated: bool,
 }
 
 /// The replies to one batch, in one buffer: for each, the index of the
@@ -102,11 +106,19 @@ mod linux {
     #[derive(Clone, Copy)]
     struct Control([u8; 128]);
 
-    /// Where a datagram arrived, to reply from there.
-    #[derive(Clone, Copy)]
+    /// Where a datagram arrived, to reply from there: the address's bytes
+    /// in network order (and the IPv6 interface index).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     enum Arrival {
-        V4(libc::in_addr),
-        V6(libc::in6_addr, u32),
+        V4([u8; 4]),
+        V6([u8; 16], u32),
+    }
+
+    /// What one datagram's control messages say.
+    #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+    struct ControlData {
+        arrival: Option<Arrival>,
+        drops: Option<u32>,
     }
 
     /// Buffers and message headers for [`BATCH`] datagrams. The headers'
@@ -199,12 +211,28 @@ mod linux {
             debug_assert!(i < self.received);
             let len = (self.msgs[i].msg_len as usize).min(self.size);
             let hdr = &self.msgs[i].msg_hdr;
+            let (control, control_truncated) = self.control(i);
             Datagram {
                 data: &self.bufs[i * self.size..i * self.size + len],
                 source: socket_addr(&self.names[i], hdr.msg_namelen),
-                // SAFETY: the header was filled by recvmmsg.
-                drops: unsafe { control(hdr).1 },
+                drops: control.drops,
+                control_truncated,
             }
+        }
+
+        /// The `i`th datagram's control data, and whether the kernel cut it
+        /// short (`MSG_CTRUNC`). Cut short, part of it is missing and the
+        /// rest is not trusted: nothing is returned.
+        fn control(&self, i: usize) -> (ControlData, bool) {
+            let hdr = &self.msgs[i].msg_hdr;
+            if hdr.msg_flags & libc::MSG_CTRUNC != 0 {
+                return (ControlData::default(), true);
+            }
+            let buf = &self.controls[i].0;
+            // A socklen_t on some libcs (musl), a size_t on glibc.
+            #[allow(clippy::unnecessary_cast)]
+            let len = (hdr.msg_controllen as usize).min(buf.len());
+            (parse_control(&buf[..len]), false)
         }
 
         /// Sends every reply to the source of the datagram it answers (from
@@ -223,9 +251,8 @@ mod linux {
                     iov_base: bytes.as_ptr() as *mut _,
                     iov_len: bytes.len(),
                 };
-                // SAFETY: the received header was filled by recvmmsg.
                 let arrival = if self.pktinfo {
-                    unsafe { control(&self.msgs[index].msg_hdr).0 }
+                    self.control(index).0.arrival
                 } else {
                     None
                 };
@@ -311,36 +338,67 @@ mod linux {
         }
     }
 
-    /// The arrival address and drop count in a received header's control
-    /// messages.
-    ///
-    /// # Safety
-    ///
-    /// `msg` was filled by `recvmsg`/`recvmmsg` and its control buffer is
-    /// still alive.
-    unsafe fn control(msg: &libc::msghdr) -> (Option<Arrival>, Option<u32>) {
-        let (mut arrival, mut drops) = (None, None);
-        let mut cmsg = libc::CMSG_FIRSTHDR(msg);
-        while !cmsg.is_null() {
-            let header = &*cmsg;
-            let data = libc::CMSG_DATA(cmsg);
+    /// A C struct of plain data (integers, arrays of them) read from the
+    /// start of `bytes`, if they are long enough. Only for types valid at
+    /// any bit pattern: `cmsghdr` and the payloads below.
+    fn read_plain<T: Copy>(bytes: &[u8]) -> Option<T> {
+        (bytes.len() >= size_of::<T>()).then(|| {
+            // SAFETY: `bytes` holds at least `size_of::<T>()` bytes, read
+            // without alignment, and every caller's `T` is plain data.
+            unsafe { ptr::read_unaligned(bytes.as_ptr().cast::<T>()) }
+        })
+    }
+
+    /// `n` rounded up to the alignment of control messages (`CMSG_ALIGN`:
+    /// that of `size_t` on Linux).
+    fn cmsg_align(n: usize) -> usize {
+        let a = size_of::<usize>();
+        n.div_ceil(a) * a
+    }
+
+    /// The arrival address and drop count in the control messages of one
+    /// received datagram: `buf` is the `msg_controllen` bytes the kernel
+    /// filled. Nothing in it is trusted: each message's header must fit in
+    /// what is left, its `cmsg_len` must cover the header and stay within
+    /// `buf`, and a payload shorter than the struct read is skipped. The walk
+    /// stops at the first malformed header, since where the next begins is
+    /// then unknown.
+    fn parse_control(buf: &[u8]) -> ControlData {
+        // Where the payload starts: the header, aligned (`CMSG_LEN(0)`).
+        let data_offset = cmsg_align(size_of::<libc::cmsghdr>());
+        let mut out = ControlData::default();
+        let mut rest = buf;
+        while let Some(header) = read_plain::<libc::cmsghdr>(rest) {
+            // A socklen_t on some libcs (musl), a size_t on glibc.
+            #[allow(clippy::unnecessary_cast)]
+            let len = header.cmsg_len as usize;
+            if len < data_offset || len > rest.len() {
+                break;
+            }
+            let payload = &rest[data_offset..len];
             match (header.cmsg_level, header.cmsg_type) {
                 (libc::IPPROTO_IP, libc::IP_PKTINFO) => {
-                    let info: libc::in_pktinfo = ptr::read_unaligned(data.cast());
-                    arrival = Some(Arrival::V4(info.ipi_addr));
+                    if let Some(info) = read_plain::<libc::in_pktinfo>(payload) {
+                        out.arrival = Some(Arrival::V4(info.ipi_addr.s_addr.to_ne_bytes()));
+                    }
                 }
                 (libc::IPPROTO_IPV6, libc::IPV6_PKTINFO) => {
-                    let info: libc::in6_pktinfo = ptr::read_unaligned(data.cast());
-                    arrival = Some(Arrival::V6(info.ipi6_addr, info.ipi6_ifindex));
+                    if let Some(info) = read_plain::<libc::in6_pktinfo>(payload) {
+                        out.arrival = Some(Arrival::V6(info.ipi6_addr.s6_addr, info.ipi6_ifindex));
+                    }
                 }
                 (libc::SOL_SOCKET, SO_RXQ_OVFL) => {
-                    drops = Some(ptr::read_unaligned(data.cast::<u32>()));
+                    if let Some(drops) = read_plain::<u32>(payload) {
+                        out.drops = Some(drops);
+                    }
                 }
                 _ => {}
             }
-            cmsg = libc::CMSG_NXTHDR(msg, cmsg);
+            // The last message needs no padding after it: past the end
+            // means done.
+            rest = rest.get(cmsg_align(len)..).unwrap_or_default();
         }
-        (arrival, drops)
+        out
     }
 
     /// Points `hdr` at one `IP_PKTINFO`/`IPV6_PKTINFO` message in `control`
@@ -374,17 +432,24 @@ mod linux {
                 libc::CMSG_DATA(cmsg).cast(),
                 libc::in_pktinfo {
                     ipi_ifindex: 0,
-                    ipi_spec_dst: addr,
+                    ipi_spec_dst: libc::in_addr {
+                        s_addr: u32::from_ne_bytes(addr),
+                    },
                     ipi_addr: libc::in_addr { s_addr: 0 },
                 },
             ),
-            Arrival::V6(addr, ifindex) => ptr::write_unaligned(
-                libc::CMSG_DATA(cmsg).cast(),
-                libc::in6_pktinfo {
-                    ipi6_addr: addr,
-                    ipi6_ifindex: ifindex,
-                },
-            ),
+            Arrival::V6(addr, ifindex) => {
+                // SAFETY: all-zero bytes are a valid in6_addr.
+                let mut ipi6_addr: libc::in6_addr = mem::zeroed();
+                ipi6_addr.s6_addr = addr;
+                ptr::write_unaligned(
+                    libc::CMSG_DATA(cmsg).cast(),
+                    libc::in6_pktinfo {
+                        ipi6_addr,
+                        ipi6_ifindex: ifindex,
+                    },
+                );
+            }
         }
     }
 
@@ -410,6 +475,156 @@ mod linux {
                 ptr::addr_of!(on).cast(),
                 size_of::<libc::c_int>() as libc::socklen_t,
             ) == 0
+        }
+    }
+
+    /// The control-message parser on crafted buffers: what the kernel
+    /// writes, and what it must never be trusted to have written.
+    #[cfg(test)]
+    mod control_tests {
+        use super::*;
+
+        /// One control message: a header saying `len` (the honest length
+        /// unless given), the payload, padding to the alignment.
+        fn cmsg(
+            level: libc::c_int,
+            kind: libc::c_int,
+            payload: &[u8],
+            len: Option<usize>,
+        ) -> Vec<u8> {
+            let data_offset = cmsg_align(size_of::<libc::cmsghdr>());
+            // SAFETY: all-zero bytes are a valid cmsghdr.
+            let mut header: libc::cmsghdr = unsafe { mem::zeroed() };
+            header.cmsg_level = level;
+            header.cmsg_type = kind;
+            header.cmsg_len = len.unwrap_or(data_offset + payload.len()) as _;
+            let mut out = vec![0u8; data_offset];
+            // SAFETY: `out` has room for a header, written unaligned.
+            unsafe { ptr::write_unaligned(out.as_mut_ptr().cast(), header) };
+            out.extend_from_slice(payload);
+            out.resize(cmsg_align(out.len()), 0);
+            out
+        }
+
+        fn pktinfo4(octets: [u8; 4]) -> Vec<u8> {
+            let info = libc::in_pktinfo {
+                ipi_ifindex: 3,
+                ipi_spec_dst: libc::in_addr { s_addr: 0 },
+                ipi_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(octets),
+                },
+            };
+            bytes_of(&info)
+        }
+
+        fn pktinfo6(octets: [u8; 16], ifindex: u32) -> Vec<u8> {
+            // SAFETY: all-zero bytes are a valid in6_pktinfo.
+            let mut info: libc::in6_pktinfo = unsafe { mem::zeroed() };
+            info.ipi6_addr.s6_addr = octets;
+            info.ipi6_ifindex = ifindex;
+            bytes_of(&info)
+        }
+
+        fn bytes_of<T>(value: &T) -> Vec<u8> {
+            // SAFETY: reads the `size_of::<T>()` bytes of a live value of
+            // a C struct without padding.
+            unsafe { std::slice::from_raw_parts(ptr::from_ref(value).cast::<u8>(), size_of::<T>()) }
+                .to_vec()
+        }
+
+        const V4: [u8; 4] = [127, 0, 0, 2];
+        const V6: [u8; 16] = [0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7];
+
+        #[test]
+        fn well_formed_messages_are_read() {
+            let ip = cmsg(libc::IPPROTO_IP, libc::IP_PKTINFO, &pktinfo4(V4), None);
+            let ovfl = cmsg(libc::SOL_SOCKET, SO_RXQ_OVFL, &42u32.to_ne_bytes(), None);
+            let both = [ip.clone(), ovfl.clone()].concat();
+            let want = ControlData {
+                arrival: Some(Arrival::V4(V4)),
+                drops: Some(42),
+            };
+            assert_eq!(parse_control(&both), want);
+            assert_eq!(parse_control(&[ovfl, ip].concat()), want);
+            let six = cmsg(
+                libc::IPPROTO_IPV6,
+                libc::IPV6_PKTINFO,
+                &pktinfo6(V6, 5),
+                None,
+            );
+            assert_eq!(parse_control(&six).arrival, Some(Arrival::V6(V6, 5)));
+            // An unknown message is skipped, the next one read.
+            let other = cmsg(libc::SOL_SOCKET, 9999, &[1; 12], None);
+            assert_eq!(
+                parse_control(&[other, six].concat()).arrival,
+                Some(Arrival::V6(V6, 5))
+            );
+            assert_eq!(parse_control(&[]), ControlData::default());
+        }
+
+        #[test]
+        fn a_cmsg_len_too_short_for_the_payload_is_not_read_past() {
+            let header = cmsg_align(size_of::<libc::cmsghdr>());
+            // Says 2 bytes of payload where a u32 is needed: skipped, and
+            // the message after it (at the aligned end) still read.
+            let short = cmsg(
+                libc::SOL_SOCKET,
+                SO_RXQ_OVFL,
+                &7u32.to_ne_bytes(),
+                Some(header + 2),
+            );
+            let ip = cmsg(libc::IPPROTO_IP, libc::IP_PKTINFO, &pktinfo4(V4), None);
+            let parsed = parse_control(&[short, ip].concat());
+            assert_eq!(parsed.drops, None);
+            assert_eq!(parsed.arrival, Some(Arrival::V4(V4)));
+            // A pktinfo cut at the address's last byte is not read either.
+            let cut = cmsg(
+                libc::IPPROTO_IP,
+                libc::IP_PKTINFO,
+                &pktinfo4(V4),
+                Some(header + size_of::<libc::in_pktinfo>() - 1),
+            );
+            assert_eq!(parse_control(&cut), ControlData::default());
+        }
+
+        #[test]
+        fn a_malformed_header_ends_the_walk() {
+            let header = cmsg_align(size_of::<libc::cmsghdr>());
+            let ovfl = cmsg(libc::SOL_SOCKET, SO_RXQ_OVFL, &5u32.to_ne_bytes(), None);
+            for bad_len in [0, 1, header - 1, 4096, usize::MAX >> 1] {
+                let bad = cmsg(
+                    libc::SOL_SOCKET,
+                    SO_RXQ_OVFL,
+                    &9u32.to_ne_bytes(),
+                    Some(bad_len),
+                );
+                assert_eq!(
+                    parse_control(&[bad, ovfl.clone()].concat()),
+                    ControlData::default(),
+                    "cmsg_len {bad_len}"
+                );
+            }
+            // A cmsg_len past the end of the buffer, by one byte.
+            let ovfl_len = header + 4;
+            let mut past = cmsg(libc::SOL_SOCKET, SO_RXQ_OVFL, &5u32.to_ne_bytes(), None);
+            past.truncate(ovfl_len - 1);
+            assert_eq!(parse_control(&past), ControlData::default());
+            // Exactly to the end (no trailing padding) is fine.
+            past = cmsg(libc::SOL_SOCKET, SO_RXQ_OVFL, &5u32.to_ne_bytes(), None);
+            past.truncate(ovfl_len);
+            assert_eq!(parse_control(&past).drops, Some(5));
+            // Half a header after a good message.
+            let half = [ovfl.clone(), vec![0xff; header / 2]].concat();
+            assert_eq!(parse_control(&half).drops, Some(5));
+            // Every prefix of a two-message buffer parses without panic.
+            let two = [
+                ovfl,
+                cmsg(libc::IPPROTO_IP, libc::IP_PKTINFO, &pktinfo4(V4), None),
+            ]
+            .concat();
+            for n in 0..=two.len() {
+                let _ = parse_control(&two[..n]);
+            }
         }
     }
 }
@@ -459,6 +674,7 @@ mod portable {
                 data: &self.buf[..self.len],
                 source: self.from.as_ref().and_then(SockAddr::as_socket),
                 drops: None,
+                control_truncated: false,
             }
         }
 

@@ -211,6 +211,10 @@ fn size_buffers(socket: &Socket, bytes: usize) -> usize {
     socket.recv_buffer_size().unwrap_or(0)
 }
 
+/// A received datagram's source, length and verdict so far (`None`: no
+/// source address to answer).
+type Judged = Option<(SocketAddr, usize, Result<(), Refusal>)>;
+
 /// One receive thread: batches in, replies out, until shutdown.
 fn serve_socket(socket: &Socket, addr: &ListenAddr, reply_from_arrival: bool, ctx: &Context) {
     let settings = &ctx.settings.udp;
@@ -221,6 +225,9 @@ fn serve_socket(socket: &Socket, addr: &ListenAddr, reply_from_arrival: bool, ct
     let mut scratch = vec![0u8; settings.max_datagram.max(1)];
     let counters = &ctx.counters;
     let mut drops_seen: u32 = 0;
+    // Each datagram of a batch: its source, length and verdict so far.
+    let mut verdicts: Vec<Judged> = Vec::with_capacity(batch::BATCH);
+    let mut truncated_controls: u64 = 0;
     while !ctx.shutdown.is_requested() {
         let received = match batch.recv(socket) {
             Ok(n) => n,
@@ -236,14 +243,20 @@ fn serve_socket(socket: &Socket, addr: &ListenAddr, reply_from_arrival: bool, ct
             break;
         }
         replies.clear();
-        let now = Instant::now();
-        // One lock per batch: the limiter is shared by every UDP thread.
-        let mut buckets = ctx
-            .udp_buckets
-            .as_ref()
-            .map(|b| b.lock().unwrap_or_else(PoisonError::into_inner));
+        verdicts.clear();
+        // First what needs no lock: drop counts, size, the source filter.
         for index in 0..received {
             let datagram = batch.datagram(index);
+            if datagram.control_truncated {
+                truncated_controls += 1;
+                if truncated_controls == 1 {
+                    log::debug!(
+                        "{addr}: a datagram's control messages were cut short (MSG_CTRUNC): \
+                         its arrival address is ignored and the reply leaves from the \
+                         socket's own address (logged once per receive thread)"
+                    );
+                }
+            }
             if let Some(total) = datagram.drops {
                 // A running count per socket, wrapping at 2^32.
                 Counters::add(
@@ -252,27 +265,34 @@ fn serve_socket(socket: &Socket, addr: &ListenAddr, reply_from_arrival: bool, ct
                 );
                 drops_seen = total;
             }
-            let Some(source) = datagram.source else {
+            verdicts.push(datagram.source.map(|source| {
+                let len = datagram.data.len();
+                let verdict = if len > settings.max_datagram {
+                    Err(Refusal::Truncated)
+                } else if settings.filter_sources {
+                    check_source(source)
+                } else {
+                    Ok(())
+                };
+                (source, len, verdict)
+            }));
+        }
+        if let Some(limiter) = &ctx.udp_limiter {
+            // The limiter is shared by every UDP thread: held for this loop
+            // only, never while echoing, logging (--log-data) or sending, so
+            // a slow stderr or a full send buffer stalls this thread alone.
+            let now = Instant::now();
+            let mut limiter = limiter.lock().unwrap_or_else(PoisonError::into_inner);
+            for (source, len, verdict) in verdicts.iter_mut().flatten() {
+                if verdict.is_ok() {
+                    *verdict = limiter.judge(source.ip(), *len, now);
+                }
+            }
+        }
+        for (index, slot) in verdicts.iter().enumerate() {
+            let Some((source, len, verdict)) = *slot else {
                 continue;
             };
-            let len = datagram.data.len();
-            let verdict = if len > settings.max_datagram {
-                Err(Refusal::Truncated)
-            } else if settings.filter_sources {
-                check_source(source)
-            } else {
-                Ok(())
-            };
-            let verdict = verdict.and_then(|()| {
-                let within = buckets
-                    .as_mut()
-                    .is_none_or(|b| b.allow(normalize(source).ip(), len, now));
-                if within {
-                    Ok(())
-                } else {
-                    Err(Refusal::RateLimited)
-                }
-            });
             if let Err(refusal) = verdict {
                 counters.refused(refusal);
                 log::debug!(
@@ -284,7 +304,7 @@ fn serve_socket(socket: &Socket, addr: &ListenAddr, reply_from_arrival: bool, ct
             replies.push(index, |reply| {
                 let start = reply.len();
                 let mut exchange = Exchange {
-                    request: datagram.data,
+                    request: batch.datagram(index).data,
                     reply,
                 };
                 // In memory, `echo` cannot fail.
@@ -298,7 +318,6 @@ fn serve_socket(socket: &Socket, addr: &ListenAddr, reply_from_arrival: bool, ct
                 echoed
             });
         }
-        drop(buckets);
         let (sent, bytes) = batch.send(socket, &replies, |_, e| {
             log::debug!("{addr}: reply: {e}");
         });

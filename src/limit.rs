@@ -2,10 +2,10 @@
 //! optionally at most `per_source` from one IP address, and at most so many
 //! of them on their own thread.
 //!
-//! The accept loop takes a [`Permit`] *before* calling `accept`, so when every
-//! slot is taken the server simply stops accepting: new clients wait in the
-//! kernel's listen backlog and are served, in order, as slots free up. Nothing
-//! is refused and nothing is lost.
+//! The accept loop takes a [`Permit`] once a client is waiting and *before*
+//! calling `accept`, so when every slot is taken the server simply stops
+//! accepting: new clients wait in the kernel's listen backlog and are served,
+//! in order, as slots free up. Nothing is refused and nothing is lost.
 
 use crate::shutdown::Shutdown;
 use crate::sync::{Arc, AtomicUsize, Condvar, Mutex, MutexGuard, PoisonError};

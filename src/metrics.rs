@@ -126,6 +126,7 @@ impl MetricsServer {
             slots: std::array::from_fn(|_| None),
             backoff: Backoff::default(),
             accept_paused_until: None,
+            accepted: 0,
         };
         let thread = thread::Builder::new()
             .name("echo-metrics".to_owned())
@@ -292,12 +293,16 @@ struct Endpoint {
     backoff: Backoff,
     /// After an accept error: no accepting before then.
     accept_paused_until: Option<Instant>,
+    /// Connections accepted so far: each one's number orders them by age
+    /// (an `Instant` would not: a batch is accepted at one instant).
+    accepted: u64,
 }
 
 struct Conn {
     stream: TcpStream,
     peer: SocketAddr,
-    accepted: Instant,
+    /// Its number in the order of accepting.
+    number: u64,
     /// When the current phase must be over (see [`TIMEOUT`], [`LINGER`]).
     deadline: Instant,
     phase: Phase,
@@ -385,7 +390,7 @@ impl Endpoint {
                     .slots
                     .iter()
                     .enumerate()
-                    .filter_map(|(i, c)| c.as_ref().map(|c| (c.accepted, i)))
+                    .filter_map(|(i, c)| c.as_ref().map(|c| (c.number, i)))
                     .min()
                     .map_or(0, |(_, i)| i);
                 if let Some(c) = &self.slots[oldest] {
@@ -401,10 +406,11 @@ impl Endpoint {
             log::warn!("metrics endpoint: cannot watch a connection from {peer}: {e}");
             return;
         }
+        self.accepted += 1;
         self.slots[slot] = Some(Conn {
             stream,
             peer,
-            accepted: now,
+            number: self.accepted,
             deadline: now + TIMEOUT,
             phase: Phase::Reading(Vec::new()),
         });

@@ -324,14 +324,20 @@ impl Endpoint {
         loop {
             let now = Instant::now();
             self.expire(now);
+            let mut more_waiting = false;
             if self.accept_paused_until.is_none_or(|until| now >= until) {
                 self.accept_paused_until = None;
-                self.accept_all(now);
+                more_waiting = self.accept_some(now);
             }
-            let timeout = self.next_deadline().map(|at| {
+            let timeout = match self.next_deadline() {
+                // The backlog was not emptied: no waiting for an event.
+                _ if more_waiting => Some(Duration::ZERO),
                 // Rounded up: waking a moment early would only loop.
-                at.saturating_duration_since(Instant::now()) + Duration::from_millis(1)
-            });
+                Some(at) => {
+                    Some(at.saturating_duration_since(Instant::now()) + Duration::from_millis(1))
+                }
+                None => None,
+            };
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == ErrorKind::Interrupted {
                     continue;
@@ -350,15 +356,17 @@ impl Endpoint {
         }
     }
 
-    /// Accepts until the backlog is empty or accepting fails.
-    fn accept_all(&mut self, now: Instant) {
-        loop {
+    /// Accepts until the backlog is empty or accepting fails, or
+    /// [`MAX_CONNECTIONS`] are taken: a flood of connections must not
+    /// keep the loop from the ones it has. Returns whether more may wait.
+    fn accept_some(&mut self, now: Instant) -> bool {
+        for _ in 0..MAX_CONNECTIONS {
             match self.listener.accept() {
                 Ok((stream, peer)) => {
                     self.backoff.reset();
                     self.admit(stream, peer, now);
                 }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return false,
                 // One client that did not make it: the next may.
                 Err(e) if is_transient(&e) => {}
                 Err(e) => {
@@ -374,10 +382,11 @@ impl Endpoint {
                         log::warn!("metrics endpoint: {what}, backing off: {e}");
                     }
                     self.accept_paused_until = Some(now + delay);
-                    return;
+                    return false;
                 }
             }
         }
+        true
     }
 
     fn admit(&mut self, mut stream: TcpStream, peer: SocketAddr, now: Instant) {

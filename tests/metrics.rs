@@ -427,8 +427,10 @@ fn methods_paths_head_and_malformed_requests() {
 #[cfg(target_os = "linux")]
 #[test]
 fn connections_to_the_endpoint_start_no_threads() {
-    let (mut server, _, at) = spawn_with_metrics(&["--engine", "events"]);
+    let (mut server, echo, at) = spawn_with_metrics(&["--engine", "events"]);
     let pid = server.child.id().to_string();
+    // Once an echo is served, every thread of the running server is up.
+    assert_eq!(round_trip(connect(echo), b"up".to_vec()), b"up");
     let before = threads_of(&pid).len();
     let mut open = Vec::new();
     for i in 0..64 {

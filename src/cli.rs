@@ -214,8 +214,8 @@ pub struct Args {
     pub stats_interval: Option<Duration>,
 
     /// Serve the counters in the Prometheus text format at
-    /// http://ADDR/metrics, on a listener of its own (a port alone means
-    /// 127.0.0.1:PORT) [default: off]
+    /// http://ADDR/metrics, and the probes /healthz and /readyz, on a
+    /// listener of its own (a port alone means 127.0.0.1:PORT) [default: off]
     #[arg(long, value_name = "ADDR", value_parser = parse_metrics_addr)]
     pub metrics: Option<SocketAddr>,
 
@@ -437,8 +437,11 @@ impl Args {
             .event_loops(self.event_loops.unwrap_or(0))
             .max_threads(self.max_threads)
             // SIGINT/SIGTERM (ctrlc), SIGUSR1 and --stats-interval each
-            // take a thread.
-            .reserve_threads(2 + usize::from(self.stats_interval.is_some()))
+            // take a thread, and --metrics its own.
+            .reserve_threads(
+                2 + usize::from(self.stats_interval.is_some())
+                    + self.metrics.map_or(0, |_| crate::metrics::THREADS),
+            )
             .idle_timeout(self.idle_timeout)
             .write_timeout((!self.no_write_timeout).then_some(self.write_timeout))
             .max_per_source(self.max_per_source)
@@ -985,6 +988,8 @@ mod tests {
         assert_eq!(default.reserved_threads, 2);
         let s = settings(&["--stats-interval", "5", "7"]);
         assert_eq!(s.reserved_threads, 3);
+        let s = settings(&["--metrics", "0", "7"]);
+        assert_eq!(s.reserved_threads, 2 + crate::metrics::THREADS);
         assert_eq!(settings(&["--udp-rate", "0", "7"]).udp.rate_limit, None);
         assert_eq!(
             settings(&["--udp-rate", "100", "--udp-burst", "1", "7"])

@@ -351,7 +351,7 @@ impl StreamListener {
 }
 
 /// Out of descriptors: this process's limit (EMFILE) or the system's (ENFILE).
-fn is_fd_exhaustion(e: &io::Error) -> bool {
+pub(crate) fn is_fd_exhaustion(e: &io::Error) -> bool {
     #[cfg(unix)]
     if let Some(code) = e.raw_os_error() {
         return code == libc::EMFILE || code == libc::ENFILE;
@@ -400,7 +400,7 @@ fn spare_fd() -> Option<std::fs::File> {
 /// Errors after which `accept` can be retried at once: they concern one
 /// connection that did not make it, not the listener. (Linux's accept(2)
 /// lists the network errors as "treat like EAGAIN".)
-fn is_transient(e: &io::Error) -> bool {
+pub(crate) fn is_transient(e: &io::Error) -> bool {
     if matches!(
         e.kind(),
         ErrorKind::Interrupted | ErrorKind::ConnectionAborted | ErrorKind::ConnectionReset

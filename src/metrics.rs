@@ -1,47 +1,139 @@
 //! The counters in the Prometheus text exposition format, served over HTTP
-//! at `/metrics` on a listener of its own: never behind the echo listeners'
-//! connection limit, never taking one of their slots.
+//! on a listener of its own: never behind the echo listeners' connection
+//! limit, never taking one of their slots.
+//!
+//! | path | answer |
+//! |---|---|
+//! | `/metrics` | 200, the counters ([`render`]), `text/plain; version=0.0.4; charset=utf-8` |
+//! | `/healthz` | 200 `ok` while the process serves (liveness) |
+//! | `/readyz` | 200 while the server accepts; 503 from the moment shutdown starts, while connections drain (readiness: a load balancer stops sending clients) |
+//! | anything else | 404 |
+//!
+//! Only `GET` and `HEAD` are answered (405 with `Allow: GET, HEAD`
+//! otherwise); a query string (`/metrics?x=1`) is ignored.
+//!
+//! The endpoint faces the same clients as the echo port, so it is bounded
+//! in every resource a client could make it spend:
+//!
+//! - **One thread** ([`THREADS`]), an event loop (mio) serving at most
+//!   [`MAX_CONNECTIONS`] connections at once. A client that never reads,
+//!   never writes or writes a byte a minute costs a slot and a few KiB, never
+//!   a thread, and never holds up the others: nothing in the loop blocks. A
+//!   pool of blocking handler threads would not do: a handful of idle
+//!   clients would occupy every handler and the scrape would queue behind
+//!   them. When every slot is taken, a new connection takes the slot of the
+//!   oldest one: a scrape is answered in a millisecond, so only a client
+//!   that has been stalling loses its slot, and a flood of idle connections
+//!   cannot lock a scrape out.
+//! - **A request head of at most [`MAX_HEAD`] bytes** (431 beyond), parsed
+//!   by `httparse` in place; a body is never read: every answer says
+//!   `Connection: close` and the connection ends after it, so a declared
+//!   `Content-Length` costs nothing, whatever it says.
+//! - **[`TIMEOUT`] to send the head, and again to take the answer**, then
+//!   at most a second and 64 KiB of whatever the client still sends
+//!   (discarded), so that it reads the answer before the close resets the
+//!   connection.
+//! - Accept errors (out of descriptors) are retried with the echo
+//!   listeners' back-off, never the end of the endpoint.
+//! - Dropping the [`MetricsServer`] wakes the loop and returns at once,
+//!   whatever the clients do.
+//!
+//! Nothing a client sends is logged except escaped ([`crate::escape()`]).
 
+use crate::escape::escape;
+use crate::listener::{is_fd_exhaustion, is_transient, Backoff};
 use crate::server::ServerHandle;
 use crate::stats::Stats;
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token, Waker};
 use std::fmt::Write as _;
-use std::io;
+use std::io::{self, ErrorKind, Read, Write};
 use std::net::SocketAddr;
 use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+/// Threads the endpoint runs: the thread budget leaves room for them
+/// (`--metrics` reserves them, see [`ServerBuilder::reserve_threads`]).
+///
+/// [`ServerBuilder::reserve_threads`]: crate::ServerBuilder::reserve_threads
+pub const THREADS: usize = 1;
+
+/// Connections served at once; a new one beyond takes the oldest one's
+/// slot. Prometheus scrapes over one connection at a time, and a few people
+/// with curl need a few more.
+pub const MAX_CONNECTIONS: usize = 16;
+
+/// The longest request head (request line and headers) read: 8 KiB, as
+/// most servers allow. Beyond it: 431 and close.
+pub const MAX_HEAD: usize = 8 << 10;
+
+/// Headers a request may have (431 beyond). Prometheus sends about six.
+const MAX_HEADERS: usize = 32;
+
+/// How long a client has to send its request head, and then again to take
+/// the answer: a silent, a byte-a-minute or a never-reading client holds a
+/// slot this long at most.
+pub const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// After the answer, what the client still sends (a body, pipelined
+/// requests) is read and discarded for this long and up to `LINGER_BYTES`
+/// before the close: closing with unread data would reset the connection,
+/// and a reset can destroy the answer before the client has read it.
+const LINGER: Duration = Duration::from_secs(1);
+const LINGER_BYTES: usize = 64 << 10;
+
+/// The Prometheus text format's content type.
+const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+const PLAIN_TEXT: &str = "text/plain; charset=utf-8";
+
+const LISTENER: Token = Token(0);
+const STOP: Token = Token(1);
+/// Connection `i` is `Token(FIRST + i)`.
+const FIRST: usize = 2;
 
 /// A running metrics endpoint; stops when dropped.
 pub struct MetricsServer {
     addr: SocketAddr,
-    http: std::sync::Arc<tiny_http::Server>,
+    /// Wakes the loop to stop it: its only wake-up.
+    stop: Waker,
     thread: Option<JoinHandle<()>>,
 }
 
 impl MetricsServer {
-    /// Serves `handle`'s counters at `http://addr/metrics` on a thread of
-    /// its own. Port 0 lets the OS pick (see [`local_addr`](Self::local_addr)).
+    /// Serves `handle`'s counters at `http://addr/metrics` (and the probes
+    /// `/healthz`, `/readyz`) on [`THREADS`] thread of its own. Port 0 lets
+    /// the OS pick (see [`local_addr`](Self::local_addr)).
     ///
     /// # Errors
     ///
     /// The address cannot be bound, or no thread can be started.
     pub fn start(addr: SocketAddr, handle: ServerHandle) -> io::Result<MetricsServer> {
-        let http = tiny_http::Server::http(addr).map_err(|e| {
-            io::Error::new(
-                io::ErrorKind::AddrInUse,
-                format!("cannot serve metrics on {addr}: {e}"),
-            )
+        // std sets SO_REUSEADDR (on Unix): a restart binds past TIME_WAIT.
+        let listener = std::net::TcpListener::bind(addr).map_err(|e| {
+            io::Error::new(e.kind(), format!("cannot serve metrics on {addr}: {e}"))
         })?;
-        let http = std::sync::Arc::new(http);
-        let addr = http
-            .server_addr()
-            .to_ip()
-            .ok_or_else(|| io::Error::other("metrics listener has no IP address"))?;
-        let server = std::sync::Arc::clone(&http);
+        let addr = listener.local_addr()?;
+        listener.set_nonblocking(true)?;
+        let mut listener = TcpListener::from_std(listener);
+        let poll = Poll::new()?;
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let stop = Waker::new(poll.registry(), STOP)?;
+        let endpoint = Endpoint {
+            poll,
+            listener,
+            handle,
+            slots: std::array::from_fn(|_| None),
+            backoff: Backoff::default(),
+            accept_paused_until: None,
+            accepted: 0,
+        };
         let thread = thread::Builder::new()
             .name("echo-metrics".to_owned())
-            .spawn(move || serve(&server, &handle))?;
+            .spawn(move || endpoint.run())?;
         Ok(MetricsServer {
             addr,
-            http,
+            stop,
             thread: Some(thread),
         })
     }
@@ -61,37 +153,390 @@ impl std::fmt::Debug for MetricsServer {
 }
 
 impl Drop for MetricsServer {
+    /// Stops the loop and joins it: prompt, since the loop never blocks on
+    /// a client (its open connections are closed).
     fn drop(&mut self) {
-        self.http.unblock();
+        if let Err(e) = self.stop.wake() {
+            // Cannot happen short of a broken descriptor; joining would
+            // then wait forever, so the thread is left to the process exit.
+            log::error!("cannot stop the metrics endpoint: {e}");
+            return;
+        }
         if let Some(t) = self.thread.take() {
-            let _ = t.join();
+            if t.join().is_err() {
+                log::error!("the metrics endpoint panicked");
+            }
         }
     }
 }
 
-fn serve(http: &tiny_http::Server, handle: &ServerHandle) {
-    for request in http.incoming_requests() {
-        let response = match (request.method(), request.url()) {
-            (tiny_http::Method::Get | tiny_http::Method::Head, "/metrics") => {
-                let header = tiny_http::Header::from_bytes(
-                    &b"Content-Type"[..],
-                    &b"text/plain; version=0.0.4; charset=utf-8"[..],
-                );
-                let mut r = tiny_http::Response::from_string(render(&handle.stats()));
-                if let Ok(h) = header {
-                    r = r.with_header(h);
-                }
-                r
-            }
-            (tiny_http::Method::Get | tiny_http::Method::Head, _) => {
-                tiny_http::Response::from_string("not found: the counters are at /metrics\n")
-                    .with_status_code(404)
-            }
-            _ => tiny_http::Response::from_string("only GET and HEAD\n").with_status_code(405),
-        };
-        // A client that went away mid-answer is its own business.
-        let _ = request.respond(response);
+/// An answer to a request: its status and all of its bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    /// The status code.
+    pub status: u16,
+    /// The status line, headers, and body (none for `HEAD`).
+    pub bytes: Vec<u8>,
+}
+
+/// Answers the request whose bytes so far are `received`, or `None` if its
+/// head is not complete yet (and still under [`MAX_HEAD`]). `ready` is what
+/// `/readyz` says. Only the head is looked at: whatever follows it (a body,
+/// more requests) is ignored, and every answer closes the connection.
+///
+/// # Examples
+///
+/// ```
+/// use echo_server::{metrics::answer, Stats};
+///
+/// assert_eq!(answer(b"GET /healthz HTTP/1.1\r\n", &Stats::default(), true), None);
+/// let ok = answer(b"GET /healthz HTTP/1.1\r\n\r\n", &Stats::default(), true).unwrap();
+/// assert_eq!(ok.status, 200);
+/// assert!(ok.bytes.ends_with(b"\r\n\r\nok\n"));
+/// ```
+pub fn answer(received: &[u8], stats: &Stats, ready: bool) -> Option<Answer> {
+    let head = &received[..received.len().min(MAX_HEAD)];
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut headers);
+    let parsed = request.parse(head);
+    Some(match parsed {
+        Ok(httparse::Status::Complete(_)) => route(&request, stats, ready),
+        Ok(httparse::Status::Partial) if head.len() < MAX_HEAD => return None,
+        Ok(httparse::Status::Partial) | Err(httparse::Error::TooManyHeaders) => respond(
+            431,
+            "Request Header Fields Too Large",
+            PLAIN_TEXT,
+            "",
+            "request head too large\n",
+            false,
+        ),
+        Err(_) => respond(400, "Bad Request", PLAIN_TEXT, "", "bad request\n", false),
+    })
+}
+
+fn route(request: &httparse::Request<'_, '_>, stats: &Stats, ready: bool) -> Answer {
+    // A complete request has both.
+    let method = request.method.unwrap_or_default();
+    let target = request.path.unwrap_or_default();
+    let path = target.split_once('?').map_or(target, |(path, _)| path);
+    let head_only = match method {
+        "GET" => false,
+        "HEAD" => true,
+        _ => {
+            return respond(
+                405,
+                "Method Not Allowed",
+                PLAIN_TEXT,
+                "Allow: GET, HEAD\r\n",
+                "only GET and HEAD\n",
+                false,
+            )
+        }
+    };
+    match path {
+        "/metrics" => respond(200, "OK", PROMETHEUS_TEXT, "", &render(stats), head_only),
+        "/healthz" => respond(200, "OK", PLAIN_TEXT, "", "ok\n", head_only),
+        "/readyz" if ready => respond(200, "OK", PLAIN_TEXT, "", "ready\n", head_only),
+        "/readyz" => respond(
+            503,
+            "Service Unavailable",
+            PLAIN_TEXT,
+            "",
+            "shutting down\n",
+            head_only,
+        ),
+        _ => respond(
+            404,
+            "Not Found",
+            PLAIN_TEXT,
+            "",
+            "not found: the paths are /metrics, /healthz and /readyz\n",
+            head_only,
+        ),
     }
+}
+
+/// Status line, headers (`extra` among them), and the body unless
+/// `head_only` (a `HEAD` answer has the headers of the `GET` answer,
+/// Content-Length included).
+fn respond(
+    status: u16,
+    reason: &str,
+    content_type: &str,
+    extra: &str,
+    body: &str,
+    head_only: bool,
+) -> Answer {
+    let mut out = String::with_capacity(160 + body.len());
+    // Writing to a String cannot fail.
+    let _ = write!(
+        out,
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\n\
+         Content-Length: {}\r\n{extra}Cache-Control: no-store\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    if !head_only {
+        out.push_str(body);
+    }
+    Answer {
+        status,
+        bytes: out.into_bytes(),
+    }
+}
+
+/// The endpoint's event loop and everything it owns.
+struct Endpoint {
+    poll: Poll,
+    listener: TcpListener,
+    handle: ServerHandle,
+    slots: [Option<Conn>; MAX_CONNECTIONS],
+    backoff: Backoff,
+    /// After an accept error: no accepting before then.
+    accept_paused_until: Option<Instant>,
+    /// Connections accepted so far: each one's number orders them by age
+    /// (an `Instant` would not: a batch is accepted at one instant).
+    accepted: u64,
+}
+
+struct Conn {
+    stream: TcpStream,
+    peer: SocketAddr,
+    /// Its number in the order of accepting.
+    number: u64,
+    /// When the current phase must be over (see [`TIMEOUT`], [`LINGER`]).
+    deadline: Instant,
+    phase: Phase,
+}
+
+enum Phase {
+    /// Reading the head, at most [`MAX_HEAD`] bytes.
+    Reading(Vec<u8>),
+    /// Writing the answer; `.1` bytes of it written.
+    Writing(Vec<u8>, usize),
+    /// Answer sent and writing shut down: discarding what still comes,
+    /// `.0` bytes so far.
+    Lingering(usize),
+}
+
+impl Endpoint {
+    fn run(mut self) {
+        let mut events = Events::with_capacity(64);
+        loop {
+            let now = Instant::now();
+            self.expire(now);
+            let mut more_waiting = false;
+            if self.accept_paused_until.is_none_or(|until| now >= until) {
+                self.accept_paused_until = None;
+                more_waiting = self.accept_some(now);
+            }
+            let timeout = match self.next_deadline() {
+                // The backlog was not emptied: no waiting for an event.
+                _ if more_waiting => Some(Duration::ZERO),
+                // Rounded up: waking a moment early would only loop.
+                Some(at) => {
+                    Some(at.saturating_duration_since(Instant::now()) + Duration::from_millis(1))
+                }
+                None => None,
+            };
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == ErrorKind::Interrupted {
+                    continue;
+                }
+                // Only a broken poll descriptor fails here; nothing to retry.
+                log::error!("metrics endpoint stopped: {e}");
+                return;
+            }
+            for event in &events {
+                match event.token() {
+                    STOP => return, // the connections close as `self` drops
+                    LISTENER => {}  // accepted at the top of the loop
+                    Token(t) => self.advance(t.wrapping_sub(FIRST)),
+                }
+            }
+        }
+    }
+
+    /// Accepts until the backlog is empty or accepting fails, or
+    /// [`MAX_CONNECTIONS`] are taken: a flood of connections must not
+    /// keep the loop from the ones it has. Returns whether more may wait.
+    fn accept_some(&mut self, now: Instant) -> bool {
+        for _ in 0..MAX_CONNECTIONS {
+            match self.listener.accept() {
+                Ok((stream, peer)) => {
+                    self.backoff.reset();
+                    self.admit(stream, peer, now);
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return false,
+                // One client that did not make it: the next may.
+                Err(e) if is_transient(&e) => {}
+                Err(e) => {
+                    // Out of descriptors (or memory): wait, and keep
+                    // serving the connections already open meanwhile.
+                    let delay = self.backoff.next();
+                    if delay == Backoff::FIRST {
+                        let what = if is_fd_exhaustion(&e) {
+                            "out of file descriptors"
+                        } else {
+                            "accept failed"
+                        };
+                        log::warn!("metrics endpoint: {what}, backing off: {e}");
+                    }
+                    self.accept_paused_until = Some(now + delay);
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    fn admit(&mut self, mut stream: TcpStream, peer: SocketAddr, now: Instant) {
+        let slot = match self.slots.iter().position(Option::is_none) {
+            Some(free) => free,
+            None => {
+                // Full: the oldest connection makes room (see the module
+                // documentation).
+                let oldest = self
+                    .slots
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, c)| c.as_ref().map(|c| (c.number, i)))
+                    .min()
+                    .map_or(0, |(_, i)| i);
+                if let Some(c) = &self.slots[oldest] {
+                    log::debug!("metrics endpoint full: closing {}, the oldest", c.peer);
+                }
+                self.close(oldest);
+                oldest
+            }
+        };
+        let token = Token(FIRST + slot);
+        let interest = Interest::READABLE | Interest::WRITABLE;
+        if let Err(e) = self.poll.registry().register(&mut stream, token, interest) {
+            log::warn!("metrics endpoint: cannot watch a connection from {peer}: {e}");
+            return;
+        }
+        self.accepted += 1;
+        self.slots[slot] = Some(Conn {
+            stream,
+            peer,
+            number: self.accepted,
+            deadline: now + TIMEOUT,
+            phase: Phase::Reading(Vec::new()),
+        });
+        // Whatever already arrived is read now, not at the next event.
+        self.advance(slot);
+    }
+
+    /// Moves connection `slot` on as far as its socket allows; closes it
+    /// when it is done or failed.
+    fn advance(&mut self, slot: usize) {
+        let Some(Some(conn)) = self.slots.get_mut(slot) else {
+            return; // closed earlier in this round of events
+        };
+        if !conn.advance(&self.handle) {
+            self.close(slot);
+        }
+    }
+
+    fn close(&mut self, slot: usize) {
+        if let Some(mut conn) = self.slots[slot].take() {
+            // Dropping the socket would remove it from the poll set too.
+            let _ = self.poll.registry().deregister(&mut conn.stream);
+        }
+    }
+
+    /// Closes the connections whose phase is over time.
+    fn expire(&mut self, now: Instant) {
+        for slot in 0..MAX_CONNECTIONS {
+            if let Some(conn) = &self.slots[slot] {
+                if now >= conn.deadline {
+                    if let Phase::Reading(_) | Phase::Writing(..) = conn.phase {
+                        log::debug!("metrics endpoint: {} timed out, closed", conn.peer);
+                    }
+                    self.close(slot);
+                }
+            }
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let conns = self.slots.iter().flatten().map(|c| c.deadline);
+        conns.chain(self.accept_paused_until).min()
+    }
+}
+
+impl Conn {
+    /// Reads, answers and lingers until the socket would block (the poll
+    /// is edge-triggered: every readiness must be used up). Returns whether
+    /// the connection stays open.
+    fn advance(&mut self, handle: &ServerHandle) -> bool {
+        loop {
+            match &mut self.phase {
+                Phase::Reading(head) => {
+                    let had = head.len();
+                    head.resize(MAX_HEAD, 0);
+                    let read = self.stream.read(&mut head[had..]);
+                    head.truncate(had + *read.as_ref().unwrap_or(&0));
+                    match read {
+                        // Gone before a whole head: nothing to answer.
+                        Ok(0) => return false,
+                        Ok(_) => {}
+                        Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                        Err(e) => return e.kind() == ErrorKind::WouldBlock,
+                    }
+                    let Some(answer) = answer(head, &handle.stats(), !handle.is_shutdown()) else {
+                        continue;
+                    };
+                    if answer.status >= 400 {
+                        log::debug!(
+                            "metrics endpoint: {} from {}: {}",
+                            answer.status,
+                            self.peer,
+                            escape(first_line(head))
+                        );
+                    }
+                    self.deadline = Instant::now() + TIMEOUT;
+                    self.phase = Phase::Writing(answer.bytes, 0);
+                }
+                Phase::Writing(bytes, written) => {
+                    match self.stream.write(&bytes[*written..]) {
+                        Ok(n) => *written += n,
+                        Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                        Err(e) => return e.kind() == ErrorKind::WouldBlock,
+                    }
+                    if *written == bytes.len() {
+                        if self.stream.shutdown(std::net::Shutdown::Write).is_err() {
+                            return false;
+                        }
+                        self.deadline = Instant::now() + LINGER;
+                        self.phase = Phase::Lingering(0);
+                    }
+                }
+                Phase::Lingering(discarded) => {
+                    let mut scrap = [0u8; 4096];
+                    match self.stream.read(&mut scrap) {
+                        Ok(0) => return false, // the client closed too: done
+                        Ok(n) => *discarded += n,
+                        Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                        Err(e) => return e.kind() == ErrorKind::WouldBlock,
+                    }
+                    if *discarded > LINGER_BYTES {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The request line, or the first 100 bytes of it: what a log needs.
+fn first_line(head: &[u8]) -> &[u8] {
+    let end = head
+        .iter()
+        .position(|&b| b == b'\n')
+        .unwrap_or(head.len())
+        .min(100);
+    &head[..end]
 }
 
 /// The counters in the Prometheus text format (version 0.0.4).
@@ -188,6 +633,146 @@ pub fn render(s: &Stats) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    fn ask(request: &str) -> (u16, String) {
+        let stats = Stats {
+            accepted: 3,
+            ..Stats::default()
+        };
+        let a = answer(request.as_bytes(), &stats, true).expect("a whole head");
+        (
+            a.status,
+            String::from_utf8(a.bytes).expect("answers are text"),
+        )
+    }
+
+    fn header<'a>(response: &'a str, name: &str) -> Option<&'a str> {
+        let (head, _) = response.split_once("\r\n\r\n")?;
+        head.lines()
+            .skip(1)
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(": "))
+    }
+
+    #[test]
+    fn the_paths_and_their_answers() {
+        let (status, r) = ask("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(status, 200);
+        assert!(r.starts_with("HTTP/1.1 200 OK\r\n"), "{r}");
+        assert_eq!(header(&r, "Content-Type"), Some(PROMETHEUS_TEXT));
+        assert_eq!(header(&r, "Connection"), Some("close"));
+        let body = render(&Stats {
+            accepted: 3,
+            ..Stats::default()
+        });
+        assert!(r.ends_with(&format!("\r\n\r\n{body}")), "{r}");
+        assert_eq!(header(&r, "Content-Length"), Some(&*body.len().to_string()));
+        // A query string still names the path; HTTP/1.0 is answered too.
+        assert_eq!(ask("GET /metrics?x=1&y HTTP/1.0\r\n\r\n").0, 200);
+        let (status, r) = ask("GET /healthz HTTP/1.1\r\n\r\n");
+        assert_eq!((status, r.ends_with("\r\n\r\nok\n")), (200, true), "{r}");
+        assert_eq!(ask("GET /readyz HTTP/1.1\r\n\r\n").0, 200);
+        let draining = answer(b"GET /readyz HTTP/1.1\r\n\r\n", &Stats::default(), false);
+        assert_eq!(draining.map(|a| a.status), Some(503));
+        let (status, r) = ask("GET /nope HTTP/1.1\r\n\r\n");
+        assert_eq!(status, 404);
+        assert!(r.starts_with("HTTP/1.1 404 Not Found\r\n"), "{r}");
+        assert_eq!(ask("GET /metrics/ HTTP/1.1\r\n\r\n").0, 404);
+    }
+
+    #[test]
+    fn head_has_the_headers_of_get_and_no_body() {
+        for path in ["/metrics", "/healthz", "/readyz", "/nope"] {
+            let (get_status, get) = ask(&format!("GET {path} HTTP/1.1\r\n\r\n"));
+            let (head_status, head) = ask(&format!("HEAD {path} HTTP/1.1\r\n\r\n"));
+            assert_eq!(head_status, get_status);
+            assert!(head.ends_with("\r\n\r\n"), "a body: {head}");
+            assert!(
+                get.starts_with(&head),
+                "{path}: {head} is not the head of {get}"
+            );
+        }
+    }
+
+    #[test]
+    fn other_methods_get_405_with_allow_and_their_bodies_are_never_waited_for() {
+        for request in [
+            "POST /metrics HTTP/1.1\r\nContent-Length: 1099511627776\r\n\r\n",
+            "PUT /healthz HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n",
+            "DELETE /nope HTTP/1.1\r\n\r\n",
+            "OPTIONS * HTTP/1.1\r\n\r\n",
+        ] {
+            let (status, r) = ask(request);
+            assert_eq!(status, 405, "{request}");
+            assert_eq!(header(&r, "Allow"), Some("GET, HEAD"), "{r}");
+        }
+        // A GET with a body is answered at the end of its head.
+        assert_eq!(
+            ask("GET /metrics HTTP/1.1\r\nContent-Length: 5\r\n\r\nhel").0,
+            200
+        );
+    }
+
+    #[test]
+    fn malformed_heads_get_400_and_long_ones_431() {
+        for bad in [
+            "\x00\x01 garbage \r\n\r\n",
+            "GET /\x1b[2J HTTP/1.1\r\n\r\n",
+            "GET /metrics HTTP/2.0\r\n\r\n",
+            "GET /metrics HTTP/1.1\r\nNo colon\r\n\r\n",
+        ] {
+            assert_eq!(ask(bad).0, 400, "{bad:?}");
+        }
+        // Incomplete: wait for more, up to MAX_HEAD bytes.
+        let line = format!("GET /{}", "a".repeat(MAX_HEAD));
+        for n in [0, 1, 20, MAX_HEAD - 1] {
+            assert_eq!(
+                answer(&line.as_bytes()[..n], &Stats::default(), true),
+                None,
+                "{n}"
+            );
+        }
+        assert_eq!(ask(&line[..MAX_HEAD]).0, 431);
+        assert_eq!(ask(&line).0, 431);
+        let many: String = (0..=MAX_HEADERS).map(|i| format!("X-{i}: y\r\n")).collect();
+        assert_eq!(ask(&format!("GET /metrics HTTP/1.1\r\n{many}\r\n")).0, 431);
+        // Exactly MAX_HEAD bytes of a whole head is fine.
+        let pad = MAX_HEAD - "GET /healthz HTTP/1.1\r\nX: \r\n\r\n".len();
+        let full = format!("GET /healthz HTTP/1.1\r\nX: {}\r\n\r\n", "p".repeat(pad));
+        assert_eq!(full.len(), MAX_HEAD);
+        assert_eq!(ask(&full).0, 200);
+    }
+
+    proptest! {
+        /// Whatever arrives, in whatever pieces: the answer is a well-formed
+        /// response whose Content-Length is its body's, it comes by
+        /// MAX_HEAD bytes at the latest, and more bytes after it never
+        /// change it (the loop answers at the first complete head).
+        #[test]
+        fn any_bytes_get_one_well_formed_answer(
+            bytes in prop_oneof![
+                proptest::collection::vec(any::<u8>(), 0..64),
+                "(GET|HEAD|POST) /(metrics|healthz|readyz|x)?(\\?[a-z=&]{0,8})? HTTP/1\\.[01]\r\n([A-Za-z-]{1,8}: [ -~]{0,12}\r\n){0,4}\r?\n?.{0,8}"
+                    .prop_map(String::into_bytes),
+            ],
+            ready in any::<bool>(),
+        ) {
+            let stats = Stats::default();
+            let whole = answer(&bytes, &stats, ready);
+            let first = (0..=bytes.len()).find_map(|n| answer(&bytes[..n], &stats, ready));
+            prop_assert_eq!(&first, &whole);
+            let Some(a) = whole else {
+                prop_assert!(bytes.len() < MAX_HEAD);
+                return Ok(());
+            };
+            let text = String::from_utf8(a.bytes).expect("answers are text");
+            prop_assert!(text.starts_with(&format!("HTTP/1.1 {} ", a.status)), "{}", text);
+            let (_, body) = text.split_once("\r\n\r\n").expect("a head");
+            let length: usize = header(&text, "Content-Length").expect("a length").parse().unwrap();
+            prop_assert!(body.is_empty() || body.len() == length, "{}", text);
+            prop_assert_eq!(header(&text, "Connection"), Some("close"));
+        }
+    }
 
     #[test]
     fn every_sample_line_is_well_formed_and_named_by_convention() {

@@ -5,6 +5,8 @@ that the server gives back everything the churn took.
     python3 scripts/soak.py                  # 60 s
     python3 scripts/soak.py --duration 600   # a real soak
     python3 scripts/soak.py --server-args='--engine threads'
+    python3 scripts/soak.py --duration 300 --churn 400 --churn-rate 4000 \
+        --bulk-rate 33554432 --sources 8 --min-connections 1000000 --min-gib 10
 
 Needs `target/release/echo-server` and `bench/target/release/echo-bench`
 (`cargo build --release` in the repository and in bench/). Linux only (it
@@ -26,7 +28,15 @@ reads /proc/PID).
    == bytes sent by echo-bench (+ warm-up) == bytes echoed minus datagram
    bytes (the server's "echoed" counts UDP too, "received" only streams);
    datagrams echoed == datagrams echo-bench got answers to; no "closed
-   early", "refused" or "datagrams not answered" part.
+   early", "refused" or "datagrams not answered" part. With --min-connections
+   or --min-gib, also that the server accepted at least that many connections
+   and echoed at least that many GiB.
+
+--churn, --churn-rate, --bulk-streams, --bulk-rate and --sources are passed
+to echo-bench (see `echo-bench --help`); without them it runs its default,
+moderate mix. The run ends with the figures of record: duration,
+connections (and per second), GiB echoed, and the server's RSS, descriptors
+and threads at baseline, peak and after.
 
 Prints every number and PASS or FAIL; exits 0 on PASS, 1 on FAIL, 2 if it
 could not run. Every step is bounded in time; the server and echo-bench are
@@ -55,6 +65,16 @@ START_TIMEOUT = 10.0
 SHUTDOWN_TIMEOUT = 15.0
 # echo-bench ends by itself within --duration + 10 s; this is the backstop.
 BENCH_GRACE = 60.0
+# echo-bench soak options this script passes on when given (echo-bench
+# validates their ranges; the script only that they are positive).
+BENCH_LOAD = (
+    ("churn", "churning connections open at once, at most"),
+    ("churn-rate", "new churning connections a second, at most"),
+    ("bulk-streams", "concurrent bulk streams"),
+    ("bulk-rate", "bytes a second per bulk stream"),
+    ("sources", "spread connections over N loopback source addresses 127.0.0.1.."),
+)
+GIB = float(1 << 30)
 
 SUMMARY_RE = re.compile(
     r"shut down: (?P<accepted>\d+) connections accepted, (?P<closed>\d+) closed, "
@@ -199,9 +219,22 @@ def main():
     ap.add_argument("--bench", default=BENCH, help="echo-bench binary")
     ap.add_argument("--server-args", default="",
                     help="extra echo-server arguments, e.g. '--engine threads'")
+    load = ap.add_argument_group("echo-bench load (passed on; default: echo-bench's own)")
+    for name, what in BENCH_LOAD:
+        load.add_argument(f"--{name}", type=int, metavar="N", help=what)
+    ap.add_argument("--min-connections", type=int, default=0, metavar="N",
+                    help="also check that the server accepted at least N connections")
+    ap.add_argument("--min-gib", type=float, default=0.0, metavar="GIB",
+                    help="also check that the server echoed at least GIB GiB")
     args = ap.parse_args()
     if not 0 < args.duration <= 7 * 24 * 3600:
         ap.error("--duration must be between 0 and a week")
+    for name, _ in BENCH_LOAD:
+        value = getattr(args, name.replace("-", "_"))
+        if value is not None and value < 1:
+            ap.error(f"--{name} must be at least 1")
+    if args.min_connections < 0 or args.min_gib < 0:
+        ap.error("--min-connections and --min-gib cannot be negative")
     for path, how in ((args.server, "cargo build --release"),
                       (args.bench, "cargo build --release --manifest-path bench/Cargo.toml")):
         if not os.access(path, os.X_OK):
@@ -231,6 +264,8 @@ def run(args, server, cmd, children):
     def check(ok, what):
         checks.append((bool(ok), what))
 
+    figures = None
+
     tcp, udp = server.wait_listening(START_TIMEOUT)
     print(f"soak: {' '.join(cmd)} (pid {server.pid}): tcp {tcp}, udp {udp}; "
           f"echo-bench soak for {args.duration:g} s")
@@ -242,6 +277,11 @@ def run(args, server, cmd, children):
 
     bench_cmd = [args.bench, "soak", "--addr", tcp, "--udp-addr", udp,
                  "--duration", f"{args.duration:g}", "--json"]
+    for name, _ in BENCH_LOAD:
+        value = getattr(args, name.replace("-", "_"))
+        if value is not None:
+            bench_cmd += [f"--{name}", str(value)]
+    print(f"echo-bench: {' '.join(bench_cmd)}")
     started = time.monotonic()
     bench = subprocess.Popen(bench_cmd, stdin=subprocess.DEVNULL,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -254,6 +294,7 @@ def run(args, server, cmd, children):
     collector = threading.Thread(target=collect, daemon=True)
     collector.start()
     peak = list(base)
+    samples = 0
     bench_deadline = started + args.duration + BENCH_GRACE
     while collector.is_alive() and time.monotonic() < bench_deadline:
         if server.proc.poll() is not None:
@@ -261,6 +302,7 @@ def run(args, server, cmd, children):
         try:
             now = sample(server.pid)
             peak = [max(a, b) for a, b in zip(peak, now)]
+            samples += 1
         except OSError:
             pass
         collector.join(timeout=1.0)
@@ -274,7 +316,7 @@ def run(args, server, cmd, children):
                            f"{server.proc.returncode}); log: {server.log()}")
     ran = time.monotonic() - started
     print(f"during:    peak fds {peak[0]}, peak threads {peak[1]}, "
-          f"peak RSS {mib(peak[2]):.1f} MiB")
+          f"peak RSS {mib(peak[2]):.1f} MiB ({samples} samples, about one a second)")
 
     lines = out["stdout"].strip().splitlines()
     try:
@@ -300,6 +342,9 @@ def run(args, server, cmd, children):
         print(f"  tcp       {r['tcp_connections']} connections, {r['bytes_sent']} bytes sent, "
               f"{r['bytes_echoed']} verified, {r['bytes_abandoned']} abandoned")
         print(f"  errors    {r['errors']}, verify errors {r['verify_errors']}")
+        print(f"  load      churn {r.get('load_churn')} at once, at most "
+              f"{r.get('load_churn_rate')}/s; {r.get('load_bulk_streams')} bulk streams at "
+              f"{r.get('load_bulk_rate')} B/s each; sources {r.get('sources')}")
         check(bench.returncode == 0 and r["errors"] == 0 and r["verify_errors"] == 0,
               f"echo-bench: exit {bench.returncode}, {r['errors']} errors, "
               f"{r['verify_errors']} verify errors")
@@ -360,6 +405,13 @@ def run(args, server, cmd, children):
             check(s["datagrams"] == dgrams,
                   f"datagrams echoed == answered at echo-bench (+ warm-up): "
                   f"{s['datagrams']} == {dgrams}")
+        if args.min_connections:
+            check(s["accepted"] >= args.min_connections,
+                  f"at least {args.min_connections} connections accepted: {s['accepted']}")
+        if args.min_gib:
+            check(s["echoed"] >= args.min_gib * GIB,
+                  f"at least {args.min_gib:g} GiB echoed: {s['echoed'] / GIB:.2f} GiB")
+        figures = s
         unexpected = [p for p in rest.split("; ") if p and not p.startswith("the connection limit")]
         check(not unexpected, "nothing closed early, refused or unanswered"
               + (f": {'; '.join(unexpected)}" if unexpected else ""))
@@ -370,6 +422,17 @@ def run(args, server, cmd, children):
         print(f"server log: {line}")
     check(not others, f"no warnings or errors in the server log ({len(others)} other lines)")
 
+    if figures:
+        f = figures
+        print("figures:")
+        print(f"  duration     {ran:.1f} s of echo-bench soak (--duration {args.duration:g})")
+        print(f"  connections  {f['accepted']} accepted ({f['accepted'] / ran:.0f}/s)")
+        print(f"  echoed       {f['echoed']} bytes ({f['echoed'] / GIB:.2f} GiB, "
+              f"{f['echoed'] / GIB / ran * 1024:.1f} MiB/s; {f['datagrams']} datagrams)")
+        print(f"  server RSS   {mib(base[2]):.1f} -> {mib(peak[2]):.1f} -> {mib(after[2]):.1f} MiB "
+              "(baseline -> peak -> after)")
+        print(f"  server fds   {base[0]} -> {peak[0]} -> {after[0]}")
+        print(f"  threads      {base[1]} -> {peak[1]} -> {after[1]}")
     print("checks:")
     for ok, what in checks:
         print(f"  {'PASS' if ok else 'FAIL'}  {what}")

@@ -37,6 +37,13 @@ use std::time::Duration;
 /// from overflow, and no benchmark needs more.
 const MAX_DURATION_SECS: f64 = 7.0 * 24.0 * 3600.0;
 
+/// Bounds of the soak's load options: far above what one client thread
+/// can drive, low enough that slots and descriptors stay modest.
+const MAX_SOAK_CHURN: i64 = 10_000;
+const MAX_SOAK_CHURN_RATE: i64 = 1_000_000;
+const MAX_SOAK_BULK: i64 = 64;
+const MAX_SOAK_BULK_RATE: u64 = 4 << 30;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "echo-bench",
@@ -47,10 +54,12 @@ const MAX_DURATION_SECS: f64 = 7.0 * 24.0 * 3600.0;
         Exit status: 0 ok, 1 wrong bytes echoed (udp: a reply of the wrong size, corrupted, \
         duplicated or for another socket) or nothing measured (soak: or any error), 2 usage \
         error. Lost datagrams are reported, not an error (soak: they are).\n\
-        soak runs, on one thread: up to 48 churning connections (plain close, reset, \
-        half-close, vanish; at most 200 new a second), 2 bulk streams of 4 MiB at 16 MiB/s, \
+        soak runs, on one thread: up to --churn churning connections (plain close, reset, \
+        half-close, vanish; at most --churn-rate new a second; default 48 and 200), \
+        --bulk-streams bulk streams of 4 MiB at --bulk-rate each (default 2 at 16 MiB/s), \
         100 idle connections held throughout, and with --udp-addr 4 UDP sockets at up to \
-        40 datagrams/s each."
+        40 datagrams/s each. A vanishing client holds its connection 20-200 ms, so a high \
+        --churn-rate needs --churn of about rate/20 or more."
 )]
 struct Cli {
     /// What to measure.
@@ -125,9 +134,41 @@ struct Cli {
     #[arg(long, value_name = "ADDR")]
     udp_addr: Option<SocketAddr>,
 
+    /// Churning connections open at once, at most (soak) [default: 48]
+    #[arg(long, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=MAX_SOAK_CHURN))]
+    churn: Option<u32>,
+
+    /// New churning connections a second, at most (soak) [default: 200]
+    #[arg(long, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=MAX_SOAK_CHURN_RATE))]
+    churn_rate: Option<u32>,
+
+    /// Concurrent bulk streams, 4 MiB each (soak) [default: 2]
+    #[arg(long, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=MAX_SOAK_BULK))]
+    bulk_streams: Option<u32>,
+
+    /// Write rate of each bulk stream, bytes a second (soak) [default:
+    /// 16777216, 16 MiB/s]
+    #[arg(long, value_name = "BYTES",
+          value_parser = clap::value_parser!(u64).range(1..=MAX_SOAK_BULK_RATE))]
+    bulk_rate: Option<u64>,
+
     /// Print one line of JSON instead of a table.
     #[arg(long)]
     json: bool,
+}
+
+/// The soak's load: the defaults, with what the options override.
+fn soak_load(cli: &Cli) -> modes::soak::Load {
+    let d = modes::soak::Load::default();
+    modes::soak::Load {
+        churn: cli.churn.map_or(d.churn, |n| n as usize),
+        churn_rate: cli.churn_rate.unwrap_or(d.churn_rate),
+        bulk: cli.bulk_streams.map_or(d.bulk, |n| n as usize),
+        bulk_rate: cli.bulk_rate.unwrap_or(d.bulk_rate),
+    }
 }
 
 fn parse_secs(s: &str) -> Result<Duration, String> {
@@ -160,6 +201,23 @@ fn main() -> ExitCode {
             )
             .exit();
     }
+    let load_options = [
+        cli.churn.map(|_| "--churn"),
+        cli.churn_rate.map(|_| "--churn-rate"),
+        cli.bulk_streams.map(|_| "--bulk-streams"),
+        cli.bulk_rate.map(|_| "--bulk-rate"),
+    ];
+    if let Some(name) = load_options.iter().flatten().next() {
+        if cli.mode != Mode::Soak {
+            use clap::CommandFactory as _;
+            Cli::command()
+                .error(
+                    clap::error::ErrorKind::ArgumentConflict,
+                    format!("{name} is for soak only"),
+                )
+                .exit();
+        }
+    }
     if cli.mode == Mode::Udp && !(datagram::MIN_SIZE..=datagram::MAX_SIZE).contains(&cli.size) {
         use clap::CommandFactory as _;
         Cli::command()
@@ -189,7 +247,17 @@ fn main() -> ExitCode {
         inflight: cli.inflight as usize,
         loss_timeout: Duration::from_millis(cli.loss_timeout_ms),
         udp_addr: cli.udp_addr,
+        soak: soak_load(&cli),
     };
+    if cfg.mode == Mode::Soak && cfg.soak.churn < cfg.soak.churn_needed() {
+        eprintln!(
+            "echo-bench: warning: --churn {} may be too few for --churn-rate {} \
+             (vanishing clients hold theirs 20-200 ms; about {} would keep up)",
+            cfg.soak.churn,
+            cfg.soak.churn_rate,
+            cfg.soak.churn_needed()
+        );
+    }
     limits::ensure_descriptors(cfg.units());
 
     let summary = modes::run(&cfg);

@@ -214,6 +214,26 @@ fn soak_fields(f: &mut Fields, cfg: &Config, s: &Summary, secs: f64) {
             .map_or(Value::Null, |a| Value::from(a.to_string())),
         "",
     );
+    let load = &cfg.soak;
+    f.add("load_churn", "churn slots", Value::from(load.churn), "");
+    f.add(
+        "load_churn_rate",
+        "churn rate limit",
+        Value::from(load.churn_rate),
+        "/s",
+    );
+    f.add(
+        "load_bulk_streams",
+        "bulk slots",
+        Value::from(load.bulk),
+        "",
+    );
+    f.add(
+        "load_bulk_rate",
+        "bulk rate each",
+        Value::from(load.bulk_rate),
+        "B/s",
+    );
     f.add("churned", "churned", Value::from(k.churned()), "");
     f.add(
         "churned_per_sec",

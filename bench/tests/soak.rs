@@ -138,9 +138,14 @@ fn serve(mut stream: TcpStream, corrupt_at: Option<u64>, c: &Counters) {
 }
 
 fn soak(echo: &Echo, secs: &str, udp: bool) -> (i32, Value, String) {
+    soak_with(echo, secs, udp, &[])
+}
+
+fn soak_with(echo: &Echo, secs: &str, udp: bool, extra: &[&str]) -> (i32, Value, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_echo-bench"));
     cmd.args(["soak", "--addr", &echo.tcp.to_string()])
-        .args(["--duration", secs, "--json"]);
+        .args(["--duration", secs, "--json"])
+        .args(extra);
     if udp {
         cmd.args(["--udp-addr", &echo.udp.to_string()]);
     }
@@ -188,6 +193,10 @@ fn soak_mixes_every_kind_and_every_byte_is_accounted_for() {
     assert_eq!(num(&json, "churned"), churned);
     // Paced: at most 200 new connections a second.
     assert!(churned <= 2 * 200 + 48, "{json}");
+    assert_eq!(num(&json, "load_churn"), 48, "{json}");
+    assert_eq!(num(&json, "load_churn_rate"), 200, "{json}");
+    assert_eq!(num(&json, "load_bulk_streams"), 2, "{json}");
+    assert_eq!(num(&json, "load_bulk_rate"), 16 << 20, "{json}");
     assert_eq!(num(&json, "idle_opened"), 100, "{json}");
     assert_eq!(num(&json, "idle_held"), 100, "{json}");
     assert_eq!(num(&json, "udp_lost"), 0, "{json}");
@@ -262,4 +271,95 @@ fn udp_addr_is_for_soak_only() {
         .expect("run echo-bench")
         .status;
     assert_eq!(status.code(), Some(2));
+}
+
+#[test]
+fn soak_load_options_raise_churn_and_bulk() {
+    let echo = Echo::start(None);
+    let extra = [
+        "--churn",
+        "128",
+        "--churn-rate",
+        "2000",
+        "--bulk-streams",
+        "3",
+        "--bulk-rate",
+        "67108864",
+        "--sources",
+        "4",
+    ];
+    let (code, json, stderr) = soak_with(&echo, "1", true, &extra);
+    assert_eq!(code, 0, "{json} {stderr}");
+    assert_eq!(num(&json, "errors"), 0, "{json} {stderr}");
+    assert_eq!(num(&json, "load_churn"), 128, "{json}");
+    assert_eq!(num(&json, "load_churn_rate"), 2000, "{json}");
+    assert_eq!(num(&json, "load_bulk_streams"), 3, "{json}");
+    assert_eq!(num(&json, "load_bulk_rate"), 64 << 20, "{json}");
+    let churned = num(&json, "churned");
+    // Paced at 2000/s, at most one burst of --churn over it; well above
+    // what the default 200/s allows in a second (248), even on a loaded
+    // machine.
+    assert!(churned <= 2000 + 128, "{json}");
+    assert!(churned > 2 * 248, "{json}");
+    // More than the default two streams at 16 MiB/s could do in a second.
+    assert!(
+        num(&json, "bulk_bytes") > 2 * (16 << 20) + (512 << 10),
+        "{json}"
+    );
+    let sent = num(&json, "bytes_sent");
+    assert_eq!(num(&json, "bytes_echoed"), sent, "{json}");
+    assert!(echo.settled(), "connection threads still running");
+    assert_eq!(echo.get(|c| &c.accepted), num(&json, "tcp_connections"));
+    assert_eq!(echo.get(|c| &c.received), sent, "{json}");
+}
+
+#[test]
+fn soak_load_options_are_validated_and_soak_only() {
+    let code = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_echo-bench"))
+            .args(args)
+            .args(["--addr", "127.0.0.1:9", "--duration", "0"])
+            .output()
+            .expect("run echo-bench")
+            .status
+            .code()
+    };
+    for bad in [
+        ["--churn", "0"],
+        ["--churn", "10001"],
+        ["--churn-rate", "0"],
+        ["--churn-rate", "1000001"],
+        ["--bulk-streams", "0"],
+        ["--bulk-streams", "65"],
+        ["--bulk-rate", "0"],
+        ["--bulk-rate", "4294967297"],
+        ["--churn", "-1"],
+    ] {
+        let mut args = vec!["soak"];
+        args.extend(bad);
+        assert_eq!(code(&args), Some(2), "{bad:?}");
+    }
+    for mode in ["pingpong", "connrate", "hold"] {
+        for opt in [
+            ["--churn", "8"],
+            ["--churn-rate", "8"],
+            ["--bulk-streams", "1"],
+            ["--bulk-rate", "1024"],
+        ] {
+            let mut args = vec![mode];
+            args.extend(opt);
+            assert_eq!(code(&args), Some(2), "{mode} {opt:?}");
+        }
+    }
+}
+
+#[test]
+fn soak_warns_when_churn_slots_cannot_keep_up_with_the_rate() {
+    let echo = Echo::start(None);
+    let extra = ["--churn", "4", "--churn-rate", "5000"];
+    let (code, json, stderr) = soak_with(&echo, "0.3", false, &extra);
+    assert_eq!(code, 0, "{json} {stderr}");
+    assert!(stderr.contains("--churn 4 may be too few"), "{stderr}");
+    let (_, _, stderr) = soak(&echo, "0.2", false);
+    assert!(!stderr.contains("too few"), "{stderr}");
 }

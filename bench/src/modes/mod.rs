@@ -102,6 +102,8 @@ pub struct Config {
     pub loss_timeout: Duration,
     /// `soak`: the server's UDP address, if datagrams are to be part of it.
     pub udp_addr: Option<SocketAddr>,
+    /// `soak`: how much churn and bulk load.
+    pub soak: soak::Load,
 }
 
 impl Config {
@@ -111,7 +113,7 @@ impl Config {
         match self.mode {
             Mode::Connrate => self.parallel,
             Mode::Udp => self.sockets,
-            Mode::Soak => soak::units(self.udp_addr.is_some()),
+            Mode::Soak => self.soak.units(self.udp_addr.is_some()),
             _ => self.connections,
         }
     }

@@ -3,9 +3,10 @@
 //! (descriptors, threads, memory) under churn. Every echoed byte is checked.
 //!
 //! Running side by side, on one thread:
-//! - **churn**: at most [`CHURN`] connections at once, at most
-//!   [`CHURN_RATE`] new ones a second, each echoing a few bytes (now and then
-//!   up to 64 KiB) and closing, in turn in four ways:
+//! - **churn**: at most [`Load::churn`] connections at once (`--churn`,
+//!   default [`CHURN`]), at most [`Load::churn_rate`] new ones a second
+//!   (`--churn-rate`, default [`CHURN_RATE`]), each echoing a few bytes
+//!   (now and then up to 64 KiB) and closing, in turn in four ways:
 //!   - *plain*: read the whole echo, close;
 //!   - *reset*: read the whole echo, close with SO_LINGER 0 (a reset);
 //!   - *half-close*: send, shut down writing at once, read the echo and then
@@ -14,9 +15,10 @@
 //!     the receive queue with `MSG_PEEK` but left unread, and after a short
 //!     while the connection is dropped (the unread bytes make the kernel
 //!     send a reset).
-//! - **bulk**: [`BULK`] streams of [`BULK_BYTES`] each, paced to
-//!   [`BULK_RATE`], read back concurrently; a finished stream is replaced by
-//!   a new connection.
+//! - **bulk**: [`Load::bulk`] streams (`--bulk-streams`, default [`BULK`])
+//!   of [`BULK_BYTES`] each, each paced to [`Load::bulk_rate`] bytes a
+//!   second (`--bulk-rate`, default [`BULK_RATE`]), read back concurrently;
+//!   a finished stream is replaced by a new connection.
 //! - **idle**: [`IDLE`] connections opened (with a probe echo) at the start
 //!   and held without traffic for the whole run; at the end each echoes one
 //!   more message. Any event on one while idle is an error (the server
@@ -40,6 +42,14 @@
 //! connections finish, the idle ones echo their last message, and the
 //! datagrams in flight are awaited. All of it is bounded by the run's hard
 //! cap; what is still open then counts as stalled.
+//!
+//! The defaults are the moderate mix CI runs for 45 s; the options scale
+//! churn and bulk up for a long soak (a million connections in minutes).
+//! The vanishing kind holds its connection 20 to 200 ms ([`VANISH_MIN_MS`]
+//! plus up to [`VANISH_SPREAD_MS`]), so a quarter of the churn is open for
+//! ~0.1 s: a high `--churn-rate` needs a `--churn` of at least
+//! about rate / 20 (see [`Load::churn_needed`]) or the slots, not the rate,
+//! set the pace.
 
 use super::{connect_all, open, Ctx, EventLoop, Outcome, Tally, PROBE, SMALL_MESSAGE};
 use crate::conn::{Conn, Failure, Step};
@@ -52,16 +62,16 @@ use std::time::{Duration, Instant};
 
 /// Idle connections held for the whole run.
 pub const IDLE: usize = 100;
-/// Churning connections open at once, at most.
+/// Default of `--churn`: churning connections open at once, at most.
 pub const CHURN: usize = 48;
-/// New churning connections per second, at most.
-pub const CHURN_RATE: f64 = 200.0;
-/// Concurrent bulk streams.
+/// Default of `--churn-rate`: new churning connections per second, at most.
+pub const CHURN_RATE: u32 = 200;
+/// Default of `--bulk-streams`: concurrent bulk streams.
 pub const BULK: usize = 2;
 /// Bytes per bulk stream (after which a new connection takes over).
 pub const BULK_BYTES: u64 = 4 << 20;
-/// Write rate of each bulk stream, bytes per second.
-pub const BULK_RATE: f64 = 16.0 * (1 << 20) as f64;
+/// Default of `--bulk-rate`: write rate of each bulk stream, bytes per second.
+pub const BULK_RATE: u64 = 16 << 20;
 /// What a bulk stream may write at once ahead of its pace.
 const BULK_BURST: u64 = 256 << 10;
 /// One UDP socket per size (whole datagram, header included).
@@ -74,8 +84,8 @@ pub const UDP_TIMEOUT: Duration = Duration::from_secs(1);
 const CHURN_TIMEOUT: Duration = Duration::from_secs(5);
 /// The vanishing kind drops its connection this long (plus up to
 /// [`VANISH_SPREAD_MS`]) after connecting, once its echo is queued.
-const VANISH_MIN_MS: u64 = 20;
-const VANISH_SPREAD_MS: u64 = 180;
+pub const VANISH_MIN_MS: u64 = 20;
+pub const VANISH_SPREAD_MS: u64 = 180;
 /// Largest message of the vanishing kind: its echo must fit the receive
 /// buffer unread.
 const VANISH_MAX: u64 = 4096;
@@ -86,17 +96,91 @@ const TICK: Duration = Duration::from_millis(5);
 const CHURN_IDS: u64 = 1 << 40;
 const BULK_IDS: u64 = 2 << 40;
 
-/// Token layout: idle, then churn, bulk and UDP slots.
-const CHURN_TOKENS: usize = IDLE;
-const BULK_TOKENS: usize = CHURN_TOKENS + CHURN;
-const UDP_TOKENS: usize = BULK_TOKENS + BULK;
-
 /// Stream offset where an idle connection's final message ends.
 const IDLE_END: u64 = PROBE + SMALL_MESSAGE;
 
-/// Sockets a soak run needs at most.
-pub fn units(udp: bool) -> usize {
-    UDP_TOKENS + if udp { UDP_SIZES.len() } else { 0 }
+/// How much churn and bulk load a soak puts on: `--churn`, `--churn-rate`,
+/// `--bulk-streams`, `--bulk-rate` (main bounds each with a clap range).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Load {
+    /// Churning connections open at once, at most.
+    pub churn: usize,
+    /// New churning connections per second, at most.
+    pub churn_rate: u32,
+    /// Concurrent bulk streams.
+    pub bulk: usize,
+    /// Write rate of each bulk stream, bytes per second.
+    pub bulk_rate: u64,
+}
+
+impl Default for Load {
+    /// The CI soak's mix.
+    fn default() -> Self {
+        Load {
+            churn: CHURN,
+            churn_rate: CHURN_RATE,
+            bulk: BULK,
+            bulk_rate: BULK_RATE,
+        }
+    }
+}
+
+impl Load {
+    /// Churn slots that keep up with `churn_rate`, roughly: every
+    /// connection is open a millisecond or so, and a vanishing one (every
+    /// fourth) ~110 ms on average, [`VANISH_MIN_MS`] + [`VANISH_SPREAD_MS`]
+    /// at most; twice the average need, for bursts.
+    pub fn churn_needed(&self) -> usize {
+        let rate = u64::from(self.churn_rate);
+        let per_sec_held_ms = rate * (4 + VANISH_MIN_MS + VANISH_SPREAD_MS / 2) / 4;
+        (2 * per_sec_held_ms).div_ceil(1000) as usize
+    }
+
+    /// Sockets a soak run needs at most (with `udp`: the datagram ones too).
+    pub fn units(&self, udp: bool) -> usize {
+        self.udp_tokens() + if udp { UDP_SIZES.len() } else { 0 }
+    }
+
+    // Token layout: idle `0..IDLE`, then churn, bulk and UDP slots.
+    fn churn_tokens(&self) -> usize {
+        IDLE
+    }
+
+    fn bulk_tokens(&self) -> usize {
+        self.churn_tokens() + self.churn
+    }
+
+    fn udp_tokens(&self) -> usize {
+        self.bulk_tokens() + self.bulk
+    }
+
+    /// Which kind of socket a token belongs to, and its index there.
+    fn slot(&self, token: usize) -> Slot {
+        if token < self.churn_tokens() {
+            Slot::Idle(token)
+        } else if token < self.bulk_tokens() {
+            Slot::Churn(token - self.churn_tokens())
+        } else if token < self.udp_tokens() {
+            Slot::Bulk(token - self.bulk_tokens())
+        } else {
+            Slot::Udp(token - self.udp_tokens())
+        }
+    }
+
+    /// How many churning connections may have been started `elapsed` after
+    /// the start (before any catch-up limit).
+    fn churn_due(&self, elapsed: Duration) -> u64 {
+        (elapsed.as_secs_f64() * f64::from(self.churn_rate)) as u64
+    }
+}
+
+/// A token's socket: idle, churn, bulk or UDP slot number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Slot {
+    Idle(usize),
+    Churn(usize),
+    Bulk(usize),
+    Udp(usize),
 }
 
 /// What a soak run counts; every field is in the report.
@@ -202,6 +286,7 @@ struct Dgram {
 struct Soak<'a> {
     ctx: &'a Ctx<'a>,
     pattern: &'a Pattern,
+    load: Load,
     t0: Instant,
     deadline: Instant,
     /// The deadline has passed: nothing new starts.
@@ -224,17 +309,19 @@ pub fn run(ctx: &Ctx, lp: &mut EventLoop) -> Outcome {
     let opened = idle.iter().filter(|c| c.is_some()).count() as u64;
     ctx.shared.connected(ctx.cfg, ctx.run_start, opened);
     let t0 = Instant::now();
+    let load = ctx.cfg.soak;
     let mut s = Soak {
         ctx,
         pattern: ctx.pattern,
+        load,
         t0,
         deadline: ctx.deadline_from(ctx.run_start),
         ending: false,
         idle,
         held: Vec::with_capacity(IDLE),
-        churn: (0..CHURN).map(|_| None).collect(),
+        churn: (0..load.churn).map(|_| None).collect(),
         churn_started: 0,
-        bulk: (0..BULK).map(|_| None).collect(),
+        bulk: (0..load.bulk).map(|_| None).collect(),
         bulk_started: 0,
         udp: Vec::new(),
         counts: Counts {
@@ -244,7 +331,7 @@ pub fn run(ctx: &Ctx, lp: &mut EventLoop) -> Outcome {
         tally,
     };
     s.open_udp(lp);
-    for i in 0..BULK {
+    for i in 0..load.bulk {
         s.start_bulk(lp, i);
     }
 
@@ -321,14 +408,12 @@ impl Soak<'_> {
     }
 
     fn dispatch(&mut self, lp: &mut EventLoop, token: usize) {
-        if token < CHURN_TOKENS {
-            self.drive_idle(lp, token);
-        } else if token < BULK_TOKENS {
-            self.drive_churn(lp, token - CHURN_TOKENS);
-        } else if token < UDP_TOKENS {
-            self.drive_bulk(lp, token - BULK_TOKENS, Instant::now());
-        } else if token - UDP_TOKENS < self.udp.len() {
-            self.receive_udp(lp, token - UDP_TOKENS);
+        match self.load.slot(token) {
+            Slot::Idle(i) => self.drive_idle(lp, i),
+            Slot::Churn(i) => self.drive_churn(lp, i),
+            Slot::Bulk(i) => self.drive_bulk(lp, i, Instant::now()),
+            Slot::Udp(i) if i < self.udp.len() => self.receive_udp(lp, i),
+            Slot::Udp(_) => {}
         }
     }
 
@@ -336,11 +421,12 @@ impl Soak<'_> {
     /// drops and time-outs.
     fn tick(&mut self, lp: &mut EventLoop, now: Instant) {
         if !self.ending {
-            // At most CHURN_RATE starts a second, and never a burst of more
-            // than CHURN after a stretch with every slot busy.
-            let due = (now.duration_since(self.t0).as_secs_f64() * CHURN_RATE) as u64;
-            self.churn_started = self.churn_started.max(due.saturating_sub(CHURN as u64));
-            for i in 0..CHURN {
+            // At most churn_rate starts a second, and never a burst of more
+            // than `churn` after a stretch with every slot busy.
+            let churn = self.load.churn;
+            let due = self.load.churn_due(now.duration_since(self.t0));
+            self.churn_started = self.churn_started.max(due.saturating_sub(churn as u64));
+            for i in 0..churn {
                 if self.churn_started >= due {
                     break;
                 }
@@ -349,7 +435,7 @@ impl Soak<'_> {
                 }
             }
         }
-        for i in 0..CHURN {
+        for i in 0..self.load.churn {
             let Some(c) = self.churn[i].as_ref() else {
                 continue;
             };
@@ -359,7 +445,7 @@ impl Soak<'_> {
                 self.end_churn(i, Err(Failure::Stalled));
             }
         }
-        for i in 0..BULK {
+        for i in 0..self.load.bulk {
             // Pacing stops writing short of a full send buffer, so no
             // writable edge follows: the tick writes the next share.
             self.drive_bulk(lp, i, now);
@@ -377,7 +463,7 @@ impl Soak<'_> {
     fn begin_end(&mut self, lp: &mut EventLoop) {
         self.ending = true;
         let now = Instant::now();
-        for i in 0..BULK {
+        for i in 0..self.load.bulk {
             self.drive_bulk(lp, i, now);
         }
         for i in 0..IDLE {
@@ -394,12 +480,12 @@ impl Soak<'_> {
                 self.tally.fail(Failure::Stalled);
             }
         }
-        for i in 0..CHURN {
+        for i in 0..self.load.churn {
             if self.churn[i].is_some() {
                 self.end_churn(i, Err(Failure::Stalled));
             }
         }
-        for i in 0..BULK {
+        for i in 0..self.load.bulk {
             if let Some(b) = self.bulk[i].take() {
                 self.counts.bulk_bytes += b.conn.echoed();
                 self.retire(&b.conn, b.conn.echoed());
@@ -464,7 +550,8 @@ impl Soak<'_> {
         let linger = VANISH_MIN_MS + (h >> 20) % VANISH_SPREAD_MS;
         let source = self.ctx.cfg.source(attempt as usize);
         let base = stream_base(CHURN_IDS + attempt);
-        match open(lp, self.ctx.cfg.addr, source, CHURN_TOKENS + i, base) {
+        let token = self.load.churn_tokens() + i;
+        match open(lp, self.ctx.cfg.addr, source, token, base) {
             Ok(conn) => {
                 self.churn[i] = Some(Churn {
                     conn,
@@ -530,7 +617,7 @@ impl Soak<'_> {
             lp,
             self.ctx.cfg.addr,
             source,
-            BULK_TOKENS + i,
+            self.load.bulk_tokens() + i,
             stream_base(BULK_IDS + n),
         ) {
             Ok(conn) => {
@@ -547,7 +634,8 @@ impl Soak<'_> {
         let Some(b) = self.bulk[i].as_mut() else {
             return;
         };
-        let result = bulk_step(b, self.pattern, &mut lp.buf, now, self.ending);
+        let rate = self.load.bulk_rate;
+        let result = bulk_step(b, self.pattern, &mut lp.buf, now, rate, self.ending);
         let done = match result {
             Ok(false) => return,
             Ok(true) => Ok(()),
@@ -571,7 +659,7 @@ impl Soak<'_> {
             return;
         };
         for (k, &size) in UDP_SIZES.iter().enumerate() {
-            let token = Token(UDP_TOKENS + self.udp.len());
+            let token = Token(self.load.udp_tokens() + self.udp.len());
             let opened = super::udp::open(addr, 4 * (size + 1024)).and_then(|mut io| {
                 lp.poll
                     .registry()
@@ -711,12 +799,13 @@ fn churn_step(c: &mut Churn, pattern: &Pattern, buf: &mut [u8]) -> Result<bool, 
 
 /// Writes a bulk stream's paced share and reads what has come back; true
 /// once done: all [`BULK_BYTES`] echoed or, when `ending`, everything
-/// written so far.
+/// written so far. `rate`: bytes a second.
 fn bulk_step(
     b: &mut Bulk,
     pattern: &Pattern,
     buf: &mut [u8],
     now: Instant,
+    rate: u64,
     ending: bool,
 ) -> Result<bool, Failure> {
     let conn = &mut b.conn;
@@ -724,8 +813,86 @@ fn bulk_step(
         return Ok(false);
     }
     let end = if ending { conn.sent() } else { BULK_BYTES };
-    let paced =
-        BULK_BURST + (now.saturating_duration_since(b.started).as_secs_f64() * BULK_RATE) as u64;
-    conn.write_to(pattern, end.min(paced))?;
+    conn.write_to(
+        pattern,
+        end.min(paced(now.saturating_duration_since(b.started), rate)),
+    )?;
     Ok(conn.read_to(pattern, buf, end)? == Step::Done)
+}
+
+/// Bytes a bulk stream may have written `elapsed` into it at `rate` bytes a
+/// second: its share so far plus [`BULK_BURST`].
+fn paced(elapsed: Duration, rate: u64) -> u64 {
+    BULK_BURST.saturating_add((elapsed.as_secs_f64() * rate as f64) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_load_is_the_ci_mix() {
+        let d = Load::default();
+        assert_eq!((d.churn, d.churn_rate, d.bulk), (48, 200, 2));
+        assert_eq!(d.bulk_rate, 16 << 20);
+        // 100 idle + 48 churn + 2 bulk, and 4 UDP sockets.
+        assert_eq!(d.units(false), 150);
+        assert_eq!(d.units(true), 154);
+    }
+
+    #[test]
+    fn tokens_follow_the_runtime_counts() {
+        let l = Load {
+            churn: 500,
+            churn_rate: 5000,
+            bulk: 3,
+            bulk_rate: 1 << 20,
+        };
+        assert_eq!(l.slot(0), Slot::Idle(0));
+        assert_eq!(l.slot(IDLE - 1), Slot::Idle(IDLE - 1));
+        assert_eq!(l.slot(IDLE), Slot::Churn(0));
+        assert_eq!(l.slot(IDLE + 499), Slot::Churn(499));
+        assert_eq!(l.slot(IDLE + 500), Slot::Bulk(0));
+        assert_eq!(l.slot(IDLE + 502), Slot::Bulk(2));
+        assert_eq!(l.slot(IDLE + 503), Slot::Udp(0));
+        assert_eq!(l.units(true), IDLE + 503 + UDP_SIZES.len());
+        // Every token of every kind maps back to itself.
+        for t in 0..l.units(true) {
+            let back = match l.slot(t) {
+                Slot::Idle(i) => i,
+                Slot::Churn(i) => l.churn_tokens() + i,
+                Slot::Bulk(i) => l.bulk_tokens() + i,
+                Slot::Udp(i) => l.udp_tokens() + i,
+            };
+            assert_eq!(back, t);
+        }
+    }
+
+    #[test]
+    fn churn_pace_and_the_slots_it_needs() {
+        let l = Load {
+            churn_rate: 4000,
+            ..Load::default()
+        };
+        assert_eq!(l.churn_due(Duration::ZERO), 0);
+        assert_eq!(l.churn_due(Duration::from_millis(250)), 1000);
+        assert_eq!(l.churn_due(Duration::from_secs(300)), 1_200_000);
+        // A quarter of 4000/s held ~110 ms is ~110 at once; twice that.
+        assert_eq!(l.churn_needed(), 228);
+        assert!(Load::default().churn_needed() <= CHURN);
+    }
+
+    #[test]
+    fn bulk_pace_is_burst_plus_rate() {
+        assert_eq!(paced(Duration::ZERO, BULK_RATE), BULK_BURST);
+        assert_eq!(
+            paced(Duration::from_millis(500), BULK_RATE),
+            BULK_BURST + (8 << 20)
+        );
+        assert_eq!(
+            paced(Duration::from_secs(1), 64 << 20),
+            BULK_BURST + (64 << 20)
+        );
+        assert_eq!(paced(Duration::MAX, u64::MAX), u64::MAX);
+    }
 }

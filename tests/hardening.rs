@@ -266,15 +266,6 @@ fn a_low_process_limit_caps_threads_and_auto_serves_the_rest_on_event_loops() {
     assert!(!line.contains("for lack of threads"), "{line}");
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
-}
-
 fn a_stalled_reader_holds_bounded_memory_until_the_write_timeout(engine: Engine) {
     let mut server = Binary::spawn(&on_engine(engine, &["--write-timeout", "1", "0"]));
     let addr = server.tcp_addr();

@@ -233,25 +233,12 @@ fn a_huge_content_length_gets_405_and_the_process_lives() {
     )
     .unwrap();
     let response = read_all(&mut s);
-    assert!(response.starts_with("HTTP/1.1 405 "), "{response:?}");
-    assert!(
-        response.contains("\r\nAllow: GET, HEAD\r\n"),
-        "{response:?}"
-    );
+    assert_method_not_allowed(&response);
     drop(s);
     assert!(is_running(&mut server), "{:#?}", server.seen);
     assert_eq!(round_trip(connect(echo), b"alive".to_vec()), b"alive");
     assert_eq!(scrape(at)["echo_server_connections_accepted_total"], 1);
     server.stop();
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
 }
 
 /// A request line without end: answered 431 and closed after MAX_HEAD
@@ -398,11 +385,7 @@ fn methods_paths_head_and_malformed_requests() {
     s.write_all(b"POST /healthz HTTP/1.1\r\nContent-Length: 0\r\n\r\n")
         .unwrap();
     let response = read_all(&mut s);
-    assert!(response.starts_with("HTTP/1.1 405 "), "{response:?}");
-    assert!(
-        response.contains("\r\nAllow: GET, HEAD\r\n"),
-        "{response:?}"
-    );
+    assert_method_not_allowed(&response);
     assert_eq!(http(at, "GET /metricsz HTTP/1.1\r\n\r\n").0, 404);
     let mut s = connect(at);
     s.write_all(b"HEAD /metrics HTTP/1.1\r\n\r\n").unwrap();
@@ -457,4 +440,13 @@ fn connections_to_the_endpoint_start_no_threads() {
     );
     drop(open);
     server.stop();
+}
+
+/// A 405 that says which methods are allowed.
+fn assert_method_not_allowed(response: &str) {
+    assert!(response.starts_with("HTTP/1.1 405 "), "{response:?}");
+    assert!(
+        response.contains("\r\nAllow: GET, HEAD\r\n"),
+        "{response:?}"
+    );
 }

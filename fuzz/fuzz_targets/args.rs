@@ -25,6 +25,8 @@ fn render(args: &Args) -> Vec<String> {
         format!("--udp-buffer={}", args.udp_buffer),
         format!("--reclaim-idle={}", secs_or_off(args.reclaim_idle)),
         format!("--keepalive={}", secs_or_off(args.keepalive)),
+        format!("--backlog={}", args.backlog),
+        format!("--shutdown-grace={}", args.shutdown_grace.as_secs_f64()),
     ];
     if let Some(n) = args.udp_threads {
         line.push(format!("--udp-threads={n}"));
@@ -46,8 +48,11 @@ fn render(args: &Args) -> Vec<String> {
     if let Some(n) = args.max_per_source {
         line.push(format!("--max-per-source={n}"));
     }
-    if let Some(path) = &args.unix {
+    for path in &args.unix {
         line.push(format!("--unix={}", path.to_str().expect("parsed from UTF-8")));
+    }
+    if let Some(mode) = args.unix_mode {
+        line.push(format!("--unix-mode={mode:o}"));
     }
     for (on, flag) in [
         (args.udp, "--udp"),
@@ -98,7 +103,9 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(again.ports, args.ports);
     assert_eq!(again.bind, args.bind);
     assert_eq!(again.udp, args.udp);
-    assert_eq!(again.unix, args.unix);
+    assert_eq!((&again.unix, again.unix_mode), (&args.unix, args.unix_mode));
+    assert_eq!(again.backlog, args.backlog);
+    assert!(close(again.shutdown_grace, args.shutdown_grace));
     assert_eq!(again.max_connections, args.max_connections);
     assert_eq!(again.max_per_source, args.max_per_source);
     assert_eq!(

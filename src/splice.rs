@@ -21,9 +21,23 @@ pub(crate) enum Side {
     Write,
 }
 
-/// Echoes everything until end of file through a pipe. `received` is told
-/// of every chunk taken from the socket, `written` of every chunk sent back. Returns `Err((Side::Read, ErrorKind::Unsupported))`
-/// before consuming anything if this socket cannot be spliced.
+/// How a spliced echo ended, with the bytes it echoed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Spliced {
+    /// The client closed its side: everything is echoed.
+    Finished(u64),
+    /// Urgent data (kept inline) is next in the stream, and TCP will not
+    /// splice past the urgent mark: `splice` returns 0 as if at end of
+    /// file. Everything before the mark is echoed; the caller goes on with
+    /// plain reads, which do take the urgent byte.
+    AtUrgentMark(u64),
+}
+
+/// Echoes everything until end of file (or the urgent mark) through a
+/// pipe. `received` is told of every chunk taken from the socket, `written`
+/// of every chunk sent back. Returns `Err((Side::Read,
+/// ErrorKind::Unsupported))` before consuming anything if this socket cannot
+/// be spliced.
 ///
 /// `splice` into a socket does not take `MSG_NOSIGNAL`, so SIGPIPE is
 /// blocked in the calling thread first: a vanished client then shows as an
@@ -32,7 +46,7 @@ pub(crate) fn echo(
     socket: &Socket,
     mut received: impl FnMut(usize),
     mut written: impl FnMut(usize),
-) -> Result<u64, (Side, io::Error)> {
+) -> Result<Spliced, (Side, io::Error)> {
     block_sigpipe().map_err(|e| (Side::Read, e))?;
     let (pipe_out, pipe_in) = pipe().map_err(|e| (Side::Read, e))?;
     // SAFETY: fcntl on a pipe fd we own; failure only means a smaller pipe.
@@ -51,7 +65,9 @@ pub(crate) fn echo(
     let mut first = true;
     loop {
         let n = match splice(fd, pipe_in.as_raw_fd(), capacity) {
-            Ok(0) => return Ok(total),
+            // Also what TCP returns at the urgent mark: only a peek tells.
+            Ok(0) if at_end_of_file(socket) => return Ok(Spliced::Finished(total)),
+            Ok(0) => return Ok(Spliced::AtUrgentMark(total)),
             Ok(n) => n,
             Err(e) if first && e.raw_os_error() == Some(libc::EINVAL) => {
                 return Err((Side::Read, io::ErrorKind::Unsupported.into()))
@@ -71,6 +87,17 @@ pub(crate) fn echo(
         }
         total += n as u64;
     }
+}
+
+/// Whether the client has closed its side: a peek finds end of file, not
+/// a byte (an error or "would block" is not end of file either: the caller's
+/// plain reads will tell).
+fn at_end_of_file(socket: &Socket) -> bool {
+    let mut byte = [std::mem::MaybeUninit::<u8>::uninit()];
+    matches!(
+        socket.recv_with_flags(&mut byte, libc::MSG_PEEK | libc::MSG_DONTWAIT),
+        Ok(0)
+    )
 }
 
 /// One `splice` call, retried on `EINTR`.
@@ -149,10 +176,10 @@ mod tests {
         let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
         let engine = std::thread::spawn(move || {
             let mut sent = 0;
-            let total = echo(&server, |_| (), |n| sent += n)
+            let ended = echo(&server, |_| (), |n| sent += n)
                 .map_err(|(_, e)| e)
                 .unwrap();
-            (total, sent)
+            (ended, sent)
         });
         let mut reader = client.try_clone().unwrap();
         let collector = std::thread::spawn(move || {
@@ -162,12 +189,40 @@ mod tests {
         });
         client.write_all(&data).unwrap();
         client.shutdown(Shutdown::Write).unwrap();
-        let (total, sent) = engine.join().unwrap();
+        let (ended, sent) = engine.join().unwrap();
         // The engine returned: close the server side so the reader sees EOF.
-        assert_eq!((total, sent), (data.len() as u64, data.len()));
+        let n = data.len();
+        assert_eq!((ended, sent), (Spliced::Finished(n as u64), n));
         drop(client);
         let got = collector.join().unwrap();
         assert!(got.len() <= data.len() && got == data[..got.len()]);
+    }
+
+    /// TCP will not splice past urgent data: the echo stops there, having
+    /// echoed everything before it, and says so rather than taking the
+    /// stop for end of file (which lost the urgent byte and reset the
+    /// connection under the echo still owed).
+    #[test]
+    fn the_urgent_mark_stops_the_splice_without_losing_a_byte() {
+        let (mut client, server) = pair();
+        server.set_out_of_band_inline(true).unwrap();
+        client.write_all(&[5; 100_000]).unwrap();
+        socket2::SockRef::from(&client)
+            .send_out_of_band(b"U")
+            .unwrap();
+        let engine = std::thread::spawn(move || {
+            let ended = echo(&server, |_| (), |_| ()).map_err(|(_, e)| e).unwrap();
+            (ended, server)
+        });
+        let mut back = vec![0; 100_000];
+        client.read_exact(&mut back).unwrap();
+        assert!(back.iter().all(|&b| b == 5));
+        let (ended, server) = engine.join().unwrap();
+        assert_eq!(ended, Spliced::AtUrgentMark(100_000));
+        // The urgent byte is next, for a plain read.
+        let mut rest = [0u8; 8];
+        assert_eq!((&server).read(&mut rest).unwrap(), 1);
+        assert_eq!(rest[0], b'U');
     }
 
     /// `splice` into a dead socket raises SIGPIPE unless it is blocked: with

@@ -129,7 +129,13 @@ fn bulk(metered: &mut Metered<'_>, ctx: &Context) -> io::Result<u64> {
             },
         );
         match spliced {
-            Ok(n) => return Ok(n),
+            Ok(crate::splice::Spliced::Finished(n)) => return Ok(n),
+            // Plain reads take the urgent byte, and the rest.
+            Ok(crate::splice::Spliced::AtUrgentMark(n)) => {
+                let rest =
+                    echo::echo_with_buffer(metered, &mut vec![0u8; echo::DEFAULT_BUFFER_SIZE])?;
+                return Ok(n + rest);
+            }
             // Nothing consumed yet: the portable loop takes over.
             Err((_, e)) if e.kind() == ErrorKind::Unsupported => {}
             Err((side, e)) => {

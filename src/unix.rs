@@ -66,21 +66,37 @@ struct PathLock {
 }
 
 impl PathLock {
+    /// Times the lock file may be found replaced under us before giving
+    /// up: each needs another server to finish in between, so a few are
+    /// plenty, and a bound means a start-up can never spin.
+    const ATTEMPTS: usize = 8;
+
     fn take(socket: &Path) -> io::Result<PathLock> {
+        use std::os::unix::fs::OpenOptionsExt;
         let mut name = socket.as_os_str().to_owned();
         name.push(".lock");
         let path = PathBuf::from(name);
-        loop {
+        for _ in 0..Self::ATTEMPTS {
+            // Never through a symbolic link: whoever can write to the
+            // directory could otherwise make this process create (as its
+            // user, perhaps root) any file the link names.
             let file = File::options()
                 .read(true)
                 .write(true)
                 .create(true)
                 .truncate(false)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
                 .open(&path)
                 .map_err(|e| {
+                    let why = if e.raw_os_error() == Some(libc::ELOOP) {
+                        "it is a symbolic link, which is never followed".to_owned()
+                    } else {
+                        e.to_string()
+                    };
                     io::Error::new(
                         e.kind(),
-                        format!("cannot open the lock file {}: {e}", path.display()),
+                        format!("cannot open the lock file {}: {why}", path.display()),
                     )
                 })?;
             match file.try_lock() {
@@ -107,6 +123,13 @@ impl PathLock {
                 return Ok(PathLock { path, _file: file });
             }
         }
+        Err(io::Error::new(
+            ErrorKind::AddrInUse,
+            format!(
+                "{} keeps being replaced (servers starting and stopping on this socket)",
+                path.display()
+            ),
+        ))
     }
 }
 

@@ -337,6 +337,26 @@ fn a_unix_path_being_taken_by_another_server_is_left_alone() {
     );
 }
 
+/// A lock path that is a symbolic link is never followed: the server
+/// would otherwise create whatever file the link names (as its user, maybe
+/// root), and the inode check that follows never matched, so it spun at
+/// 100% of a core without ever listening (found by the outside review).
+#[test]
+fn a_lock_file_that_is_a_symbolic_link_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("e.sock");
+    let victim = dir.path().join("victim");
+    std::os::unix::fs::symlink(&victim, dir.path().join("e.sock.lock")).unwrap();
+    let (status, err) = run_binary(&["--unix", path.to_str().unwrap()]);
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("e.sock.lock") && err.contains("symbolic link"),
+        "{err}"
+    );
+    assert!(!victim.exists(), "the link's target was created");
+    assert!(!path.exists(), "nothing was bound");
+}
+
 /// `--backlog N` reaches `listen(2)` (read back with `ss`, which shows a
 /// listener's backlog as its Send-Q).
 #[test]

@@ -12,8 +12,10 @@ pub enum Refusal {
     /// From a privileged port (below 1024): answering could start an endless
     /// loop with another UDP service such as echo, chargen or daytime.
     PrivilegedPort,
-    /// From a broadcast, multicast or unspecified address: no real host
-    /// sends from those, so the source is forged.
+    /// From a broadcast, multicast or unspecified address, or from the
+    /// receiving socket's own address and port: no real host sends from
+    /// those, so the source is forged (or the datagram is a reply that came
+    /// back, which answered would loop forever).
     InvalidSource,
     /// The source's network has used up its rate limit.
     RateLimited,
@@ -63,9 +65,62 @@ pub fn check_source(source: SocketAddr) -> Result<(), Refusal> {
     }
 }
 
+/// Whether `source` is the very socket that received its datagram: the
+/// socket's own port, at the address the datagram was sent to (`arrival`,
+/// where known) or the address the socket is bound to. The socket never
+/// sends anything but replies, so such a datagram is forged, or a reply
+/// that came back: answering it would echo it to itself until the rate
+/// limit ran dry. Bound to a wildcard address with no arrival address
+/// known, any loopback address counts as its own.
+pub(crate) fn is_own_address(
+    source: SocketAddr,
+    local: SocketAddr,
+    arrival: Option<IpAddr>,
+) -> bool {
+    let (source, local) = (normalize(source), normalize(local));
+    if source.port() != local.port() {
+        return false;
+    }
+    let unmapped = |ip: IpAddr| normalize(SocketAddr::new(ip, 0)).ip();
+    match arrival.map(unmapped) {
+        Some(arrival) => source.ip() == arrival,
+        None if local.ip().is_unspecified() => source.ip().is_loopback(),
+        None => source.ip() == local.ip(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_datagram_from_the_socket_itself_is_told_apart() {
+        let at = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        let bound = at("127.0.0.1:7007");
+        assert!(is_own_address(at("127.0.0.1:7007"), bound, None));
+        assert!(is_own_address(at("[::ffff:127.0.0.1]:7007"), bound, None));
+        assert!(!is_own_address(at("127.0.0.1:7008"), bound, None));
+        assert!(!is_own_address(at("127.0.0.2:7007"), bound, None));
+        let wildcard = at("[::]:7007");
+        assert!(is_own_address(
+            at("10.0.0.5:7007"),
+            wildcard,
+            ip("10.0.0.5")
+        ));
+        assert!(is_own_address(
+            at("10.0.0.5:7007"),
+            wildcard,
+            ip("::ffff:10.0.0.5")
+        ));
+        assert!(!is_own_address(
+            at("10.0.0.6:7007"),
+            wildcard,
+            ip("10.0.0.5")
+        ));
+        assert!(is_own_address(at("[::1]:7007"), wildcard, None));
+        assert!(!is_own_address(at("10.0.0.6:7007"), wildcard, None));
+    }
 
     fn refusal(s: &str) -> Result<(), Refusal> {
         check_source(s.parse().unwrap())

@@ -89,16 +89,6 @@ fn set_rlimit(resource: libc::__rlimit_resource_t, n: u64) -> std::io::Result<()
     Ok(())
 }
 
-/// Whether to skip a test that needs root to `why`; says so if it does.
-fn skip_unless_root(why: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root {
-        eprintln!("skipped: needs root to {why}");
-    }
-    !root
-}
-
 fn out_of_file_descriptors_resets_extra_clients_and_recovers(engine: Engine) {
     let mut server = spawn_limited(&on_engine(engine, &["0"]), || {
         set_rlimit(libc::RLIMIT_NOFILE, 16)

@@ -465,3 +465,70 @@ engine_tests! {
     urgent_data_is_echoed_inline_and_in_order,
     adopted_non_blocking_sockets_are_served_without_spinning,
 }
+
+/// One forged datagram whose source is the server's own address and port
+/// (a raw socket writes the UDP header; the kernel fills in 127.0.0.1)
+/// made the server echo to itself until its budget ran dry: 134,405
+/// replies to one datagram. It is refused as a forged source, counted,
+/// and the server goes on answering everyone else.
+#[test]
+fn a_datagram_from_the_server_itself_is_not_answered() {
+    if skip_unless_root("forge a UDP source port with a raw socket") {
+        return;
+    }
+    let mut server = Binary::spawn(&["--udp", "0"]);
+    let addr: SocketAddr = server.listening("udp").parse().unwrap();
+    let port = addr.port().to_be_bytes();
+    let payload = b"loop";
+    let len = (8 + payload.len() as u16).to_be_bytes();
+    // Source port, destination port, length, no checksum (IPv4 allows it).
+    let mut datagram = [port, port, len, [0, 0]].concat();
+    datagram.extend_from_slice(payload);
+    // SAFETY: a raw socket, a sockaddr_in for 127.0.0.1 and a buffer of the
+    // given length; the descriptor is closed at the end.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_UDP);
+        assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+        let to = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: 0,
+            sin_addr: libc::in_addr {
+                s_addr: u32::from_ne_bytes([127, 0, 0, 1]),
+            },
+            sin_zero: [0; 8],
+        };
+        let sent = libc::sendto(
+            fd,
+            datagram.as_ptr().cast(),
+            datagram.len(),
+            0,
+            (&to as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        );
+        assert_eq!(
+            sent,
+            datagram.len() as isize,
+            "{}",
+            std::io::Error::last_os_error()
+        );
+        libc::close(fd);
+    }
+    // Counted once it is judged (SIGUSR1 logs the counters).
+    let start = Instant::now();
+    loop {
+        server.signal(libc::SIGUSR1);
+        let stats = server.expect_line("the counters", |l| l.starts_with("stats: "));
+        if stats.contains("1 from invalid sources") {
+            break;
+        }
+        assert!(start.elapsed() < DEADLINE, "{stats}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Everyone else is still answered.
+    let c = udp_client(addr, DEADLINE);
+    assert_eq!(udp_round_trip(&c, b"me").as_deref(), Some(&b"me"[..]));
+    server.stop();
+    let summary = server.summary();
+    assert!(summary.contains("; 1 datagrams echoed"), "{summary}");
+    assert!(summary.contains("1 from invalid sources"), "{summary}");
+}

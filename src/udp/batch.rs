@@ -4,7 +4,7 @@
 //! time. Either way each datagram keeps its own source, arrival address and
 //! length, and each reply goes to its own source.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 /// Datagrams received (and replies sent) per system call at most.
 #[cfg(target_os = "linux")]
@@ -26,6 +26,9 @@ pub(crate) struct Datagram<'a> {
     /// none of it is used, so the drop count waits for the next datagram
     /// and the reply leaves from the socket's own address.
     pub(crate) control_truncated: bool,
+    /// The address it was sent to, where the OS says (`IP_PKTINFO` on a
+    /// wildcard bind).
+    pub(crate) arrival: Option<IpAddr>,
 }
 
 /// The replies to one batch, in one buffer: for each, the index of the
@@ -93,7 +96,7 @@ mod linux {
     use socket2::Socket;
     use std::io;
     use std::mem::{self, size_of};
-    use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
+    use std::net::{IpAddr, SocketAddr, SocketAddrV4, SocketAddrV6};
     use std::os::fd::AsRawFd;
     use std::ptr;
 
@@ -217,6 +220,10 @@ mod linux {
                 source: socket_addr(&self.names[i], hdr.msg_namelen),
                 drops: control.drops,
                 control_truncated,
+                arrival: control.arrival.map(|a| match a {
+                    Arrival::V4(ip) => IpAddr::from(ip),
+                    Arrival::V6(ip, _) => IpAddr::from(ip),
+                }),
             }
         }
 
@@ -675,6 +682,7 @@ mod portable {
                 source: self.from.as_ref().and_then(SockAddr::as_socket),
                 drops: None,
                 control_truncated: false,
+                arrival: None,
             }
         }
 

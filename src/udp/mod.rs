@@ -15,6 +15,7 @@ mod batch;
 use crate::context::Context;
 use crate::listener::{self, ListenAddr, POLL};
 use crate::settings::UdpSettings;
+use crate::source::is_own_address;
 pub use crate::source::{check_source, normalize, Refusal};
 use crate::stats::Counters;
 use batch::{Batch, Replies};
@@ -228,6 +229,10 @@ fn serve_socket(socket: &Socket, addr: &ListenAddr, reply_from_arrival: bool, ct
     // Each datagram of a batch: its source, length and verdict so far.
     let mut verdicts: Vec<Judged> = Vec::with_capacity(batch::BATCH);
     let mut truncated_controls: u64 = 0;
+    let own = match addr {
+        ListenAddr::Udp(local) => Some(*local),
+        _ => None,
+    };
     while !ctx.shutdown.is_requested() {
         let received = match batch.recv(socket) {
             Ok(n) => n,
@@ -269,6 +274,9 @@ fn serve_socket(socket: &Socket, addr: &ListenAddr, reply_from_arrival: bool, ct
                 let len = datagram.data.len();
                 let verdict = if len > settings.max_datagram {
                     Err(Refusal::Truncated)
+                } else if own.is_some_and(|own| is_own_address(source, own, datagram.arrival)) {
+                    // Whatever the filter: an echo to itself never ends.
+                    Err(Refusal::InvalidSource)
                 } else if settings.filter_sources {
                     check_source(source)
                 } else {

@@ -508,3 +508,14 @@ pub fn rss_kib(pid: u32) -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .expect("VmRSS")
 }
+
+/// Whether to skip a test that needs root to `why`; says so if it does.
+#[cfg(unix)]
+pub fn skip_unless_root(why: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        eprintln!("skipped: needs root to {why}");
+    }
+    !root
+}

@@ -22,9 +22,12 @@
 //!   pool of blocking handler threads would not do: a handful of idle
 //!   clients would occupy every handler and the scrape would queue behind
 //!   them. When every slot is taken, a new connection takes the slot of the
-//!   oldest one: a scrape is answered in a millisecond, so only a client
-//!   that has been stalling loses its slot, and a flood of idle connections
-//!   cannot lock a scrape out.
+//!   oldest connection of the address that holds the most: a scrape is
+//!   answered in a millisecond, so only a client that has been stalling
+//!   loses its slot, and a flood of connections from one address displaces
+//!   its own, not a scraper's. (From the scraper's own address, a flood of
+//!   about a thousand connections a second still starves it: keep the
+//!   endpoint on an address only the scraper reaches.)
 //! - **A request head of at most [`MAX_HEAD`] bytes** (431 beyond), parsed
 //!   by `httparse` in place; a body is never read: every answer says
 //!   `Connection: close` and the connection ends after it, so a declared
@@ -393,20 +396,17 @@ impl Endpoint {
         let slot = match self.slots.iter().position(Option::is_none) {
             Some(free) => free,
             None => {
-                // Full: the oldest connection makes room (see the module
+                // Full: a connection makes room (see the module
                 // documentation).
-                let oldest = self
-                    .slots
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(i, c)| c.as_ref().map(|c| (c.number, i)))
-                    .min()
-                    .map_or(0, |(_, i)| i);
-                if let Some(c) = &self.slots[oldest] {
-                    log::debug!("metrics endpoint full: closing {}, the oldest", c.peer);
+                let victim = victim(&self.slots);
+                if let Some(c) = &self.slots[victim] {
+                    log::debug!(
+                        "metrics endpoint full: closing {}, the oldest of its address",
+                        c.peer
+                    );
                 }
-                self.close(oldest);
-                oldest
+                self.close(victim);
+                victim
             }
         };
         let token = Token(FIRST + slot);
@@ -463,6 +463,22 @@ impl Endpoint {
         let conns = self.slots.iter().flatten().map(|c| c.deadline);
         conns.chain(self.accept_paused_until).min()
     }
+}
+
+/// Which connection of a full endpoint gives up its slot: the oldest of
+/// the address that holds the most slots. A flood of connections from one
+/// address then only ever displaces its own, and a scraper elsewhere keeps
+/// its slot; from one address (loopback), it is the oldest.
+fn victim(slots: &[Option<Conn>]) -> usize {
+    let ip = |c: &Conn| crate::source::normalize(c.peer).ip();
+    let held = |addr| slots.iter().flatten().filter(|c| ip(c) == addr).count();
+    slots
+        .iter()
+        .enumerate()
+        .filter_map(|(i, c)| c.as_ref().map(|c| (i, c)))
+        // Most slots held first, then the oldest (smallest number).
+        .min_by_key(|(_, c)| (std::cmp::Reverse(held(ip(c))), c.number))
+        .map_or(0, |(i, _)| i)
 }
 
 impl Conn {

@@ -173,6 +173,44 @@ fn a_full_endpoint_gives_the_oldest_slot_to_a_new_client() {
     );
 }
 
+/// A flood of connections from one address displaces its own oldest, not
+/// a client of another address that came first: a scraper keeps its slot
+/// however fast another address connects (a flood of ~900 connections a
+/// second once stopped every scrape).
+#[test]
+fn a_flood_from_one_address_displaces_only_its_own_connections() {
+    let server = TestServer::loopback(Engine::Events);
+    let metrics = MetricsServer::start(([127, 0, 0, 1], 0).into(), server.handle.clone()).unwrap();
+    let at = metrics.local_addr();
+    let from = |last: u8| {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        s.bind(&SocketAddr::from(([127, 0, 0, last], 0)).into())
+            .unwrap();
+        s.connect_timeout(&at.into(), DEADLINE).unwrap();
+        let s = TcpStream::from(s);
+        s.set_read_timeout(Some(DEADLINE)).unwrap();
+        s
+    };
+    // The scraper is the oldest connection of all.
+    let mut scraper = from(1);
+    assert_eq!(http(at, "GET /healthz HTTP/1.1\r\n\r\n").0, 200);
+    let mut flood: Vec<TcpStream> = Vec::new();
+    for _ in 0..3 * MAX_CONNECTIONS {
+        flood.push(from(2));
+    }
+    // The last of the flood is surely admitted once this is answered.
+    let mut probe = from(2);
+    probe.write_all(b"GET /healthz HTTP/1.1\r\n\r\n").unwrap();
+    assert!(read_all(&mut probe).starts_with("HTTP/1.1 200 "));
+    scraper.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").unwrap();
+    let answer = read_all(&mut scraper);
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer:?}");
+    assert!(
+        is_closed(&mut flood[0], DEADLINE),
+        "the flood's oldest kept its slot"
+    );
+}
+
 /// A silent client and one sending a byte every half second are each closed
 /// once TIMEOUT has passed without a whole request head.
 #[test]

@@ -116,6 +116,7 @@ impl Default for ServerBuilder {
                 thread_connections: DEFAULT_THREAD_CONNECTIONS,
                 max_threads: None,
                 reserved_threads: 1,
+                reserved_descriptors: 0,
                 udp: UdpSettings {
                     filter_sources: true,
                     rate_limit: Some(RateLimit::default()),
@@ -369,6 +370,14 @@ impl ServerBuilder {
         self
     }
 
+    /// Descriptors the program opens beside the server (such as the
+    /// metrics endpoint's connections), which the connection limit leaves
+    /// room for. Default 0.
+    pub fn reserve_descriptors(mut self, descriptors: usize) -> Self {
+        self.settings.reserved_descriptors = descriptors;
+        self
+    }
+
     /// Listen backlog for listeners this builder binds. Default
     /// [`DEFAULT_BACKLOG`].
     pub fn backlog(mut self, backlog: i32) -> Self {
@@ -449,6 +458,7 @@ impl ServerBuilder {
         if listeners.iter().any(|l| matches!(l, Listener::Datagram(_))) {
             warn_of_small_bursts(&self.settings.udp);
         }
+        let max_connections = descriptor_plan(max_connections, &self.settings);
         let short = listeners.iter().find_map(|l| match l {
             Listener::Datagram(d) => d.short_buffer,
             Listener::Stream(_) => None,
@@ -526,6 +536,35 @@ impl ServerBuilder {
         );
         serving
     }
+}
+
+/// The connection limit within the descriptors left once the listeners are
+/// bound (each connection takes one), lowered with a warning when it is
+/// above: past it, new clients would be reset for want of a descriptor, and
+/// the server's own needs (event loops, the metrics endpoint) would fail.
+fn descriptor_plan(max_connections: usize, settings: &Settings) -> usize {
+    // Each event loop opens its poll and wake-up descriptors when it starts.
+    let loops = match settings.engine {
+        Engine::Threads => 0,
+        _ => crate::settings::per_core(settings.event_loops),
+    };
+    let reserved = (2 * loops + settings.reserved_descriptors) as u64;
+    let Some(budget) = crate::descriptor_budget::DescriptorBudget::of_this_process(reserved) else {
+        return max_connections;
+    };
+    let allowed = usize::try_from(budget.connections).unwrap_or(usize::MAX);
+    if max_connections <= allowed {
+        return max_connections;
+    }
+    let serving = allowed.max(1);
+    log::warn!(
+        "serving at most {serving} connections at once, not {max_connections}: the \
+         descriptor limit (RLIMIT_NOFILE) is {}, and the server keeps some for itself \
+         (raise it with `ulimit -n`, or LimitNOFILE= in a systemd unit); clients beyond \
+         that wait",
+        budget.limit
+    );
+    serving
 }
 
 /// One line at start-up when a UDP burst is below what the largest datagram

@@ -442,6 +442,11 @@ impl Args {
                 2 + usize::from(self.stats_interval.is_some())
                     + self.metrics.map_or(0, |_| crate::metrics::THREADS),
             )
+            // The metrics endpoint's connections and its listener.
+            .reserve_descriptors(
+                self.metrics
+                    .map_or(0, |_| crate::metrics::MAX_CONNECTIONS + 2),
+            )
             .idle_timeout(self.idle_timeout)
             .write_timeout((!self.no_write_timeout).then_some(self.write_timeout))
             .max_per_source(self.max_per_source)

@@ -40,6 +40,7 @@
 
 // Layers, bottom up; a module imports only from layers below it.
 // 1. The echo core and plain values: no other module of the crate.
+mod descriptor_budget;
 mod echo;
 mod escape;
 mod fault;

@@ -84,6 +84,9 @@ pub(crate) struct Settings {
     pub(crate) max_threads: Option<usize>,
     /// Threads the embedding program runs, left out of the thread budget.
     pub(crate) reserved_threads: usize,
+    /// Descriptors the program will open beside the server's (the metrics
+    /// endpoint's connections), which the connection limit leaves room for.
+    pub(crate) reserved_descriptors: usize,
     pub(crate) udp: UdpSettings,
 }
 

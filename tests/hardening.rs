@@ -89,11 +89,30 @@ fn set_rlimit(resource: libc::__rlimit_resource_t, n: u64) -> std::io::Result<()
     Ok(())
 }
 
+/// Lowers the descriptor limit of a running process: the server sized its
+/// connection limit to the descriptors it had at start-up, and this takes
+/// them away, as other descriptors in use could.
+fn lower_nofile(pid: u32, n: u64) {
+    let lim = libc::rlimit {
+        rlim_cur: n,
+        rlim_max: n,
+    };
+    // SAFETY: prlimit on a child this test owns, reading the struct passed.
+    let done = unsafe {
+        libc::prlimit(
+            pid as libc::pid_t,
+            libc::RLIMIT_NOFILE,
+            &lim,
+            std::ptr::null_mut(),
+        )
+    };
+    assert_eq!(done, 0, "prlimit: {}", std::io::Error::last_os_error());
+}
+
 fn out_of_file_descriptors_resets_extra_clients_and_recovers(engine: Engine) {
-    let mut server = spawn_limited(&on_engine(engine, &["0"]), || {
-        set_rlimit(libc::RLIMIT_NOFILE, 16)
-    });
+    let mut server = spawn_limited(&on_engine(engine, &["0"]), || Ok(()));
     let addr = server.tcp_addr();
+    lower_nofile(server.child.id(), 16);
     let mut served = Vec::new();
     let mut refused = 0;
     for _ in 0..24 {
@@ -134,6 +153,55 @@ fn out_of_file_descriptors_resets_extra_clients_and_recovers(engine: Engine) {
 /// The server as user `stranger(who)` with `RLIMIT_NPROC` at `nproc`: a
 /// user that may run only a handful of threads (root is not held to the
 /// limit).
+/// At start-up the connection limit is lowered to what the descriptor
+/// limit allows, with a warning naming it, so clients beyond it wait in the
+/// backlog instead of being reset, and the metrics endpoint keeps the
+/// descriptors it needs: /healthz answers while every slot is taken.
+fn the_descriptor_limit_caps_connections_and_keeps_room_for_metrics(engine: Engine) {
+    let mut server = spawn_limited(&on_engine(engine, &["--metrics", "0", "0"]), || {
+        set_rlimit(libc::RLIMIT_NOFILE, 96)
+    });
+    let addr = server.tcp_addr();
+    let line = server.expect_line("the metrics line", |l| l.starts_with("metrics on http://"));
+    let metrics: std::net::SocketAddr = line["metrics on http://".len()..]
+        .trim_end_matches("/metrics")
+        .parse()
+        .unwrap();
+    let warning = server.line_containing("descriptor limit (RLIMIT_NOFILE) is 96");
+    let cap: usize = warning
+        .split_whitespace()
+        .skip_while(|w| *w != "most")
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no number in {warning}"));
+    assert!((1..96).contains(&cap), "{warning}");
+    // More clients than slots: those beyond wait, none is reset.
+    let mut clients: Vec<TcpStream> = (0..cap + 10).map(|_| connect(addr)).collect();
+    for (i, c) in clients.iter_mut().take(cap).enumerate() {
+        c.write_all(&[i as u8]).unwrap();
+        assert_eq!(read_n(c, 1), [i as u8], "client {i}");
+    }
+    // Every slot taken: the probe is still answered.
+    let mut probe = connect(metrics);
+    probe.write_all(b"GET /healthz HTTP/1.1\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    probe.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer:?}");
+    // As slots free, the waiting ones are served.
+    clients.drain(..10);
+    for (i, c) in clients.iter_mut().skip(cap - 10).enumerate() {
+        c.write_all(b"w").unwrap();
+        assert_eq!(read_n(c, 1), b"w", "waiting client {i}");
+    }
+    drop(clients);
+    server.stop();
+    assert!(
+        !server.logged("reset for lack of file descriptors"),
+        "{}",
+        server.summary()
+    );
+}
+
 fn spawn_as_a_stranger_with_nproc(who: u32, args: &[&str], nproc: u64) -> Binary {
     let id = stranger(who);
     spawn_limited(args, move || {
@@ -630,6 +698,7 @@ print("ok")
 engine_tests! {
     a_silent_crowd_cannot_lock_a_full_server,
     out_of_file_descriptors_resets_extra_clients_and_recovers,
+    the_descriptor_limit_caps_connections_and_keeps_room_for_metrics,
     a_stalled_reader_holds_bounded_memory_until_the_write_timeout,
     a_client_that_sends_256_mib_before_reading_gets_it_all_back,
     a_storm_of_resets_and_silent_clients_disturbs_no_one,

@@ -580,7 +580,69 @@ impl From<std::io::Error> for Failure {
     }
 }
 
+/// The server the signal handlers act on, once it is built. The handlers
+/// are installed before anything is bound, so that a signal during
+/// start-up is a clean stop (exit 0, nothing left behind) rather than the
+/// default action; one that comes before the server exists stops it as
+/// soon as it does.
+#[derive(Debug, Default)]
+struct SignalTarget {
+    server: std::sync::Mutex<Option<crate::ServerHandle>>,
+    /// SIGINT/SIGTERM/SIGHUP received so far.
+    stops: AtomicUsize,
+}
+
+impl SignalTarget {
+    fn server(&self) -> Option<crate::ServerHandle> {
+        self.server
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The server is built: from now on a stop signal stops it, and one
+    /// that came already does.
+    fn attach(&self, handle: crate::ServerHandle) {
+        *self
+            .server
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(handle.clone());
+        if self.stops.load(Ordering::SeqCst) > 0 {
+            handle.shutdown();
+        }
+    }
+
+    /// A stop signal: the first stops the server (now, or once it is
+    /// built); returns `false` for a second one, which means exit at once.
+    fn stop(&self) -> bool {
+        if self.stops.fetch_add(1, Ordering::SeqCst) > 0 {
+            return false;
+        }
+        log::info!("shutting down: finishing open connections (signal again to force)");
+        if let Some(handle) = self.server() {
+            handle.shutdown();
+        }
+        true
+    }
+
+    fn install(self: &std::sync::Arc<Self>) -> std::io::Result<()> {
+        let target = std::sync::Arc::clone(self);
+        ctrlc::set_handler(move || {
+            if !target.stop() {
+                log::warn!("second signal: exiting at once");
+                std::process::exit(130);
+            }
+        })
+        .map_err(|e| std::io::Error::other(format!("cannot install signal handler: {e}")))?;
+        log_stats_on_sigusr1(self);
+        Ok(())
+    }
+}
+
 fn serve(args: &Args) -> Result<(), Failure> {
+    // Before anything is bound: see `SignalTarget`.
+    let signals = std::sync::Arc::new(SignalTarget::default());
+    signals.install()?;
     #[cfg(unix)]
     let inherited = crate::activation::systemd_sockets()?;
     #[cfg(not(unix))]
@@ -603,21 +665,7 @@ fn serve(args: &Args) -> Result<(), Failure> {
         Some(addr) => Some(crate::metrics::MetricsServer::start(addr, server.handle())?),
         None => None,
     };
-    // Signals are handled from here on: once a `listening on` line is out,
-    // SIGTERM means a clean shutdown, never the default action.
-    let handle = server.handle();
-    let signals = AtomicUsize::new(0);
-    ctrlc::set_handler(move || {
-        if signals.fetch_add(1, Ordering::SeqCst) == 0 {
-            log::info!("shutting down: finishing open connections (signal again to force)");
-            handle.shutdown();
-        } else {
-            log::warn!("second signal: exiting at once");
-            std::process::exit(130);
-        }
-    })
-    .map_err(|e| std::io::Error::other(format!("cannot install signal handler: {e}")))?;
-    log_stats_on_sigusr1(&server.handle());
+    signals.attach(server.handle());
     for addr in server.listen_addrs() {
         // Not through the logger: this line is the start-up contract and is
         // printed even with --quiet.
@@ -669,15 +717,18 @@ fn serve(args: &Args) -> Result<(), Failure> {
 /// SIGUSR1 logs the counters and changes nothing else (xinetd's
 /// convention). The signal handler only wakes a thread, which logs.
 #[cfg(unix)]
-fn log_stats_on_sigusr1(handle: &crate::ServerHandle) {
+fn log_stats_on_sigusr1(target: &std::sync::Arc<SignalTarget>) {
     let signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGUSR1]);
-    let handle = handle.clone();
+    let target = std::sync::Arc::clone(target);
     let started = signals.and_then(|mut signals| {
         std::thread::Builder::new()
             .name("echo-sigusr1".to_owned())
             .spawn(move || {
                 for _ in signals.forever() {
-                    log::info!("stats: {}", handle.stats());
+                    // Before the server exists there is nothing to log.
+                    if let Some(handle) = target.server() {
+                        log::info!("stats: {}", handle.stats());
+                    }
                 }
             })
     });
@@ -687,7 +738,7 @@ fn log_stats_on_sigusr1(handle: &crate::ServerHandle) {
 }
 
 #[cfg(not(unix))]
-fn log_stats_on_sigusr1(_: &crate::ServerHandle) {}
+fn log_stats_on_sigusr1(_: &std::sync::Arc<SignalTarget>) {}
 
 /// Thread-per-connection needs one descriptor per client: lift the soft
 /// `RLIMIT_NOFILE` (often 1024) to the hard limit, as most servers do.
@@ -831,6 +882,25 @@ impl log::Log for Logger {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A stop signal before the server exists stops it as soon as it is
+    /// attached; one after stops it at once; a second asks to exit.
+    #[test]
+    fn a_stop_signal_reaches_the_server_whenever_it_comes() {
+        let built = || Server::builder().tcp(([127, 0, 0, 1], 0)).build().unwrap();
+        let early = SignalTarget::default();
+        assert!(early.stop(), "the first signal stops");
+        let server = built();
+        early.attach(server.handle());
+        assert!(server.handle().is_shutdown(), "a signal before start-up");
+        assert!(!early.stop(), "a second signal exits");
+        let late = SignalTarget::default();
+        let server = built();
+        late.attach(server.handle());
+        assert!(!server.handle().is_shutdown());
+        assert!(late.stop());
+        assert!(server.handle().is_shutdown(), "a signal while serving");
+    }
 
     fn parse(args: &[&str]) -> Result<Args, clap::Error> {
         Args::try_parse_from(std::iter::once("echo-server").chain(args.iter().copied()))

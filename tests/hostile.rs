@@ -532,3 +532,49 @@ fn a_datagram_from_the_server_itself_is_not_answered() {
     assert!(summary.contains("; 1 datagrams echoed"), "{summary}");
     assert!(summary.contains("1 from invalid sources"), "{summary}");
 }
+
+/// Whether process `pid` catches `signal` (its `SigCgt` mask says so).
+fn catches(pid: u32, signal: i32) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return false;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigCgt:"))
+        .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        .is_some_and(|mask| mask & (1 << (signal - 1)) != 0)
+}
+
+/// SIGTERM during start-up, as soon as the process catches it (before it
+/// has bound anything, or while it binds): a clean stop, exit 0, with no
+/// socket or lock file left behind. (The handlers were installed only
+/// after binding: a signal then killed it and left both.)
+#[test]
+fn sigterm_during_start_up_is_a_clean_stop() {
+    for round in 0..5 {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("early.sock");
+        let mut server = Binary::spawn(&["--unix", path.to_str().unwrap(), "0"]);
+        let pid = server.child.id();
+        let start = Instant::now();
+        while !catches(pid, libc::SIGTERM) {
+            assert!(
+                start.elapsed() < DEADLINE,
+                "round {round}: SIGTERM never caught"
+            );
+            std::thread::yield_now();
+        }
+        server.signal(libc::SIGTERM);
+        assert_eq!(
+            server.wait_exit().code(),
+            Some(0),
+            "round {round}: {:#?}",
+            server.seen
+        );
+        assert!(!path.exists(), "round {round}: the socket file was left");
+        assert!(
+            !dir.path().join("early.sock.lock").exists(),
+            "round {round}: the lock file was left"
+        );
+    }
+}

@@ -10,7 +10,8 @@
 //! | anything else | 404 |
 //!
 //! Only `GET` and `HEAD` are answered (405 with `Allow: GET, HEAD`
-//! otherwise); a query string (`/metrics?x=1`) is ignored.
+//! otherwise); a query string (`/metrics?x=1`) is ignored, and the
+//! absolute form (`http://host/metrics`) names the same paths.
 //!
 //! The endpoint faces the same clients as the echo port, so it is bounded
 //! in every resource a client could make it spend:
@@ -222,6 +223,16 @@ fn route(request: &httparse::Request<'_, '_>, stats: &Stats, ready: bool) -> Ans
     let method = request.method.unwrap_or_default();
     let target = request.path.unwrap_or_default();
     let path = target.split_once('?').map_or(target, |(path, _)| path);
+    // The absolute form (`http://host/metrics`), which a server must accept
+    // (RFC 9112, 3.2.2) and proxies send: the path is what follows the
+    // authority.
+    let path = match path
+        .strip_prefix("http://")
+        .or_else(|| path.strip_prefix("https://"))
+    {
+        Some(rest) => rest.find('/').map_or("/", |at| &rest[at..]),
+        None => path,
+    };
     let head_only = match method {
         "GET" => false,
         "HEAD" => true,
@@ -694,6 +705,11 @@ mod tests {
         assert_eq!(status, 404);
         assert!(r.starts_with("HTTP/1.1 404 Not Found\r\n"), "{r}");
         assert_eq!(ask("GET /metrics/ HTTP/1.1\r\n\r\n").0, 404);
+        // The absolute form names the same paths.
+        assert_eq!(ask("GET http://host:9707/metrics HTTP/1.1\r\n\r\n").0, 200);
+        assert_eq!(ask("GET https://h/readyz?x HTTP/1.1\r\n\r\n").0, 200);
+        assert_eq!(ask("GET http://host HTTP/1.1\r\n\r\n").0, 404);
+        assert_eq!(ask("GET http://evil/nope HTTP/1.1\r\n\r\n").0, 404);
     }
 
     #[test]

@@ -179,9 +179,9 @@ fn adopted_non_blocking_sockets_are_served_without_spinning(engine: Engine) {
     let start = Instant::now();
     std::thread::sleep(Duration::from_secs(2));
     let used = cpu_ticks(pid) - before;
-    // A tenth of the wall time (ticks are 1/100 s): far above what an idle
-    // server takes, far below a spinning loop.
-    let allowed = start.elapsed().as_millis() as u64 / 100;
+    // 5% of the wall time (ticks are 1/100 s): far above what an idle
+    // server takes (nothing), far below a spinning loop (98%).
+    let allowed = start.elapsed().as_millis() as u64 / 200;
     assert!(used <= allowed, "the idle server used {used} ticks in 2 s");
     assert_eq!(round_trip(connect(tcp_addr), b"tcp".to_vec()), b"tcp");
     let c = udp_client(udp_addr, DEADLINE);

@@ -436,10 +436,12 @@ impl Args {
             .thread_connections(self.thread_connections)
             .event_loops(self.event_loops.unwrap_or(0))
             .max_threads(self.max_threads)
-            // SIGINT/SIGTERM (ctrlc), SIGUSR1 and --stats-interval each
-            // take a thread, and --metrics its own.
+            // --stats-interval and --metrics each start a thread after the
+            // budget is worked out. (The two signal threads, SIGINT/SIGTERM
+            // and SIGUSR1, run already: `serve` starts them first, and the
+            // budget counts them with the tasks in use.)
             .reserve_threads(
-                2 + usize::from(self.stats_interval.is_some())
+                usize::from(self.stats_interval.is_some())
                     + self.metrics.map_or(0, |_| crate::metrics::THREADS),
             )
             // The metrics endpoint's connections and its listener.
@@ -1059,12 +1061,14 @@ mod tests {
         );
         assert_eq!(default.write_timeout, Some(Duration::from_secs(30)));
         assert!(!default.splice);
-        // The signal threads, and one more for --stats-interval.
-        assert_eq!(default.reserved_threads, 2);
+        // The signal threads run already (counted as in use); one more for
+        // --stats-interval, and the metrics endpoint's.
+        assert_eq!(default.reserved_threads, 0);
         let s = settings(&["--stats-interval", "5", "7"]);
-        assert_eq!(s.reserved_threads, 3);
+        assert_eq!(s.reserved_threads, 1);
         let s = settings(&["--metrics", "0", "7"]);
-        assert_eq!(s.reserved_threads, 2 + crate::metrics::THREADS);
+        assert_eq!(s.reserved_threads, crate::metrics::THREADS);
+        assert_eq!(s.reserved_descriptors, crate::metrics::MAX_CONNECTIONS + 2);
         assert_eq!(settings(&["--udp-rate", "0", "7"]).udp.rate_limit, None);
         assert_eq!(
             settings(&["--udp-rate", "100", "--udp-burst", "1", "7"])

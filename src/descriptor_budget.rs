@@ -47,13 +47,10 @@ fn soft_limit() -> Option<u64> {
         rlim_max: 0,
     };
     // SAFETY: getrlimit only writes the struct passed in.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0
-        || lim.rlim_cur == libc::RLIM_INFINITY
-    {
-        return None;
-    }
+    let read = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0;
+    // RLIM_INFINITY is u64::MAX, which leaves any connection limit as it is.
     #[allow(clippy::unnecessary_cast)] // rlim_t is not u64 on every Unix
-    Some(lim.rlim_cur as u64)
+    read.then_some(lim.rlim_cur as u64)
 }
 
 #[cfg(not(unix))]
@@ -91,6 +88,15 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[test]
     fn this_process_has_a_budget_that_counts_its_descriptors() {
+        let open = open_descriptors().unwrap();
+        assert!(open >= 3, "stdin, stdout and stderr at least: {open}");
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit only writes the struct passed in.
+        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
+        assert_eq!(soft_limit(), Some(lim.rlim_cur));
         let before = DescriptorBudget::of_this_process(0).unwrap();
         let file = std::fs::File::open("/dev/null").unwrap();
         let after = DescriptorBudget::of_this_process(0).unwrap();

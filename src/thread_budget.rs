@@ -353,16 +353,23 @@ mod tests {
     fn cgroup_limits_are_read_up_the_hierarchy_in_v1_and_v2() {
         use std::collections::HashMap;
         let files: HashMap<&str, &str> = HashMap::from([
-            ("/sys/fs/cgroup/a/b/pids.max", "max\n"),
+            ("/sys/fs/cgroup/a/b/c/pids.max", "max\n"),
+            ("/sys/fs/cgroup/a/b/c/pids.current", "5\n"),
+            // Looser than its parent, and met first.
+            ("/sys/fs/cgroup/a/b/pids.max", "1000\n"),
             ("/sys/fs/cgroup/a/b/pids.current", "5\n"),
             ("/sys/fs/cgroup/a/pids.max", "50\n"),
             ("/sys/fs/cgroup/a/pids.current", "40\n"),
             ("/sys/fs/cgroup/pids/x/pids.max", "1000"),
             ("/sys/fs/cgroup/pids/x/pids.current", "7"),
+            // Where a v1 memory group's path would lead under the pids
+            // hierarchy: never read for it.
+            ("/sys/fs/cgroup/pids/y/pids.max", "3"),
+            ("/sys/fs/cgroup/pids/y/pids.current", "1"),
         ]);
         let read = |p: &std::path::Path| files.get(p.to_str()?).map(|s| s.to_string());
         assert_eq!(
-            cgroup_pids("0::/a/b\n", read),
+            cgroup_pids("0::/a/b/c\n", read),
             Some(CgroupPids {
                 max: 50,
                 current: 40

@@ -543,12 +543,7 @@ impl ServerBuilder {
 /// above: past it, new clients would be reset for want of a descriptor, and
 /// the server's own needs (event loops, the metrics endpoint) would fail.
 fn descriptor_plan(max_connections: usize, settings: &Settings) -> usize {
-    // Each event loop opens its poll and wake-up descriptors when it starts.
-    let loops = match settings.engine {
-        Engine::Threads => 0,
-        _ => crate::settings::per_core(settings.event_loops),
-    };
-    let reserved = (2 * loops + settings.reserved_descriptors) as u64;
+    let reserved = descriptors_reserved(settings);
     let Some(budget) = crate::descriptor_budget::DescriptorBudget::of_this_process(reserved) else {
         return max_connections;
     };
@@ -565,6 +560,16 @@ fn descriptor_plan(max_connections: usize, settings: &Settings) -> usize {
         budget.limit
     );
     serving
+}
+
+/// Descriptors the server opens after binding, besides connections: each
+/// event loop's poll and wake-up descriptors, and what the program reserved.
+fn descriptors_reserved(settings: &Settings) -> u64 {
+    let loops = match settings.engine {
+        Engine::Threads => 0,
+        _ => crate::settings::per_core(settings.event_loops),
+    };
+    (2 * loops + settings.reserved_descriptors) as u64
 }
 
 /// One line at start-up when a UDP burst is below what the largest datagram
@@ -663,5 +668,29 @@ impl ServerBuilder {
     /// What has been set so far, for tests of the layers that build.
     pub(crate) fn settings(&self) -> &Settings {
         &self.settings
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two descriptors per event loop (none under `threads`), plus what the
+    /// program reserved.
+    #[test]
+    fn the_descriptors_reserved_are_the_loops_and_the_programs() {
+        let settings = |engine, loops| {
+            Server::builder()
+                .engine(engine)
+                .event_loops(loops)
+                .reserve_descriptors(18)
+                .settings
+        };
+        assert_eq!(descriptors_reserved(&settings(Engine::Threads, 3)), 18);
+        assert_eq!(
+            descriptors_reserved(&settings(Engine::Events, 3)),
+            2 * 3 + 18
+        );
+        assert_eq!(descriptors_reserved(&settings(Engine::Auto, 5)), 2 * 5 + 18);
     }
 }

@@ -193,9 +193,6 @@ impl StreamListener {
             };
             let (socket, addr) = match accepted {
                 Ok(accepted) => accepted,
-                // The client that made the listener readable gave up, or
-                // another process sharing the listener took it.
-                Err(e) if e.kind() == ErrorKind::WouldBlock => continue,
                 Err(e) => {
                     drop(permit);
                     if ctx.shutdown.is_requested() {
@@ -314,7 +311,10 @@ impl StreamListener {
         sheds: &Episode,
     ) -> bool {
         if is_timeout(e) {
-            return true; // the POLL backstop: nothing to accept
+            // Nothing to accept: another process sharing the listener took
+            // the client that made it readable (or, where `accept` blocks,
+            // the POLL backstop).
+            return true;
         }
         if is_transient(e) {
             // The client gave up between SYN and accept, or a signal arrived.

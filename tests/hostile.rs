@@ -578,3 +578,56 @@ fn sigterm_during_start_up_is_a_clean_stop() {
         );
     }
 }
+
+/// Reclaim closes an idle connection only for a client that is really
+/// waiting. A listener can be shared (a socket systemd passes to two
+/// services): when the other process accepts the client this server was
+/// waiting for a slot for, nothing is reclaimed.
+#[test]
+fn reclaim_closes_nothing_for_a_client_another_process_took() {
+    let shared = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = shared.local_addr().unwrap();
+    let mut server = spawn_activated(
+        &[shared.as_raw_fd()],
+        "--max-connections 1 --reclaim-idle 1",
+    );
+    assert_eq!(server.tcp_addr(), addr);
+    let mut idle = connect(addr);
+    idle.write_all(b"x").unwrap();
+    assert_eq!(read_n(&mut idle, 1), b"x");
+    // The server waits for the one slot (it says so in its counters);
+    // the other process takes the client first.
+    let waiting = connect(addr);
+    let start = Instant::now();
+    loop {
+        server.signal(libc::SIGUSR1);
+        let stats = server.expect_line("the counters", |l| l.starts_with("stats: "));
+        if stats.contains("limit was reached") {
+            break;
+        }
+        assert!(start.elapsed() < DEADLINE, "{stats}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (taken, _) = shared.accept().unwrap();
+    drop(waiting);
+    // Well past --reclaim-idle and a few reclaim checks.
+    std::thread::sleep(Duration::from_secs(3));
+    idle.write_all(b"y").unwrap();
+    assert_eq!(
+        read_n(&mut idle, 1),
+        b"y",
+        "the idle connection was reclaimed"
+    );
+    drop((taken, idle));
+    server.stop();
+    assert!(
+        !server.logged("closing connections idle"),
+        "{:#?}",
+        server.seen
+    );
+    assert!(
+        !server.summary().contains("reclaimed"),
+        "{}",
+        server.summary()
+    );
+}

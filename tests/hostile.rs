@@ -120,7 +120,7 @@ fn urgent_data_is_echoed_inline_and_in_order(engine: Engine) {
 /// the connection under the echo still owed (72,704 of 100,001 bytes seen).
 #[test]
 fn urgent_data_survives_a_spliced_bulk_echo() {
-    let mut server = Binary::spawn(&["--engine", "threads", "--splice", "0"]);
+    let mut server = Binary::spawn(&["-v", "--engine", "threads", "--splice", "0"]);
     let addr = server.tcp_addr();
     let mut want = vec![b'a'; 100_000];
     want.push(b'U');
@@ -145,6 +145,9 @@ fn urgent_data_survives_a_spliced_bulk_echo() {
         assert!(got == want, "round {round}: the echo differs");
     }
     server.stop();
+    // Each connection's close line counts both parts, spliced and read.
+    let closed = format!("closed after echoing {} bytes", want.len());
+    assert_eq!(server.count_lines(&closed), 3, "{:#?}", server.seen);
     let total = 3 * want.len();
     assert!(
         server.logged(&format!("{total} bytes received, {total} echoed")),

@@ -1042,6 +1042,34 @@ mod tests {
         assert_eq!(peer(&endpoint, 0), Some(third), "a newer one was closed");
     }
 
+    /// A round of accepting takes what waits, up to MAX_CONNECTIONS, and
+    /// says whether more may still wait: after an empty backlog, no.
+    #[test]
+    fn a_round_of_accepting_takes_up_to_a_full_house_and_says_if_more_wait() {
+        let mut endpoint = endpoint(handle());
+        let at = endpoint.listener.local_addr().unwrap();
+        let now = Instant::now();
+        assert!(
+            !endpoint.accept_some(now),
+            "more waiting in an empty backlog"
+        );
+        let clients: Vec<_> = (0..MAX_CONNECTIONS + 2)
+            .map(|_| std::net::TcpStream::connect(at).unwrap())
+            .collect();
+        let all = clients.len() as u64;
+        let start = Instant::now();
+        while endpoint.accepted < all {
+            let before = endpoint.accepted;
+            if endpoint.accept_some(now) {
+                let took = endpoint.accepted - before;
+                assert_eq!(took, MAX_CONNECTIONS as u64, "more waiting after {took}");
+            }
+            assert!(start.elapsed() < DEADLINE, "never all accepted");
+            thread::sleep(Duration::from_millis(2));
+        }
+        assert!(!endpoint.accept_some(now), "more waiting once all are in");
+    }
+
     /// An empty backlog ends a round of accepting, a client that gave up is
     /// skipped, and running out of descriptors pauses accepting for a
     /// growing while, with one warning for the run of failures.

@@ -988,15 +988,18 @@ mod tests {
             matches!(conn.phase, Phase::Writing(_, n) if n < big.len()),
             "16 MiB written at once to a client that does not read"
         );
+        // The client stays open once it has read all (until the end of the
+        // test): closing would end the lingering, and the test, at once.
         let reader = thread::spawn(move || {
             let mut got = Vec::new();
-            client.read_to_end(&mut got).map(|_| got)
+            client.read_to_end(&mut got).map(|_| (got, client))
         });
         let conn = advance_until(conn, &handle, "written", |p| {
             matches!(p, Phase::Lingering(_))
         });
-        assert!(reader.join().unwrap().unwrap() == big, "other bytes");
-        drop(conn);
+        let (got, client) = reader.join().unwrap().unwrap();
+        assert!(got == big, "other bytes");
+        drop((conn, client));
     }
 
     fn endpoint(handle: ServerHandle) -> Endpoint {

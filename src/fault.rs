@@ -89,7 +89,7 @@ impl Faults {
 /// counted or fatal, a resource error fatal, a refused thread not counted
 /// or, under `auto`, not re-homed, a failed send disturbing others).
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::context::Context;
     use crate::{Engine, Server, ServerHandle, Stats};
@@ -121,18 +121,23 @@ mod tests {
         fn flush(&self) {}
     }
 
-    /// The warnings about `addr` so far.
-    fn warnings_about(addr: SocketAddr) -> Vec<String> {
+    /// The warnings logged in this test process so far that start with
+    /// `prefix` (other modules' unit tests share the one logger).
+    pub(crate) fn warnings_starting(prefix: &str) -> Vec<String> {
         static CAPTURE: Capture = Capture;
         if log::set_logger(&CAPTURE).is_ok() {
             log::set_max_level(log::LevelFilter::Warn);
         }
-        let prefix = format!("tcp {addr}: ");
         let w = WARNINGS.lock().unwrap_or_else(|e| e.into_inner());
         w.iter()
-            .filter(|l| l.starts_with(&prefix))
+            .filter(|l| l.starts_with(prefix))
             .cloned()
             .collect()
+    }
+
+    /// The warnings about `addr` so far.
+    fn warnings_about(addr: SocketAddr) -> Vec<String> {
+        warnings_starting(&format!("tcp {addr}: "))
     }
 
     struct Running {

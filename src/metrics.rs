@@ -338,20 +338,8 @@ impl Endpoint {
         loop {
             let now = Instant::now();
             self.expire(now);
-            let mut more_waiting = false;
-            if self.accept_paused_until.is_none_or(|until| now >= until) {
-                self.accept_paused_until = None;
-                more_waiting = self.accept_some(now);
-            }
-            let timeout = match self.next_deadline() {
-                // The backlog was not emptied: no waiting for an event.
-                _ if more_waiting => Some(Duration::ZERO),
-                // Rounded up: waking a moment early would only loop.
-                Some(at) => {
-                    Some(at.saturating_duration_since(Instant::now()) + Duration::from_millis(1))
-                }
-                None => None,
-            };
+            let more_waiting = self.may_accept(now) && self.accept_some(now);
+            let timeout = poll_timeout(more_waiting, self.next_deadline());
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == ErrorKind::Interrupted {
                     continue;
@@ -380,27 +368,50 @@ impl Endpoint {
                     self.backoff.reset();
                     self.admit(stream, peer, now);
                 }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return false,
-                // One client that did not make it: the next may.
-                Err(e) if is_transient(&e) => {}
                 Err(e) => {
-                    // Out of descriptors (or memory): wait, and keep
-                    // serving the connections already open meanwhile.
-                    let delay = self.backoff.next();
-                    if delay == Backoff::FIRST {
-                        let what = if is_fd_exhaustion(&e) {
-                            "out of file descriptors"
-                        } else {
-                            "accept failed"
-                        };
-                        log::warn!("metrics endpoint: {what}, backing off: {e}");
+                    if !self.accept_failed(&e, now) {
+                        return false;
                     }
-                    self.accept_paused_until = Some(now + delay);
-                    return false;
                 }
             }
         }
         true
+    }
+
+    /// Whether accepting is on at `now`: it is, unless paused by an accept
+    /// error until later.
+    fn may_accept(&mut self, now: Instant) -> bool {
+        let on = self.accept_paused_until.is_none_or(|until| now >= until);
+        if on {
+            self.accept_paused_until = None;
+        }
+        on
+    }
+
+    /// Deals with a failed `accept`; returns whether to accept on.
+    fn accept_failed(&mut self, e: &io::Error, now: Instant) -> bool {
+        match e {
+            // The backlog is empty.
+            e if e.kind() == ErrorKind::WouldBlock => false,
+            // One client that did not make it: the next may.
+            e if is_transient(e) => true,
+            e => {
+                // Out of descriptors (or memory): wait, and keep serving the
+                // connections already open meanwhile.
+                let delay = self.backoff.next();
+                // Logged once per run of failures, not once per retry.
+                if delay == Backoff::FIRST {
+                    let what = if is_fd_exhaustion(e) {
+                        "out of file descriptors"
+                    } else {
+                        "accept failed"
+                    };
+                    log::warn!("metrics endpoint: {what}, backing off: {e}");
+                }
+                self.accept_paused_until = Some(now + delay);
+                false
+            }
+        }
     }
 
     fn admit(&mut self, mut stream: TcpStream, peer: SocketAddr, now: Instant) {
@@ -473,6 +484,17 @@ impl Endpoint {
     fn next_deadline(&self) -> Option<Instant> {
         let conns = self.slots.iter().flatten().map(|c| c.deadline);
         conns.chain(self.accept_paused_until).min()
+    }
+}
+
+/// How long the loop may wait for events: not at all while clients may
+/// still wait in the backlog (`more_waiting`), else until the `next`
+/// deadline (rounded up: waking a moment early would only loop), if any.
+fn poll_timeout(more_waiting: bool, next: Option<Instant>) -> Option<Duration> {
+    match next {
+        _ if more_waiting => Some(Duration::ZERO),
+        Some(at) => Some(at.saturating_duration_since(Instant::now()) + Duration::from_millis(1)),
+        None => None,
     }
 }
 
@@ -832,5 +854,274 @@ mod tests {
                 assert!(base.ends_with("_total"), "a counter ends in _total: {line}");
             }
         }
+    }
+
+    const DEADLINE: Duration = Duration::from_secs(30);
+
+    /// A handle for the counters: a server that never runs.
+    fn handle() -> ServerHandle {
+        crate::Server::builder()
+            .tcp(([127, 0, 0, 1], 0))
+            .build()
+            .expect("a server")
+            .handle()
+    }
+
+    /// A connection over loopback to `listener`: the endpoint's side (non-
+    /// blocking, as accepted), its peer address, and the client.
+    fn connection(
+        listener: &std::net::TcpListener,
+    ) -> (TcpStream, SocketAddr, std::net::TcpStream) {
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        client.set_read_timeout(Some(DEADLINE)).unwrap();
+        client.set_write_timeout(Some(DEADLINE)).unwrap();
+        let (server, peer) = listener.accept().unwrap();
+        server.set_nonblocking(true).unwrap();
+        (TcpStream::from_std(server), peer, client)
+    }
+
+    fn conn(phase: Phase) -> (Conn, std::net::TcpStream) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let (stream, peer, client) = connection(&listener);
+        let deadline = Instant::now() + TIMEOUT;
+        let conn = Conn {
+            stream,
+            peer,
+            number: 1,
+            deadline,
+            phase,
+        };
+        (conn, client)
+    }
+
+    /// `conn.advance()`: whether the connection stays open. Fails the test
+    /// rather than hang if it never returns.
+    fn advance(conn: Conn, handle: &ServerHandle) -> (Conn, bool) {
+        let handle = handle.clone();
+        let (done, result) = std::sync::mpsc::channel();
+        thread::spawn(move || {
+            let mut conn = conn;
+            let open = conn.advance(&handle);
+            let _ = done.send((conn, open));
+        });
+        result
+            .recv_timeout(Duration::from_secs(10))
+            .expect("advance never returned: a busy loop")
+    }
+
+    /// Advances `conn` until `done` says so (or it closes, which fails).
+    fn advance_until(
+        mut conn: Conn,
+        handle: &ServerHandle,
+        what: &str,
+        done: impl Fn(&Phase) -> bool,
+    ) -> Conn {
+        let start = Instant::now();
+        loop {
+            let (c, open) = advance(conn, handle);
+            assert!(open, "closed before {what}");
+            conn = c;
+            if done(&conn.phase) {
+                return conn;
+            }
+            assert!(start.elapsed() < DEADLINE, "never {what}");
+            thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// After its answer a connection lingers for LINGER (a second), taking
+    /// and discarding up to 64 KiB of whatever the client still sends, and
+    /// closes beyond.
+    #[test]
+    fn after_the_answer_a_connection_lingers_discarding_up_to_64_kib() {
+        let handle = handle();
+        let (conn, mut client) = conn(Phase::Reading(Vec::new()));
+        client.write_all(b"GET /healthz HTTP/1.1\r\n\r\n").unwrap();
+        let conn = advance_until(conn, &handle, "answered", |p| {
+            matches!(p, Phase::Lingering(_))
+        });
+        let now = Instant::now();
+        assert!(
+            conn.deadline > now && conn.deadline <= now + LINGER,
+            "lingers until {:?} from {now:?}",
+            conn.deadline
+        );
+        let mut answer = String::new();
+        client.read_to_string(&mut answer).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200 "), "{answer:?}");
+        assert!(answer.ends_with("\r\n\r\nok\n"), "{answer:?}");
+        // 64 KiB more are taken, the connection still open.
+        let limit = 64 * 1024;
+        client.write_all(&vec![b'x'; limit]).unwrap();
+        let conn = advance_until(
+            conn,
+            &handle,
+            "64 KiB discarded",
+            |p| matches!(p, Phase::Lingering(n) if *n == limit),
+        );
+        // A byte beyond closes it.
+        client.write_all(b"x").unwrap();
+        let start = Instant::now();
+        let mut conn = conn;
+        loop {
+            let (c, open) = advance(conn, &handle);
+            if !open {
+                break;
+            }
+            conn = c;
+            assert!(start.elapsed() < DEADLINE, "open beyond 64 KiB");
+            thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// An answer bigger than the socket takes at once is written as the
+    /// client takes it, the connection open meanwhile, then the writing side
+    /// is shut down.
+    #[test]
+    fn an_answer_is_written_as_the_client_takes_it() {
+        let handle = handle();
+        let big: Vec<u8> = (0..16 << 20).map(|i: u32| i as u8).collect();
+        let (conn, mut client) = conn(Phase::Writing(big.clone(), 0));
+        let (conn, open) = advance(conn, &handle);
+        assert!(open, "closed when the socket was full");
+        assert!(
+            matches!(conn.phase, Phase::Writing(_, n) if n < big.len()),
+            "16 MiB written at once to a client that does not read"
+        );
+        // The client stays open once it has read all (until the end of the
+        // test): closing would end the lingering, and the test, at once.
+        let reader = thread::spawn(move || {
+            let mut got = Vec::new();
+            client.read_to_end(&mut got).map(|_| (got, client))
+        });
+        let conn = advance_until(conn, &handle, "written", |p| {
+            matches!(p, Phase::Lingering(_))
+        });
+        let (got, client) = reader.join().unwrap().unwrap();
+        assert!(got == big, "other bytes");
+        drop((conn, client));
+    }
+
+    fn endpoint(handle: ServerHandle) -> Endpoint {
+        let listener = TcpListener::bind(([127, 0, 0, 1], 0).into()).unwrap();
+        Endpoint {
+            poll: Poll::new().unwrap(),
+            listener,
+            handle,
+            slots: std::array::from_fn(|_| None),
+            backoff: Backoff::default(),
+            accept_paused_until: None,
+            accepted: 0,
+        }
+    }
+
+    /// A full endpoint closes the connection accepted first, whichever slot
+    /// it is in (here not the first slot: a newer connection took that one).
+    #[test]
+    fn a_full_endpoint_closes_the_oldest_whatever_its_slot() {
+        let mut endpoint = endpoint(handle());
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut clients = Vec::new();
+        let mut admit = |endpoint: &mut Endpoint| {
+            let (stream, peer, client) = connection(&listener);
+            clients.push(client);
+            endpoint.admit(stream, peer, Instant::now());
+            peer
+        };
+        let peer = |e: &Endpoint, slot: usize| e.slots[slot].as_ref().map(|c| c.peer);
+        let first = admit(&mut endpoint);
+        let second = admit(&mut endpoint);
+        for _ in 2..MAX_CONNECTIONS {
+            admit(&mut endpoint);
+        }
+        assert_eq!(peer(&endpoint, 0), Some(first));
+        endpoint.close(0);
+        let third = admit(&mut endpoint);
+        assert_eq!(peer(&endpoint, 0), Some(third));
+        assert_eq!(peer(&endpoint, 1), Some(second));
+        // Full: `second` is the oldest now.
+        let newest = admit(&mut endpoint);
+        assert_eq!(peer(&endpoint, 1), Some(newest), "the oldest kept its slot");
+        assert_eq!(peer(&endpoint, 0), Some(third), "a newer one was closed");
+    }
+
+    /// A round of accepting takes what waits, up to MAX_CONNECTIONS, and
+    /// says whether more may still wait: after an empty backlog, no.
+    #[test]
+    fn a_round_of_accepting_takes_up_to_a_full_house_and_says_if_more_wait() {
+        let mut endpoint = endpoint(handle());
+        let at = endpoint.listener.local_addr().unwrap();
+        let now = Instant::now();
+        assert!(
+            !endpoint.accept_some(now),
+            "more waiting in an empty backlog"
+        );
+        let clients: Vec<_> = (0..MAX_CONNECTIONS + 2)
+            .map(|_| std::net::TcpStream::connect(at).unwrap())
+            .collect();
+        let all = clients.len() as u64;
+        let start = Instant::now();
+        while endpoint.accepted < all {
+            let before = endpoint.accepted;
+            if endpoint.accept_some(now) {
+                let took = endpoint.accepted - before;
+                assert_eq!(took, MAX_CONNECTIONS as u64, "more waiting after {took}");
+            }
+            assert!(start.elapsed() < DEADLINE, "never all accepted");
+            thread::sleep(Duration::from_millis(2));
+        }
+        assert!(!endpoint.accept_some(now), "more waiting once all are in");
+    }
+
+    /// An empty backlog ends a round of accepting, a client that gave up is
+    /// skipped, and running out of descriptors pauses accepting for a
+    /// growing while, with one warning for the run of failures.
+    #[test]
+    fn accept_errors_pause_accepting_for_a_growing_while_warned_once() {
+        let warned = || {
+            crate::fault::tests::warnings_starting("metrics endpoint: out of file descriptors")
+                .len()
+        };
+        let before = warned();
+        let mut endpoint = endpoint(handle());
+        let now = Instant::now();
+        assert!(endpoint.may_accept(now));
+        let empty = io::Error::from(ErrorKind::WouldBlock);
+        assert!(!endpoint.accept_failed(&empty, now), "accepted on");
+        assert_eq!(endpoint.accept_paused_until, None);
+        let gave_up = io::Error::from(ErrorKind::ConnectionAborted);
+        assert!(endpoint.accept_failed(&gave_up, now), "stopped accepting");
+        assert_eq!(endpoint.accept_paused_until, None);
+        assert_eq!(warned(), before);
+        let out = io::Error::from_raw_os_error(libc::EMFILE);
+        assert!(!endpoint.accept_failed(&out, now), "accepted on");
+        assert_eq!(endpoint.accept_paused_until, Some(now + Backoff::FIRST));
+        assert_eq!(warned(), before + 1);
+        assert!(!endpoint.may_accept(now), "accepting during the pause");
+        assert!(endpoint.may_accept(now + Backoff::FIRST), "still paused");
+        assert_eq!(endpoint.accept_paused_until, None);
+        assert!(!endpoint.accept_failed(&out, now), "accepted on");
+        assert_eq!(endpoint.accept_paused_until, Some(now + 2 * Backoff::FIRST));
+        assert_eq!(warned(), before + 1, "warned again in the same run");
+    }
+
+    /// The loop does not wait for events while clients may still wait in
+    /// the backlog; otherwise it waits until the next deadline, if any.
+    #[test]
+    fn the_loop_waits_until_the_next_deadline_or_not_at_all() {
+        let later = Instant::now() + Duration::from_secs(3);
+        assert_eq!(poll_timeout(true, None), Some(Duration::ZERO));
+        assert_eq!(poll_timeout(true, Some(later)), Some(Duration::ZERO));
+        assert_eq!(poll_timeout(false, None), None);
+        let wait = poll_timeout(false, Some(later)).unwrap();
+        assert!(
+            wait > Duration::from_secs(2) && wait <= Duration::from_millis(3001),
+            "{wait:?}"
+        );
+        let past = Instant::now() - Duration::from_secs(1);
+        assert_eq!(
+            poll_timeout(false, Some(past)),
+            Some(Duration::from_millis(1))
+        );
     }
 }

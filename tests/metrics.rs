@@ -69,8 +69,11 @@ fn scraped_while_serving_the_numbers_are_the_servers_counters() {
     for c in clients {
         c.join().unwrap();
     }
+    // Closing a connection moves two counters, not at one instant: wait
+    // until both have moved.
     wait_for("every connection closed", || {
-        server.handle.stats().active == 0
+        let s = server.handle.stats();
+        s.active == 0 && s.closed == s.accepted
     });
     let stats = server.handle.stats();
     let m = scrape(metrics.local_addr());
@@ -212,16 +215,20 @@ fn a_flood_from_one_address_displaces_only_its_own_connections() {
 }
 
 /// A silent client and one sending a byte every half second are each closed
-/// once TIMEOUT has passed without a whole request head.
+/// once TIMEOUT has passed without a whole request head. Each on an
+/// endpoint of its own: the slow client's bytes would wake the loop that
+/// must close the silent one, which nothing else wakes.
 #[test]
 fn slow_and_silent_clients_are_closed_after_the_timeout() {
     let server = TestServer::loopback(Engine::Events);
     let metrics = MetricsServer::start(([127, 0, 0, 1], 0).into(), server.handle.clone()).unwrap();
+    let other = MetricsServer::start(([127, 0, 0, 1], 0).into(), server.handle.clone()).unwrap();
     let at = metrics.local_addr();
+    let slow_at = other.local_addr();
     let start = Instant::now();
     let mut silent = connect(at);
     let slow = thread::spawn(move || {
-        let mut s = connect(at);
+        let mut s = connect(slow_at);
         for &b in b"GET /metrics HTTP/1.1\r\nX-Slow: ".iter().cycle() {
             if s.write_all(&[b]).is_err() || start.elapsed() > DEADLINE {
                 break;
@@ -238,6 +245,51 @@ fn slow_and_silent_clients_are_closed_after_the_timeout() {
     assert!(slow_for < DEADLINE, "the slow client was never closed");
     // Meanwhile and after, scrapes are answered.
     assert_eq!(http(at, "GET /readyz HTTP/1.1\r\n\r\n").0, 200);
+    assert_eq!(http(slow_at, "GET /readyz HTTP/1.1\r\n\r\n").0, 200);
+}
+
+/// A signal handled on the endpoint's thread interrupts its wait for
+/// events (EINTR): it waits again and goes on serving.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_signal_handled_on_the_endpoints_thread_does_not_stop_it() {
+    extern "C" fn nothing(_: libc::c_int) {}
+    // SAFETY: installs a handler that does nothing, without SA_RESTART (a
+    // wait for events is never restarted anyway).
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = nothing as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        libc::sigemptyset(&mut action.sa_mask);
+        assert_eq!(
+            libc::sigaction(libc::SIGUSR2, &action, std::ptr::null_mut()),
+            0
+        );
+    }
+    let server = TestServer::loopback(Engine::Events);
+    let metrics = MetricsServer::start(([127, 0, 0, 1], 0).into(), server.handle.clone()).unwrap();
+    let at = metrics.local_addr();
+    assert_eq!(http(at, "GET /healthz HTTP/1.1\r\n\r\n").0, 200);
+    // Every endpoint thread of this process: all of them handle it alike.
+    for _ in 0..3 {
+        for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+            let name = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            if name.trim_end() != "echo-metrics" {
+                continue;
+            }
+            let Some(tid) = task
+                .file_name()
+                .to_str()
+                .and_then(|t| t.parse::<libc::pid_t>().ok())
+            else {
+                continue;
+            };
+            // SAFETY: a signal to one thread of this process, handled.
+            unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), tid, libc::SIGUSR2) };
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(http(at, "GET /healthz HTTP/1.1\r\n\r\n").0, 200);
+    assert_eq!(scrape(at)["echo_server_connections_accepted_total"], 0);
 }
 
 /// The binary with `--metrics 0` and the echo port 0 (plus `args`), with the

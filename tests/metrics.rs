@@ -69,11 +69,11 @@ fn scraped_while_serving_the_numbers_are_the_servers_counters() {
     for c in clients {
         c.join().unwrap();
     }
-    // Closing a connection moves two counters, not at one instant: wait
-    // until both have moved.
+    // Closing a connection moves several counters (active, closed, its
+    // engine's gauge), not at one instant: wait until all have moved.
     wait_for("every connection closed", || {
         let s = server.handle.stats();
-        s.active == 0 && s.closed == s.accepted
+        s.active == 0 && s.closed == s.accepted && s.active_threads == 0 && s.active_events == 0
     });
     let stats = server.handle.stats();
     let m = scrape(metrics.local_addr());

@@ -294,9 +294,9 @@ impl ServerBuilder {
 
     /// Whether a thread-engine connection that sends in bulk is echoed
     /// with `splice(2)` (Linux; socket to pipe to socket, never through user
-    /// space) while at most 8 connections are open. Off by default: measured
-    /// against the read/write loop (echo-bench bulk, one connection, 5
-    /// alternating rounds) it moved about 18% less. Never used with
+    /// space) while at most 8 connections are open. Off by default: it
+    /// measured slower than the read/write loop on loopback (README,
+    /// Performance, has the figures). Never used with
     /// [`log_data`](Self::log_data), which needs the bytes.
     pub fn splice(mut self, on: bool) -> Self {
         self.settings.splice = on;

@@ -198,8 +198,8 @@ pub struct Args {
     /// On Linux, echo a thread-engine connection that sends in bulk with
     /// splice(2) (socket to pipe to socket) while at most 8 connections are
     /// open, instead of the read/write loop. Off by default: it measured
-    /// about 18% slower than the loop for one stream on this design's test
-    /// machine (see README, Performance).
+    /// slower than the loop on loopback (README, Performance, has the
+    /// figures).
     #[arg(long)]
     pub splice: bool,
 

@@ -1,10 +1,13 @@
 //! A thread-per-connection echo server (RFC 862) that is hard to knock over.
 //!
 //! Every byte a client sends comes back, in order, over TCP (IPv4, IPv6,
-//! dual-stack). Each connection gets its own small-stack thread running one
-//! function, [`echo`], which copies any `Read + Write` back onto itself and
-//! never touches a socket, so that the property tests and fuzz targets
-//! exercise exactly the code that serves real clients. Around it sit a
+//! dual-stack), Unix sockets and UDP. One verified echo core, [`Echo`] (and
+//! the blocking [`echo`] on top of it), copies any `Read + Write` back onto
+//! itself and never touches a socket, so that the property tests and fuzz
+//! targets exercise exactly the code that serves real clients. It is served
+//! by a thread per connection at the heart (small-stack threads, the first
+//! connections under the default `auto` engine, every one under `threads`)
+//! and by event loops for the rest. Around it sit a
 //! connection limit that applies backpressure instead of refusing clients,
 //! idle timeouts, counters, and a shutdown that lets connections finish what
 //! they have read.
@@ -39,7 +42,8 @@
 #![warn(rust_2018_idioms, unreachable_pub)]
 
 // Layers, bottom up; a module imports only from layers below it.
-// 1. The echo core and plain values: no other module of the crate.
+// 1. The echo core and plain values: none imports a higher layer (within
+//    it, settings -> rate_limit -> source and shutdown -> sync).
 mod descriptor_budget;
 mod echo;
 mod escape;

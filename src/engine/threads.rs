@@ -88,10 +88,10 @@ fn serve(conn: Connection) {
     conn.close(outcome);
 }
 
-/// `splice` is used only while at most this many connections are open.
-/// Measured (echo-bench bulk, 3 alternating rounds): one connection gains
-/// about 18% with `splice`, 50 busy connections lose about 20% (more pipes,
-/// more page references in flight), so it is kept for the few-streams case.
+/// `splice` (opt-in, `--splice`) is used only while at most this many
+/// connections are open: with many busy ones it loses more to the copy loop
+/// (more pipes, more page references in flight) than with one. README,
+/// Performance, has the measured figures.
 #[cfg(target_os = "linux")]
 const SPLICE_MAX_ACTIVE: u64 = 8;
 

@@ -123,15 +123,7 @@ impl MetricsServer {
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         let stop = Waker::new(poll.registry(), STOP)?;
-        let endpoint = Endpoint {
-            poll,
-            listener,
-            handle,
-            slots: std::array::from_fn(|_| None),
-            backoff: Backoff::default(),
-            accept_paused_until: None,
-            accepted: 0,
-        };
+        let endpoint = Endpoint::new(poll, listener, handle);
         let thread = thread::Builder::new()
             .name("echo-metrics".to_owned())
             .spawn(move || endpoint.run())?;
@@ -333,6 +325,19 @@ enum Phase {
 }
 
 impl Endpoint {
+    /// An endpoint with no connection yet, accepting from `listener`.
+    fn new(poll: Poll, listener: TcpListener, handle: ServerHandle) -> Endpoint {
+        Endpoint {
+            poll,
+            listener,
+            handle,
+            slots: std::array::from_fn(|_| None),
+            backoff: Backoff::default(),
+            accept_paused_until: None,
+            accepted: 0,
+        }
+    }
+
     fn run(mut self) {
         let mut events = Events::with_capacity(64);
         loop {
@@ -1004,15 +1009,7 @@ mod tests {
 
     fn endpoint(handle: ServerHandle) -> Endpoint {
         let listener = TcpListener::bind(([127, 0, 0, 1], 0).into()).unwrap();
-        Endpoint {
-            poll: Poll::new().unwrap(),
-            listener,
-            handle,
-            slots: std::array::from_fn(|_| None),
-            backoff: Backoff::default(),
-            accept_paused_until: None,
-            accepted: 0,
-        }
+        Endpoint::new(Poll::new().unwrap(), listener, handle)
     }
 
     /// A full endpoint closes the connection accepted first, whichever slot

@@ -277,11 +277,7 @@ fn sigusr1_and_stats_interval_log_the_counters() {
 fn json_logs_and_a_metrics_endpoint_from_the_command_line() {
     let mut server = Binary::spawn(&["--log-format", "json", "--log-data", "--metrics", "0", "0"]);
     let addr = server.tcp_addr();
-    let metrics = server.expect_line("the metrics line", |l| l.starts_with("metrics on http://"));
-    let metrics: SocketAddr = metrics["metrics on http://".len()..]
-        .trim_end_matches("/metrics")
-        .parse()
-        .unwrap();
+    let metrics = server.metrics_addr();
     assert_eq!(round_trip(connect(addr), b"json".to_vec()), b"json");
     let mut s = connect(metrics);
     s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")

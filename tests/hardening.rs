@@ -162,11 +162,7 @@ fn the_descriptor_limit_caps_connections_and_keeps_room_for_metrics(engine: Engi
         set_rlimit(libc::RLIMIT_NOFILE, 96)
     });
     let addr = server.tcp_addr();
-    let line = server.expect_line("the metrics line", |l| l.starts_with("metrics on http://"));
-    let metrics: std::net::SocketAddr = line["metrics on http://".len()..]
-        .trim_end_matches("/metrics")
-        .parse()
-        .unwrap();
+    let metrics = server.metrics_addr();
     let warning = server.line_containing("descriptor limit (RLIMIT_NOFILE) is 96");
     let cap: usize = warning
         .split_whitespace()

@@ -516,17 +516,8 @@ fn a_datagram_from_the_server_itself_is_not_answered() {
         );
         libc::close(fd);
     }
-    // Counted once it is judged (SIGUSR1 logs the counters).
-    let start = Instant::now();
-    loop {
-        server.signal(libc::SIGUSR1);
-        let stats = server.expect_line("the counters", |l| l.starts_with("stats: "));
-        if stats.contains("1 from invalid sources") {
-            break;
-        }
-        assert!(start.elapsed() < DEADLINE, "{stats}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    // Counted once it is judged.
+    server.wait_for_stats("1 from invalid sources");
     // Everyone else is still answered.
     let c = udp_client(addr, DEADLINE);
     assert_eq!(udp_round_trip(&c, b"me").as_deref(), Some(&b"me"[..]));
@@ -601,16 +592,7 @@ fn reclaim_closes_nothing_for_a_client_another_process_took() {
     // The server waits for the one slot (it says so in its counters);
     // the other process takes the client first.
     let waiting = connect(addr);
-    let start = Instant::now();
-    loop {
-        server.signal(libc::SIGUSR1);
-        let stats = server.expect_line("the counters", |l| l.starts_with("stats: "));
-        if stats.contains("limit was reached") {
-            break;
-        }
-        assert!(start.elapsed() < DEADLINE, "{stats}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    server.wait_for_stats("limit was reached");
     let (taken, _) = shared.accept().unwrap();
     drop(waiting);
     // Well past --reclaim-idle and a few reclaim checks.

@@ -300,11 +300,7 @@ fn spawn_with_metrics(args: &[&str]) -> (Binary, SocketAddr, SocketAddr) {
     all.push("0");
     let mut server = Binary::spawn(&all);
     let echo = server.tcp_addr();
-    let line = server.expect_line("the metrics line", |l| l.starts_with("metrics on http://"));
-    let metrics = line["metrics on http://".len()..]
-        .trim_end_matches("/metrics")
-        .parse()
-        .unwrap();
+    let metrics = server.metrics_addr();
     (server, echo, metrics)
 }
 

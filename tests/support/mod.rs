@@ -252,6 +252,32 @@ impl Binary {
         line[prefix.len()..].to_owned()
     }
 
+    /// Waits for the `metrics on http://ADDR/metrics` line and returns ADDR.
+    pub fn metrics_addr(&mut self) -> SocketAddr {
+        let prefix = "metrics on http://";
+        let line = self.expect_line("the metrics line", |l| l.starts_with(prefix));
+        line[prefix.len()..]
+            .trim_end_matches("/metrics")
+            .parse()
+            .expect("an address")
+    }
+
+    /// Asks for the counters (SIGUSR1) until the `stats:` line they are
+    /// logged on contains `needle`; returns that line.
+    #[cfg(unix)]
+    pub fn wait_for_stats(&mut self, needle: &str) -> String {
+        let start = Instant::now();
+        loop {
+            self.signal(libc::SIGUSR1);
+            let stats = self.expect_line("the counters", |l| l.starts_with("stats: "));
+            if stats.contains(needle) {
+                return stats;
+            }
+            assert!(start.elapsed() < DEADLINE, "never {needle:?}: {stats}");
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Sends SIGTERM (or `signal`).
     #[cfg(unix)]
     pub fn signal(&self, signal: i32) {

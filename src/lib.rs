@@ -74,7 +74,9 @@ pub mod udp;
 mod unix;
 // 5. The server, its builder, and the command line.
 mod builder;
+#[cfg(feature = "cli")]
 pub mod cli;
+#[cfg(feature = "metrics")]
 pub mod metrics;
 mod server;
 

@@ -3,7 +3,7 @@
 //! canonical command line that parses to the same options.
 #![no_main]
 
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use echo_server::cli::Args;
 use libfuzzer_sys::fuzz_target;
 use std::time::Duration;
@@ -27,6 +27,13 @@ fn render(args: &Args) -> Vec<String> {
         format!("--keepalive={}", secs_or_off(args.keepalive)),
         format!("--backlog={}", args.backlog),
         format!("--shutdown-grace={}", args.shutdown_grace.as_secs_f64()),
+        format!(
+            "--log-format={}",
+            args.log_format
+                .to_possible_value()
+                .expect("no format is hidden")
+                .get_name()
+        ),
     ];
     if let Some(n) = args.udp_threads {
         line.push(format!("--udp-threads={n}"));
@@ -40,7 +47,10 @@ fn render(args: &Args) -> Vec<String> {
     if args.no_write_timeout {
         line.push("--no-write-timeout".to_owned());
     } else {
-        line.push(format!("--write-timeout={}", args.write_timeout.as_secs_f64()));
+        line.push(format!(
+            "--write-timeout={}",
+            args.write_timeout.as_secs_f64()
+        ));
     }
     if let Some(t) = args.idle_timeout {
         line.push(format!("--idle-timeout={}", t.as_secs_f64()));
@@ -49,7 +59,10 @@ fn render(args: &Args) -> Vec<String> {
         line.push(format!("--max-per-source={n}"));
     }
     for path in &args.unix {
-        line.push(format!("--unix={}", path.to_str().expect("parsed from UTF-8")));
+        line.push(format!(
+            "--unix={}",
+            path.to_str().expect("parsed from UTF-8")
+        ));
     }
     if let Some(mode) = args.unix_mode {
         line.push(format!("--unix-mode={mode:o}"));
@@ -115,8 +128,18 @@ fuzz_target!(|data: &[u8]| {
     assert!(close(again.reclaim_idle, args.reclaim_idle));
     assert!(close(again.keepalive, args.keepalive));
     assert_eq!(
-        (again.engine, again.thread_connections, again.event_loops, again.max_threads),
-        (args.engine, args.thread_connections, args.event_loops, args.max_threads)
+        (
+            again.engine,
+            again.thread_connections,
+            again.event_loops,
+            again.max_threads
+        ),
+        (
+            args.engine,
+            args.thread_connections,
+            args.event_loops,
+            args.max_threads
+        )
     );
     assert_eq!(again.no_write_timeout, args.no_write_timeout);
     assert!(close(again.write_timeout, args.write_timeout));
@@ -131,9 +154,17 @@ fuzz_target!(|data: &[u8]| {
         (args.udp_rate, args.udp_burst, args.udp_max_datagram)
     );
     assert_eq!(
-        (again.udp_prefix, again.udp_total_rate, again.udp_total_burst),
+        (
+            again.udp_prefix,
+            again.udp_total_rate,
+            again.udp_total_burst
+        ),
         (args.udp_prefix, args.udp_total_rate, args.udp_total_burst)
     );
-    assert_eq!((again.splice, again.no_splice), (args.splice, args.no_splice));
+    assert_eq!(
+        (again.splice, again.no_splice),
+        (args.splice, args.no_splice)
+    );
     assert_eq!((again.verbose, again.quiet), (args.verbose, args.quiet));
+    assert_eq!(again.log_format, args.log_format);
 });

@@ -39,15 +39,23 @@ fuzz_target!(|data: &[u8]| {
     };
     let port = u16::from_be_bytes(port);
     let addr = if kind & 1 == 0 {
-        let Some(&o) = rest.first_chunk::<4>() else { return };
+        let Some(&o) = rest.first_chunk::<4>() else {
+            return;
+        };
         SocketAddr::from((Ipv4Addr::from(o), port))
     } else {
-        let Some(&o) = rest.first_chunk::<16>() else { return };
+        let Some(&o) = rest.first_chunk::<16>() else {
+            return;
+        };
         SocketAddr::from((Ipv6Addr::from(o), port))
     };
     assert_eq!(check_source(addr), reference(addr), "{addr}");
     let normal = normalize(addr);
     assert_eq!(normalize(normal), normal, "normalize is idempotent");
-    assert_eq!(check_source(normal), check_source(addr), "same verdict mapped or not");
+    assert_eq!(
+        check_source(normal),
+        check_source(addr),
+        "same verdict mapped or not"
+    );
     assert_eq!(normal.port(), addr.port());
 });

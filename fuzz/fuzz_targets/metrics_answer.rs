@@ -38,10 +38,7 @@ fn serve(data: &[u8], read_key: u8, ready: bool) -> Option<(Answer, usize)> {
             return Some((a, head.len()));
         }
     }
-    assert!(
-        head.len() < MAX_HEAD,
-        "{MAX_HEAD} bytes read and no answer"
-    );
+    assert!(head.len() < MAX_HEAD, "{MAX_HEAD} bytes read and no answer");
     None
 }
 
@@ -50,7 +47,10 @@ fn check(a: &Answer) {
     let mut response = httparse::Response::new(&mut headers);
     let end = match response.parse(&a.bytes) {
         Ok(httparse::Status::Complete(end)) => end,
-        other => panic!("not a response ({other:?}): {:?}", String::from_utf8_lossy(&a.bytes)),
+        other => panic!(
+            "not a response ({other:?}): {:?}",
+            String::from_utf8_lossy(&a.bytes)
+        ),
     };
     assert_eq!(response.version, Some(1));
     assert_eq!(response.code, Some(a.status));
@@ -71,7 +71,10 @@ fn check(a: &Answer) {
         .and_then(|v| v.parse().ok())
         .expect("a Content-Length");
     let body = a.bytes.len() - end;
-    assert!(body == length || body == 0, "{body} bytes of body, {length} declared");
+    assert!(
+        body == length || body == 0,
+        "{body} bytes of body, {length} declared"
+    );
     if a.status == 405 {
         assert_eq!(header("Allow"), Some("GET, HEAD"));
     }
@@ -95,7 +98,11 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(again, Some(a.status));
     // Readiness only turns /readyz's 200 into 503.
     let other = serve(request, flags >> 1, !ready).map(|(b, _)| b.status);
-    let pair = if ready { (Some(a.status), other) } else { (other, Some(a.status)) };
+    let pair = if ready {
+        (Some(a.status), other)
+    } else {
+        (other, Some(a.status))
+    };
     assert!(
         pair.0 == pair.1 || pair == (Some(200), Some(503)),
         "ready {:?}, draining {:?}",

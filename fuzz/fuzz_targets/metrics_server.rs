@@ -35,8 +35,8 @@ fn endpoint() -> SocketAddr {
             .build()
             .expect("an echo server");
         let handle = serve_forever("echo", server);
-        let metrics = MetricsServer::start(([127, 0, 0, 1], 0).into(), handle)
-            .expect("a metrics endpoint");
+        let metrics =
+            MetricsServer::start(([127, 0, 0, 1], 0).into(), handle).expect("a metrics endpoint");
         let addr = metrics.local_addr();
         // Serves for the rest of the process.
         std::mem::forget(metrics);
@@ -80,7 +80,10 @@ fn status(response: &[u8]) -> u16 {
         ),
     }
     let code = parsed.code.expect("a status");
-    assert!([200, 400, 404, 405, 431, 503].contains(&code), "status {code}");
+    assert!(
+        [200, 400, 404, 405, 431, 503].contains(&code),
+        "status {code}"
+    );
     code
 }
 
@@ -125,5 +128,9 @@ fuzz_target!(|data: &[u8]| {
     probe
         .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
         .expect("send a probe");
-    assert_eq!(status(&read_all(&mut probe)), 200, "the endpoint stopped answering");
+    assert_eq!(
+        status(&read_all(&mut probe)),
+        200,
+        "the endpoint stopped answering"
+    );
 });

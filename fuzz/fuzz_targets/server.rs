@@ -185,7 +185,10 @@ impl Run {
         let urgent = [pattern(c.id, c.sent)];
         match SockRef::from(&c.stream).send_out_of_band(&urgent) {
             Ok(1) => {}
-            other => panic!("{at}: connection #{}: urgent byte not sent: {other:?}", c.id),
+            other => panic!(
+                "{at}: connection #{}: urgent byte not sent: {other:?}",
+                c.id
+            ),
         }
         c.sent += 1;
         self.sent += 1;

@@ -1,0 +1,107 @@
+//! Start-up and serving: the order in which the command binds, announces,
+//! reports and stops.
+
+use super::signals::SignalTarget;
+use super::{Args, Failure};
+use crate::listener::ListenAddr;
+use std::sync::Arc;
+
+pub(super) fn serve(args: &Args) -> Result<(), Failure> {
+    // Before anything is bound: see `SignalTarget`.
+    let signals = Arc::new(SignalTarget::default());
+    signals.install()?;
+    #[cfg(unix)]
+    let inherited = crate::activation::systemd_sockets()?;
+    #[cfg(not(unix))]
+    let inherited: Vec<std::convert::Infallible> = Vec::new();
+    if args.ports.is_empty() && args.unix.is_empty() && inherited.is_empty() {
+        return Err(Failure::Usage(
+            "a PORT is required, unless --unix PATH is given or systemd passes sockets",
+        ));
+    }
+    raise_fd_limit();
+    #[allow(unused_mut)]
+    let mut builder = args.builder()?;
+    #[cfg(unix)]
+    for fd in inherited {
+        builder = builder.inherited_socket(fd);
+    }
+    let server = builder.build()?;
+    // Bound before anything is announced: a failure leaves nothing bound.
+    let metrics = match args.metrics {
+        Some(addr) => Some(crate::metrics::MetricsServer::start(addr, server.handle())?),
+        None => None,
+    };
+    signals.attach(server.handle());
+    for addr in server.listen_addrs() {
+        // Not through the logger: this line is the start-up contract and is
+        // printed even with --quiet.
+        eprintln!("listening on {addr}");
+    }
+    let local_only = server.listen_addrs().all(|a| match a {
+        ListenAddr::Tcp(addr) | ListenAddr::Udp(addr) => addr.ip().is_loopback(),
+        _ => true,
+    });
+    if !args.ports.is_empty() && local_only {
+        log::info!(
+            "only this machine can connect; use --bind :: (IPv4 and IPv6) or \
+             --bind 0.0.0.0 (IPv4) to accept remote clients"
+        );
+    }
+    if let Some(metrics) = &metrics {
+        eprintln!("metrics on http://{}/metrics", metrics.local_addr());
+    }
+    // Dropping `stop_reporting` (when `serve` returns) ends the reporter.
+    let (stop_reporting, stopped) = std::sync::mpsc::channel::<()>();
+    if let Some(every) = args.stats_interval {
+        let handle = server.handle();
+        // Taken before the server runs, not when the thread gets going:
+        // a connection served in between would otherwise never be reported.
+        let mut last = handle.stats();
+        let reporter = std::thread::Builder::new()
+            .name("echo-stats".to_owned())
+            .spawn(move || {
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(every)
+                {
+                    let now = handle.stats();
+                    if now != last {
+                        log::info!("stats: {now}");
+                        last = now;
+                    }
+                }
+            });
+        if let Err(e) = reporter {
+            log::warn!("no thread for --stats-interval: {e}");
+        }
+    }
+    let stats = server.run()?;
+    drop(stop_reporting);
+    log::info!("shut down: {stats}");
+    Ok(())
+}
+
+/// Thread-per-connection needs one descriptor per client: lift the soft
+/// `RLIMIT_NOFILE` (often 1024) to the hard limit, as most servers do.
+#[cfg(unix)]
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read or write the struct passed in.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            let wanted = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) != 0 {
+                log::debug!("could not raise the file descriptor limit");
+            }
+        }
+    }
+}
+
+#[cfg(not(unix))]
+fn raise_fd_limit() {}

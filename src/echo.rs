@@ -369,7 +369,7 @@ fn finish<S: Read + Write + ?Sized>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scripted::{ReadStep, ScriptedStream, WriteStep};
+    use crate::testing::scripted::{ReadStep, ScriptedStream, WriteStep};
     use proptest::collection::vec;
     use proptest::prelude::*;
 

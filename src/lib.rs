@@ -80,12 +80,14 @@ pub mod cli;
 pub mod metrics;
 mod server;
 
-#[cfg(all(test, shuttle))]
-mod model_tests;
-#[cfg(test)]
-mod properties;
+// 6. Tests and test support, never part of serving: the properties over
+//    real sockets, the model checks, and the scripted stream the unit tests
+//    and fuzz targets drive the echo core with.
 #[cfg(any(test, feature = "scripted"))]
-pub mod scripted;
+mod testing;
+
+#[cfg(any(test, feature = "scripted"))]
+pub use testing::scripted;
 
 pub use builder::{
     ServerBuilder, DEFAULT_BACKLOG, DEFAULT_KEEPALIVE, DEFAULT_MAX_CONNECTIONS,

@@ -5,7 +5,6 @@
 //! their own cache line after each batch of events; the printer thread only
 //! reads. Nothing on the hot path waits for anything.
 
-use crate::modes::Mode;
 use std::io::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
@@ -26,12 +25,12 @@ pub struct Progress {
 
 /// A snapshot of the totals, summed over workers.
 #[derive(Default, Clone, Copy)]
-struct Totals {
-    count: u64,
-    bytes: u64,
-    open: u64,
-    errors: u64,
-    lost: u64,
+pub struct Totals {
+    pub count: u64,
+    pub bytes: u64,
+    pub open: u64,
+    pub errors: u64,
+    pub lost: u64,
 }
 
 impl Progress {
@@ -73,57 +72,33 @@ fn sum(progress: &[Progress]) -> Totals {
 
 /// Starts the printer; it stops (and clears its line) when `done`'s sender
 /// is dropped. Returns `None` if the thread cannot be started: progress is
-/// a nicety, not worth failing the run for.
+/// a nicety, not worth failing the run for. `describe(seconds, now, a
+/// second ago)` words the line: each mode counts something else (the
+/// caller, `modes`, knows what), so this module needs nothing of it.
 pub fn spawn<'scope, 'env>(
     scope: &'scope Scope<'scope, 'env>,
-    mode: Mode,
+    describe: impl Fn(u64, &Totals, &Totals) -> String + Send + 'scope,
     progress: &'env [Progress],
     done: Receiver<()>,
 ) -> Option<ScopedJoinHandle<'scope, ()>> {
     thread::Builder::new()
         .name("progress".into())
-        .spawn_scoped(scope, move || print_loop(mode, progress, &done))
+        .spawn_scoped(scope, move || print_loop(describe, progress, &done))
         .ok()
 }
 
-fn print_loop(mode: Mode, progress: &[Progress], done: &Receiver<()>) {
+fn print_loop(
+    describe: impl Fn(u64, &Totals, &Totals) -> String,
+    progress: &[Progress],
+    done: &Receiver<()>,
+) {
     let start = Instant::now();
     let mut last = Totals::default();
     let mut stderr = std::io::stderr();
     while let Err(RecvTimeoutError::Timeout) = done.recv_timeout(Duration::from_secs(1)) {
         let now = sum(progress);
         let secs = start.elapsed().as_secs();
-        let line = match mode {
-            Mode::Pingpong => format!(
-                "pingpong {secs}s: {} round trips, {}/s",
-                now.count,
-                now.count.saturating_sub(last.count)
-            ),
-            Mode::Bulk => format!(
-                "bulk {secs}s: {:.1} MiB echoed, {:.1} MiB/s",
-                now.bytes as f64 / MIB,
-                now.bytes.saturating_sub(last.bytes) as f64 / MIB
-            ),
-            Mode::Connrate => format!(
-                "connrate {secs}s: {} connections, {}/s",
-                now.count,
-                now.count.saturating_sub(last.count)
-            ),
-            Mode::Hold => format!("hold {secs}s: {} open, {} held", now.open, now.count),
-            Mode::Udp => format!(
-                "udp {secs}s: {} answered, {}/s, {} lost",
-                now.count,
-                now.count.saturating_sub(last.count),
-                now.lost
-            ),
-            Mode::Soak => format!(
-                "soak {secs}s: {} connections churned, {:.1} MiB bulk, {} idle, {} datagrams lost",
-                now.count,
-                now.bytes as f64 / MIB,
-                now.open,
-                now.lost
-            ),
-        };
+        let line = describe(secs, &now, &last);
         // `\x1b[K` clears what a longer previous line left behind.
         let _ = write!(stderr, "\r{line}, {} errors\x1b[K", now.errors);
         let _ = stderr.flush();
@@ -132,5 +107,3 @@ fn print_loop(mode: Mode, progress: &[Progress], done: &Receiver<()>) {
     let _ = write!(stderr, "\r\x1b[K");
     let _ = stderr.flush();
 }
-
-const MIB: f64 = (1u64 << 20) as f64;

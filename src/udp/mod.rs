@@ -316,7 +316,7 @@ fn serve_socket(socket: &Socket, addr: &ListenAddr, reply_from_arrival: bool, ct
                     reply,
                 };
                 // In memory, `echo` cannot fail.
-                let echoed = crate::echo_with_buffer(&mut exchange, &mut scratch).is_ok();
+                let echoed = crate::echo::echo_with_buffer(&mut exchange, &mut scratch).is_ok();
                 if echoed && ctx.settings.log_data && len > 0 {
                     log::info!(
                         "{source} sent a {len} byte datagram: \"{}\"",

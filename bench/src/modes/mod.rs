@@ -16,7 +16,7 @@ pub mod udp;
 
 use crate::conn::{Conn, Failure, Step};
 use crate::pattern::{stream_base, Pattern, MAX_CHUNK};
-use crate::progress::{self, Progress};
+use crate::progress::{self, Progress, Totals};
 use hdrhistogram::Histogram;
 use mio::{Events, Interest, Poll, Token};
 use std::io::{self, BufRead as _, ErrorKind, IsTerminal as _};
@@ -65,7 +65,45 @@ pub enum Mode {
     Soak,
 }
 
+const MIB: f64 = (1u64 << 20) as f64;
+
 impl Mode {
+    /// The progress line after `secs` seconds, from the totals now and a
+    /// second ago.
+    fn progress_line(self, secs: u64, now: &Totals, last: &Totals) -> String {
+        match self {
+            Mode::Pingpong => format!(
+                "pingpong {secs}s: {} round trips, {}/s",
+                now.count,
+                now.count.saturating_sub(last.count)
+            ),
+            Mode::Bulk => format!(
+                "bulk {secs}s: {:.1} MiB echoed, {:.1} MiB/s",
+                now.bytes as f64 / MIB,
+                now.bytes.saturating_sub(last.bytes) as f64 / MIB
+            ),
+            Mode::Connrate => format!(
+                "connrate {secs}s: {} connections, {}/s",
+                now.count,
+                now.count.saturating_sub(last.count)
+            ),
+            Mode::Hold => format!("hold {secs}s: {} open, {} held", now.open, now.count),
+            Mode::Udp => format!(
+                "udp {secs}s: {} answered, {}/s, {} lost",
+                now.count,
+                now.count.saturating_sub(last.count),
+                now.lost
+            ),
+            Mode::Soak => format!(
+                "soak {secs}s: {} connections churned, {:.1} MiB bulk, {} idle, {} datagrams lost",
+                now.count,
+                now.bytes as f64 / MIB,
+                now.open,
+                now.lost
+            ),
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Mode::Pingpong => "pingpong",
@@ -387,7 +425,14 @@ pub fn run(cfg: &Config) -> Summary {
     let outcomes = thread::scope(|s| {
         let printer = std::io::stderr()
             .is_terminal()
-            .then(|| progress::spawn(s, cfg.mode, &progress, done_rx))
+            .then(|| {
+                progress::spawn(
+                    s,
+                    move |secs, now, last| cfg.mode.progress_line(secs, now, last),
+                    &progress,
+                    done_rx,
+                )
+            })
             .flatten();
         let mut handles = Vec::with_capacity(threads);
         let mut outcomes = Vec::with_capacity(threads);

@@ -4,7 +4,7 @@
 //! condition variable and atomics. Built only with `--cfg shuttle`:
 //!
 //! ```text
-//! RUSTFLAGS="--cfg shuttle" CARGO_TARGET_DIR=target/shuttle cargo test --lib model_tests
+//! RUSTFLAGS="--cfg shuttle" CARGO_TARGET_DIR=target/shuttle cargo test --lib model_checks
 //! ```
 //!
 //! Every thread here blocks without a timeout as far as shuttle is

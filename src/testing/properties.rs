@@ -2,11 +2,13 @@
 //! their own bytes back, the connection limit holds, and shutdown leaves
 //! nothing behind.
 //!
-//! They live under `src/` so that proptest persists failures in
-//! `proptest-regressions/properties.txt` at the crate root. Default case
+//! They live under `src/` (not `tests/`) so that proptest persists failures in
+//! `proptest-regressions/testing/properties.txt` at the crate root. Default case
 //! counts keep `cargo test` quick; `PROPTEST_CASES=N` raises them.
 
-use crate::{Engine, Server, ServerHandle, Stats};
+use crate::server::{Server, ServerHandle};
+use crate::settings::Engine;
+use crate::stats::Stats;
 use proptest::collection::vec;
 use proptest::prelude::*;
 use std::io::{self, Read, Write};

@@ -1,8 +1,10 @@
 //! Configuring a server: which sockets to listen on and how to serve them.
 
-use crate::listener::{self, ListenAddr, StreamListener};
+use crate::address::ListenAddr;
+use crate::listener::Listener;
+use crate::listener::{self, StreamListener};
 use crate::rate_limit::{RateLimit, SourcePrefix};
-use crate::server::{Listener, Server};
+use crate::server::Server;
 use crate::settings::{Engine, Settings, UdpSettings};
 use crate::thread_budget::ThreadBudget;
 use crate::udp::{self, DatagramSocket};
@@ -74,7 +76,7 @@ pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Debug)]
 #[must_use = "a builder does nothing until `build` is called"]
 pub struct ServerBuilder {
-    sources: Vec<Source>,
+    bindings: Vec<Binding>,
     max_connections: usize,
     backlog: i32,
     /// Permissions of the Unix sockets this builder binds; the umask's when
@@ -83,8 +85,10 @@ pub struct ServerBuilder {
     settings: Settings,
 }
 
+/// A listener the builder will bind (an address or a path) or adopt (a
+/// socket already bound, by the caller or by systemd).
 #[derive(Debug)]
-enum Source {
+enum Binding {
     Tcp(SocketAddr),
     TcpListener(TcpListener),
     Udp(SocketAddr),
@@ -98,7 +102,7 @@ enum Source {
 impl Default for ServerBuilder {
     fn default() -> Self {
         ServerBuilder {
-            sources: Vec::new(),
+            bindings: Vec::new(),
             max_connections: DEFAULT_MAX_CONNECTIONS,
             backlog: DEFAULT_BACKLOG,
             unix_mode: None,
@@ -143,13 +147,13 @@ impl ServerBuilder {
     /// [`Server::local_addr`]). An unspecified IPv6 address (`::`) accepts
     /// IPv4 clients too.
     pub fn tcp(mut self, addr: impl Into<SocketAddr>) -> Self {
-        self.sources.push(Source::Tcp(addr.into()));
+        self.bindings.push(Binding::Tcp(addr.into()));
         self
     }
 
     /// Serves connections from an already listening TCP socket.
     pub fn tcp_listener(mut self, listener: TcpListener) -> Self {
-        self.sources.push(Source::TcpListener(listener));
+        self.bindings.push(Binding::TcpListener(listener));
         self
     }
 
@@ -157,13 +161,13 @@ impl ServerBuilder {
     /// TCP listener added before on the same IP address, if there is one, and
     /// otherwise lets the OS pick.
     pub fn udp(mut self, addr: impl Into<SocketAddr>) -> Self {
-        self.sources.push(Source::Udp(addr.into()));
+        self.bindings.push(Binding::Udp(addr.into()));
         self
     }
 
     /// Answers UDP datagrams on an already bound socket.
     pub fn udp_socket(mut self, socket: UdpSocket) -> Self {
-        self.sources.push(Source::UdpSocket(socket));
+        self.bindings.push(Binding::UdpSocket(socket));
         self
     }
 
@@ -174,7 +178,7 @@ impl ServerBuilder {
     /// take each other's socket for stale.
     #[cfg(unix)]
     pub fn unix(mut self, path: impl Into<PathBuf>) -> Self {
-        self.sources.push(Source::Unix(path.into()));
+        self.bindings.push(Binding::Unix(path.into()));
         self
     }
 
@@ -192,7 +196,7 @@ impl ServerBuilder {
     /// [`systemd_sockets`](crate::activation::systemd_sockets)).
     #[cfg(unix)]
     pub fn inherited_socket(mut self, fd: OwnedFd) -> Self {
-        self.sources.push(Source::Inherited(fd));
+        self.bindings.push(Binding::Inherited(fd));
         self
     }
 
@@ -394,7 +398,7 @@ impl ServerBuilder {
     /// limit of 0 connections, a zero idle timeout), or the OS error from
     /// binding, with the address added.
     pub fn build(self) -> io::Result<Server> {
-        if self.sources.is_empty() {
+        if self.bindings.is_empty() {
             return Err(invalid("no listener configured"));
         }
         if self.max_connections == 0 {
@@ -438,13 +442,13 @@ impl ServerBuilder {
             return Err(invalid("the events engine needs a Unix system"));
         }
         let (max_connections, thread_seats) = self.thread_plan();
-        let mut listeners: Vec<Listener> = Vec::with_capacity(self.sources.len());
+        let mut listeners: Vec<Listener> = Vec::with_capacity(self.bindings.len());
         let mut udp_settings = self.settings.udp.clone();
         udp_settings.threads = crate::settings::per_core(udp_settings.threads);
-        for mut source in self.sources {
+        for mut binding in self.bindings {
             // UDP on port 0 shares the port of a TCP listener on the same
             // address, so one number reaches both (as `--udp` promises).
-            if let Source::Udp(addr) = &mut source {
+            if let Binding::Udp(addr) = &mut binding {
                 if addr.port() == 0 {
                     let tcp_port = listeners.iter().find_map(|l| match l.addr() {
                         ListenAddr::Tcp(tcp) if tcp.ip() == addr.ip() => Some(tcp.port()),
@@ -453,7 +457,7 @@ impl ServerBuilder {
                     addr.set_port(tcp_port.unwrap_or(0));
                 }
             }
-            listeners.push(bind(source, self.backlog, self.unix_mode, &udp_settings)?);
+            listeners.push(bind(binding, self.backlog, self.unix_mode, &udp_settings)?);
         }
         if listeners.iter().any(|l| matches!(l, Listener::Datagram(_))) {
             warn_of_small_bursts(&self.settings.udp);
@@ -493,10 +497,10 @@ impl ServerBuilder {
         };
         let udp_threads = crate::settings::per_core(self.settings.udp.threads);
         let listeners: usize = self
-            .sources
+            .bindings
             .iter()
             .map(|s| match s {
-                Source::Udp(_) => udp_threads,
+                Binding::Udp(_) => udp_threads,
                 _ => 1,
             })
             .sum();
@@ -608,7 +612,7 @@ fn warn_of_small_bursts(udp: &UdpSettings) {
 
 /// Binds (or adopts) one listener; errors say which.
 fn bind(
-    source: Source,
+    binding: Binding,
     backlog: i32,
     unix_mode: Option<u32>,
     udp_settings: &UdpSettings,
@@ -616,24 +620,24 @@ fn bind(
     let context = |what: ListenAddr| {
         move |e: io::Error| io::Error::new(e.kind(), format!("cannot listen on {what}: {e}"))
     };
-    Ok(match source {
-        Source::Tcp(addr) => Listener::Stream(
+    Ok(match binding {
+        Binding::Tcp(addr) => Listener::Stream(
             listener::bind_tcp(addr, backlog).map_err(context(ListenAddr::Tcp(addr)))?,
         ),
-        Source::TcpListener(l) => Listener::Stream(StreamListener::from_socket(Socket::from(l))?),
-        Source::Udp(addr) => Listener::Datagram(
+        Binding::TcpListener(l) => Listener::Stream(StreamListener::from_socket(Socket::from(l))?),
+        Binding::Udp(addr) => Listener::Datagram(
             udp::bind_udp(addr, udp_settings).map_err(context(ListenAddr::Udp(addr)))?,
         ),
-        Source::UdpSocket(s) => {
+        Binding::UdpSocket(s) => {
             Listener::Datagram(DatagramSocket::from_socket(Socket::from(s), udp_settings)?)
         }
         #[cfg(unix)]
-        Source::Unix(path) => Listener::Stream(
+        Binding::Unix(path) => Listener::Stream(
             StreamListener::bind_unix(&path, backlog, unix_mode)
                 .map_err(context(ListenAddr::Unix(path)))?,
         ),
         #[cfg(unix)]
-        Source::Inherited(fd) => adopt(Socket::from(fd), udp_settings)?,
+        Binding::Inherited(fd) => adopt(Socket::from(fd), udp_settings)?,
     })
 }
 

@@ -3,10 +3,11 @@
 //! and listed in the connection table), served by an engine, and closed in
 //! an order that keeps the limits exact.
 
+use crate::address::Peer;
 use crate::context::Context;
 use crate::limit::{Permit, Seat, SourceSlot};
 use crate::stats::Counters;
-use crate::stream::{Metered, Op, Peer, Stream};
+use crate::stream::{Metered, Op, Stream};
 use socket2::Socket;
 use std::io;
 use std::sync::atomic::AtomicU64;

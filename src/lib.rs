@@ -42,8 +42,11 @@
 #![warn(rust_2018_idioms, unreachable_pub)]
 
 // Layers, bottom up; a module imports only from layers below it.
-// 1. The echo core and plain values: none imports a higher layer (within
-//    it, settings -> rate_limit -> source and shutdown -> sync).
+// 1. The echo core and plain values: addresses, the datagram filter, rate
+//    limits, settings, budgets (within it, settings -> rate_limit ->
+//    datagram_filter -> address -> escape, and shutdown -> sync).
+mod address;
+mod datagram_filter;
 mod descriptor_budget;
 mod echo;
 mod escape;
@@ -51,7 +54,6 @@ mod fault;
 mod rate_limit;
 mod settings;
 mod shutdown;
-mod source;
 mod sync;
 mod thread_budget;
 // 2. Shared state: counters, limits, the stream type, the connection table.
@@ -89,6 +91,7 @@ mod testing;
 #[cfg(any(test, feature = "scripted"))]
 pub use testing::scripted;
 
+pub use address::ListenAddr;
 pub use builder::{
     ServerBuilder, DEFAULT_BACKLOG, DEFAULT_KEEPALIVE, DEFAULT_MAX_CONNECTIONS,
     DEFAULT_RECLAIM_IDLE, DEFAULT_SHUTDOWN_GRACE, DEFAULT_THREAD_CONNECTIONS,
@@ -99,7 +102,6 @@ pub use echo::{
     SMALL_BUFFER_SIZE,
 };
 pub use escape::{escape, unescape};
-pub use listener::ListenAddr;
 pub use rate_limit::{
     RateLimit, SourcePrefix, DEFAULT_UDP_BURST, DEFAULT_UDP_RATE, DEFAULT_UDP_TOTAL_BURST,
     DEFAULT_UDP_TOTAL_RATE,

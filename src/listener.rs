@@ -2,51 +2,54 @@
 //! before `listen`), and the accept loop that admits each connection (the
 //! connection limit, the per-source cap) and hands it to the engines.
 
+use crate::address::{normalize, ListenAddr, Peer};
 use crate::connection::Connection;
 use crate::context::Context;
 use crate::engine::{Engines, Refused};
-use crate::source::normalize;
+use crate::shutdown::{Shutdown, POLL};
 use crate::stats::Counters;
-use crate::stream::{is_timeout, Peer};
+use crate::stream::is_timeout;
+use crate::udp::DatagramSocket;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
-use std::fmt;
 use std::io::{self, ErrorKind};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Where a listener listens. `Display` gives the form used in the startup
-/// line, such as `tcp 127.0.0.1:7007`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum ListenAddr {
-    /// A TCP listener.
-    Tcp(SocketAddr),
-    /// A UDP socket.
-    Udp(SocketAddr),
-    /// A Unix stream socket at this path.
-    Unix(PathBuf),
+/// How often a full server looks for a waiting client and an idle slot.
+const RECLAIM_CHECK: Duration = Duration::from_millis(250);
+
+/// A bound socket and how it is served: an accept loop for streams, a
+/// receive loop for datagrams.
+#[derive(Debug)]
+pub(crate) enum Listener {
+    Stream(StreamListener),
+    Datagram(DatagramSocket),
 }
 
-impl fmt::Display for ListenAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl Listener {
+    pub(crate) fn addr(&self) -> &ListenAddr {
         match self {
-            ListenAddr::Tcp(addr) => write!(f, "tcp {addr}"),
-            ListenAddr::Udp(addr) => write!(f, "udp {addr}"),
-            ListenAddr::Unix(path) => write!(f, "unix {}", path.display()),
+            Listener::Stream(l) => &l.addr,
+            Listener::Datagram(d) => &d.addr,
+        }
+    }
+
+    pub(crate) fn register_waker(&self, shutdown: &Shutdown) {
+        match self {
+            Listener::Stream(l) => shutdown.on_request(l.waker()),
+            Listener::Datagram(d) => shutdown.on_request(d.waker()),
+        }
+    }
+
+    pub(crate) fn serve(self, ctx: &Arc<Context>, engines: &Engines) {
+        match self {
+            Listener::Stream(l) => l.accept_loop(ctx, engines),
+            Listener::Datagram(d) => d.serve(ctx),
         }
     }
 }
-
-/// How long a blocked `accept` or `recv` waits before looking at the
-/// shutdown flag on its own. Shutdown normally wakes it at once (see
-/// [`StreamListener::waker`]); this is the backstop for when that wake-up
-/// cannot get through.
-pub(crate) const POLL: Duration = Duration::from_secs(1);
-
-/// How often a full server looks for a waiting client and an idle slot.
-const RECLAIM_CHECK: Duration = Duration::from_millis(250);
 
 /// TCP keepalive after `idle` without traffic: a probe every `idle / 6`
 /// (1 to 10 s), 5 probes, so the default 60 s finds a dead peer within
@@ -139,7 +142,7 @@ impl StreamListener {
     /// so `accept` returns and the loop sees the shutdown flag.
     pub(crate) fn waker(&self) -> impl Fn() + Send + Sync + 'static {
         let target: Option<SockAddr> = match &self.addr {
-            ListenAddr::Tcp(addr) => Some(connectable(*addr).into()),
+            ListenAddr::Tcp(addr) => Some(crate::address::connectable(*addr).into()),
             ListenAddr::Unix(path) => SockAddr::unix(path).ok(),
             ListenAddr::Udp(_) => None,
         };
@@ -472,16 +475,6 @@ impl Episode {
     }
 }
 
-/// The address to connect to in order to reach a listener: a wildcard
-/// address is reached through the loopback address of its family.
-pub(crate) fn connectable(addr: SocketAddr) -> SocketAddr {
-    match addr.ip() {
-        IpAddr::V4(ip) if ip.is_unspecified() => (Ipv4Addr::LOCALHOST, addr.port()).into(),
-        IpAddr::V6(ip) if ip.is_unspecified() => (Ipv6Addr::LOCALHOST, addr.port()).into(),
-        _ => addr,
-    }
-}
-
 #[cfg(unix)]
 fn unix_path(addr: &SockAddr) -> io::Result<PathBuf> {
     addr.as_pathname().map(PathBuf::from).ok_or_else(|| {
@@ -549,41 +542,5 @@ mod tests {
         assert_eq!(delays[9], Duration::from_secs(1));
         b.reset();
         assert_eq!(b.next(), Duration::from_millis(5));
-    }
-
-    #[test]
-    fn wildcard_is_reached_through_loopback() {
-        assert_eq!(
-            connectable("0.0.0.0:7".parse().unwrap()),
-            "127.0.0.1:7".parse().unwrap()
-        );
-        assert_eq!(
-            connectable("[::]:7".parse().unwrap()),
-            "[::1]:7".parse().unwrap()
-        );
-        assert_eq!(
-            connectable("10.0.0.1:7".parse().unwrap()),
-            "10.0.0.1:7".parse().unwrap()
-        );
-        assert_eq!(
-            connectable("[fd00::1]:7".parse().unwrap()),
-            "[fd00::1]:7".parse().unwrap()
-        );
-    }
-
-    #[test]
-    fn listen_addr_display_matches_the_startup_line() {
-        assert_eq!(
-            ListenAddr::Tcp("127.0.0.1:40123".parse().unwrap()).to_string(),
-            "tcp 127.0.0.1:40123"
-        );
-        assert_eq!(
-            ListenAddr::Udp("[::1]:7".parse().unwrap()).to_string(),
-            "udp [::1]:7"
-        );
-        assert_eq!(
-            ListenAddr::Unix("/tmp/e.sock".into()).to_string(),
-            "unix /tmp/e.sock"
-        );
     }
 }

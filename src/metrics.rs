@@ -508,7 +508,7 @@ fn poll_timeout(more_waiting: bool, next: Option<Instant>) -> Option<Duration> {
 /// address then only ever displaces its own, and a scraper elsewhere keeps
 /// its slot; from one address (loopback), it is the oldest.
 fn victim(slots: &[Option<Conn>]) -> usize {
-    let ip = |c: &Conn| crate::source::normalize(c.peer).ip();
+    let ip = |c: &Conn| crate::address::normalize(c.peer).ip();
     let held = |addr| slots.iter().flatten().filter(|c| ip(c) == addr).count();
     slots
         .iter()

@@ -9,7 +9,7 @@
 //! defaults answer ordinary bursts in full (hundreds of datagrams, megabytes)
 //! and only slow sustained floods.
 
-use crate::source::Refusal;
+use crate::datagram_filter::Refusal;
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Instant;

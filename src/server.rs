@@ -1,13 +1,12 @@
 //! The server: its listeners, its engines, and the shutdown sequence that
 //! drains them.
 
+use crate::address::ListenAddr;
 use crate::context::Context;
 use crate::engine::Engines;
-use crate::listener::{ListenAddr, StreamListener};
+use crate::listener::Listener;
 use crate::settings::Settings;
-use crate::shutdown::Shutdown;
 use crate::stats::Stats;
-use crate::udp::DatagramSocket;
 use std::io;
 use std::net::{self, SocketAddr};
 use std::sync::Arc;
@@ -17,37 +16,6 @@ use std::time::Duration;
 /// After the grace period, connections are shut down in both directions;
 /// their threads then end within microseconds. This bounds the wait anyway.
 const FORCED_CLOSE_WAIT: Duration = Duration::from_secs(10);
-
-/// A bound socket and how it is served: an accept loop for streams, a
-/// receive loop for datagrams.
-#[derive(Debug)]
-pub(crate) enum Listener {
-    Stream(StreamListener),
-    Datagram(DatagramSocket),
-}
-
-impl Listener {
-    pub(crate) fn addr(&self) -> &ListenAddr {
-        match self {
-            Listener::Stream(l) => &l.addr,
-            Listener::Datagram(d) => &d.addr,
-        }
-    }
-
-    fn register_waker(&self, shutdown: &Shutdown) {
-        match self {
-            Listener::Stream(l) => shutdown.on_request(l.waker()),
-            Listener::Datagram(d) => shutdown.on_request(d.waker()),
-        }
-    }
-
-    fn serve(self, ctx: &Arc<Context>, engines: &Engines) {
-        match self {
-            Listener::Stream(l) => l.accept_loop(ctx, engines),
-            Listener::Datagram(d) => d.serve(ctx),
-        }
-    }
-}
 
 /// An echo server with its sockets bound, ready to [`run`](Self::run).
 #[derive(Debug)]

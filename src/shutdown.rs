@@ -11,6 +11,12 @@ use crate::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::fmt;
 use std::time::Duration;
 
+/// How long a blocked `accept` or `recv` waits before looking at the
+/// shutdown flag on its own. Shutdown normally wakes it at once (see
+/// `StreamListener::waker`); this is the backstop for when that wake-up
+/// cannot get through.
+pub(crate) const POLL: Duration = Duration::from_secs(1);
+
 type Waker = Box<dyn Fn() + Send + Sync>;
 
 #[derive(Default)]

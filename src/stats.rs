@@ -1,7 +1,7 @@
 //! Counters: what the server has done, readable live from a
 //! [`ServerHandle`](crate::ServerHandle) and printed on shutdown.
 
-use crate::source::Refusal;
+use crate::datagram_filter::Refusal;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 

@@ -2,12 +2,11 @@
 //! type that never raises SIGPIPE, who is on the other end, and the metered
 //! view the echo core runs over (byte counters, `--log-data`).
 
+use crate::address::Peer;
 use crate::escape::escape;
 use crate::stats::Counters;
-use socket2::{SockAddr, Socket};
-use std::fmt;
+use socket2::Socket;
 use std::io::{self, ErrorKind, Read, Write};
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::OnceLock;
 use std::time::Instant;
@@ -22,11 +21,19 @@ const SEND_FLAGS: i32 = 0;
 
 /// An accepted stream socket, TCP or Unix, and when it was last busy.
 #[derive(Debug)]
-pub(crate) struct Stream(pub(crate) Socket, pub(crate) Activity);
+pub(crate) struct Stream {
+    /// The connected socket.
+    pub(crate) socket: Socket,
+    /// When it last read or wrote, for idle timeouts and reclaim.
+    pub(crate) activity: Activity,
+}
 
 impl Stream {
     pub(crate) fn new(socket: Socket) -> Stream {
-        Stream(socket, Activity::default())
+        Stream {
+            socket,
+            activity: Activity::default(),
+        }
     }
 }
 
@@ -92,54 +99,17 @@ pub(crate) fn now_ms() -> u64 {
 
 impl Read for &Stream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        (&self.0).read(buf)
+        (&self.socket).read(buf)
     }
 }
 
 impl Write for &Stream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.send_with_flags(buf, SEND_FLAGS)
+        self.socket.send_with_flags(buf, SEND_FLAGS)
     }
 
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
-    }
-}
-
-/// Who is on the other end, for logs.
-#[derive(Debug, Clone)]
-pub(crate) enum Peer {
-    Ip(SocketAddr),
-    Local(String),
-}
-
-impl Peer {
-    pub(crate) fn from_sockaddr(addr: &SockAddr) -> Peer {
-        if let Some(ip) = addr.as_socket() {
-            return Peer::Ip(ip);
-        }
-        // A Unix client names its own socket, so its name is client bytes:
-        // escaped like data, it can never forge a log line or move the
-        // terminal's cursor.
-        #[cfg(unix)]
-        if let Some(path) = addr.as_pathname() {
-            use std::os::unix::ffi::OsStrExt;
-            return Peer::Local(escape(path.as_os_str().as_bytes()));
-        }
-        #[cfg(any(target_os = "linux", target_os = "android"))]
-        if let Some(name) = addr.as_abstract_namespace() {
-            return Peer::Local(format!("@{}", escape(name)));
-        }
-        Peer::Local("unix client".to_owned())
-    }
-}
-
-impl fmt::Display for Peer {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Peer::Ip(addr) => addr.fmt(f),
-            Peer::Local(name) => f.write_str(name),
-        }
     }
 }
 
@@ -169,7 +139,7 @@ impl Read for Metered<'_> {
         // End of file is not data: not counted, not logged.
         if n > 0 {
             Counters::add(&self.counters.bytes_received, n as u64);
-            self.stream.1.received();
+            self.stream.activity.received();
             if self.log_data {
                 log::info!(
                     peer:% = self.peer, bytes = n;
@@ -188,7 +158,7 @@ impl Write for Metered<'_> {
             return Err(injected);
         }
         let n = { self.stream }.write(buf)?;
-        self.stream.1.wrote();
+        self.stream.activity.wrote();
         Counters::add(&self.counters.bytes_echoed, n as u64);
         Ok(n)
     }
@@ -196,7 +166,7 @@ impl Write for Metered<'_> {
     /// The echo core flushes once a chunk is written back in full (a socket
     /// has nothing to flush): from here the connection is idle.
     fn flush(&mut self) -> io::Result<()> {
-        self.stream.1.caught_up();
+        self.stream.activity.caught_up();
         Ok(())
     }
 }
@@ -225,7 +195,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let _client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let stream = Stream::new(Socket::from(listener.accept().unwrap().0));
-        stream.0.shutdown(Shutdown::Write).unwrap();
+        stream.socket.shutdown(Shutdown::Write).unwrap();
         // SAFETY: swaps the process's SIGPIPE action for the default
         // (terminate) and back; every other write in this process passes
         // MSG_NOSIGNAL too, so the window harms no other test.

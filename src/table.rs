@@ -104,7 +104,7 @@ impl ConnectionTable {
     pub(crate) fn shutdown_all(&self, how: Shutdown) {
         for entry in self.lock().live.values() {
             // Fails only if the peer is already gone, which is the goal anyway.
-            let _ = entry.stream.0.shutdown(how);
+            let _ = entry.stream.socket.shutdown(how);
         }
     }
 
@@ -127,13 +127,13 @@ impl ConnectionTable {
         let idlest = table
             .live
             .values_mut()
-            .filter_map(|e| Some((e.stream.1.idle_for(now)?, e)))
+            .filter_map(|e| Some((e.stream.activity.idle_for(now)?, e)))
             .filter(|(idle, _)| *idle >= min_ms)
             .max_by_key(|(idle, _)| *idle);
         match idlest {
             Some((_, entry)) => {
                 entry.reclaimed = true;
-                let _ = entry.stream.0.shutdown(Shutdown::Read);
+                let _ = entry.stream.socket.shutdown(Shutdown::Read);
                 true
             }
             None => false,
@@ -215,9 +215,9 @@ mod tests {
         let (_id, _client) = admit(&table, &counters);
         assert!(!table.reclaim_idlest(Duration::from_secs(3600)));
         let stream = Arc::clone(&table.lock().live.values().next().unwrap().stream);
-        stream.1.received();
+        stream.activity.received();
         assert!(!table.reclaim_idlest(Duration::ZERO), "reclaimed mid-echo");
-        stream.1.caught_up();
+        stream.activity.caught_up();
         assert!(table.reclaim_idlest(Duration::ZERO));
     }
 }

@@ -3,7 +3,7 @@
 
 use super::signals::SignalTarget;
 use super::{Args, Failure};
-use crate::listener::ListenAddr;
+use crate::address::ListenAddr;
 use std::sync::Arc;
 
 pub(super) fn serve(args: &Args) -> Result<(), Failure> {

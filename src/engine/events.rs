@@ -274,8 +274,8 @@ impl EventLoop {
                 self.served.len() - 1
             }
         };
-        let fd = conn.stream.0.as_raw_fd();
-        let registered = conn.stream.0.set_nonblocking(true).and_then(|()| {
+        let fd = conn.stream.socket.as_raw_fd();
+        let registered = conn.stream.socket.set_nonblocking(true).and_then(|()| {
             self.poll
                 .registry()
                 .register(&mut SourceFd(&fd), Token(index), interest())
@@ -384,7 +384,7 @@ fn sweep_period(idle: Option<Duration>, write: Option<Duration>) -> Option<Durat
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stream::Peer;
+    use crate::address::Peer;
     use socket2::Socket;
 
     /// A connection that always has more to read is served

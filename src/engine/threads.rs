@@ -65,9 +65,13 @@ fn serve(conn: Connection) {
     let ctx = conn.ctx();
     let timeouts = conn
         .stream
-        .0
+        .socket
         .set_read_timeout(ctx.settings.idle_timeout)
-        .and_then(|()| conn.stream.0.set_write_timeout(ctx.settings.write_timeout));
+        .and_then(|()| {
+            conn.stream
+                .socket
+                .set_write_timeout(ctx.settings.write_timeout)
+        });
     if let Err(e) = timeouts {
         log::warn!("{}: cannot set timeouts: {e}", conn.peer);
         return;
@@ -108,12 +112,12 @@ fn bulk(metered: &mut Metered<'_>, ctx: &Context) -> io::Result<u64> {
             .load(std::sync::atomic::Ordering::Relaxed)
             <= SPLICE_MAX_ACTIVE
     {
-        let (counters, activity) = (&ctx.counters, &metered.stream.1);
+        let (counters, activity) = (&ctx.counters, &metered.stream.activity);
         // What was received and is not yet written back, so that a spliced
         // connection is never reclaimed in mid-echo.
         let pending = std::cell::Cell::new(0usize);
         let spliced = crate::splice::echo(
-            &metered.stream.0,
+            &metered.stream.socket,
             |n| {
                 Counters::add(&counters.bytes_received, n as u64);
                 activity.received();

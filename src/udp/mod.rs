@@ -12,11 +12,13 @@
 
 mod batch;
 
+pub use crate::address::normalize;
+use crate::address::ListenAddr;
 use crate::context::Context;
-use crate::listener::{self, ListenAddr, POLL};
+use crate::datagram_filter::is_own_address;
+pub use crate::datagram_filter::{check_source, Refusal};
 use crate::settings::UdpSettings;
-use crate::source::is_own_address;
-pub use crate::source::{check_source, normalize, Refusal};
+use crate::shutdown::POLL;
 use crate::stats::Counters;
 use batch::{Batch, Replies};
 use socket2::{Domain, Protocol, Socket, Type};
@@ -122,7 +124,7 @@ impl DatagramSocket {
     /// (one socket per address), an empty datagram to ourselves.
     pub(crate) fn waker(&self) -> impl Fn() + Send + Sync + 'static {
         let target = match &self.addr {
-            ListenAddr::Udp(addr) => Some(listener::connectable(*addr)),
+            ListenAddr::Udp(addr) => Some(crate::address::connectable(*addr)),
             _ => None,
         };
         let handles: Vec<Socket> = if cfg!(target_os = "linux") {

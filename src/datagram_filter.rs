@@ -1,8 +1,8 @@
-//! Who a client is: source addresses normalized so that IPv4 clients of a
-//! dual-stack socket count as IPv4, and the source filter UDP answers only
-//! through. The per-source connection cap and the UDP rate limit key on
-//! [`normalize`]d addresses (the rate limit on their network).
+//! Which datagrams UDP answers: the loop and reflection filter on a
+//! datagram's source, and the reasons a datagram is refused ([`Refusal`]),
+//! which the rate limits and the counters name too.
 
+use crate::address::normalize;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 /// Why a datagram got no answer.
@@ -24,18 +24,6 @@ pub enum Refusal {
     TotalRateLimited,
     /// Larger than the configured maximum: dropped whole, never echoed in part.
     Truncated,
-}
-
-/// Rewrites an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) to plain IPv4, so
-/// that a dual-stack socket judges IPv4 sources as IPv4.
-pub fn normalize(addr: SocketAddr) -> SocketAddr {
-    match addr {
-        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
-            Some(v4) => SocketAddr::new(IpAddr::V4(v4), v6.port()),
-            None => addr,
-        },
-        SocketAddr::V4(_) => addr,
-    }
 }
 
 /// The loop and reflection filter: whether a datagram from `source` may be

@@ -12,6 +12,19 @@
 //! idle timeouts, counters, and a shutdown that lets connections finish what
 //! they have read.
 //!
+//! # Features
+//!
+//! - `cli` (default): the `echo-server` command, `echo_server::cli` (clap, signals,
+//!   the logger, the man page and completions). Needs `metrics`.
+//! - `metrics` (default): `echo_server::metrics`, the Prometheus endpoint and probes
+//!   (httparse).
+//! - `scripted`: `echo_server::scripted`, the scripted in-memory stream the fuzz
+//!   targets drive the echo core with.
+//!
+//! With `default-features = false` the library builds on socket2, mio,
+//! libc and log alone, which is what a test suite starting a server
+//! in-process needs.
+//!
 //! # Examples
 //!
 //! ```

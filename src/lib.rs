@@ -64,6 +64,7 @@ mod descriptor_budget;
 mod echo;
 mod escape;
 mod fault;
+pub mod proxy_protocol;
 mod rate_limit;
 mod settings;
 mod shutdown;

@@ -833,6 +833,58 @@ mod tests {
         }
     }
 
+    /// /metrics as it was written out by hand, before the counter table
+    /// generated it: dashboards and alerts name these, so it stays this,
+    /// byte for byte.
+    #[test]
+    fn the_metrics_are_what_they_always_were() {
+        let expected = "\
+# HELP echo_server_connections_accepted_total Stream connections accepted.
+# TYPE echo_server_connections_accepted_total counter
+echo_server_connections_accepted_total 1
+# HELP echo_server_connections_closed_total Stream connections closed, by either side.
+# TYPE echo_server_connections_closed_total counter
+echo_server_connections_closed_total 2
+# HELP echo_server_active_connections Stream connections being served, by engine.
+# TYPE echo_server_active_connections gauge
+echo_server_active_connections{engine=\"threads\"} 4
+echo_server_active_connections{engine=\"events\"} 5
+# HELP echo_server_bytes_received_total Bytes read from stream clients.
+# TYPE echo_server_bytes_received_total counter
+echo_server_bytes_received_total 6
+# HELP echo_server_bytes_echoed_total Bytes written back to clients, every transport.
+# TYPE echo_server_bytes_echoed_total counter
+echo_server_bytes_echoed_total 7
+# HELP echo_server_datagrams_echoed_total UDP datagrams answered.
+# TYPE echo_server_datagrams_echoed_total counter
+echo_server_datagrams_echoed_total 17
+# HELP echo_server_closed_early_total Connections the server closed before the client was done, by reason.
+# TYPE echo_server_closed_early_total counter
+echo_server_closed_early_total{reason=\"idle_timeout\"} 8
+echo_server_closed_early_total{reason=\"write_timeout\"} 9
+echo_server_closed_early_total{reason=\"reclaimed\"} 10
+echo_server_closed_early_total{reason=\"keepalive\"} 11
+# HELP echo_server_refused_total Connections and datagrams refused, by reason.
+# TYPE echo_server_refused_total counter
+echo_server_refused_total{reason=\"per_source_cap\"} 13
+echo_server_refused_total{reason=\"no_thread\"} 14
+echo_server_refused_total{reason=\"no_file_descriptor\"} 15
+echo_server_refused_total{reason=\"accept_error\"} 16
+echo_server_refused_total{reason=\"privileged_port\"} 18
+echo_server_refused_total{reason=\"invalid_source\"} 19
+echo_server_refused_total{reason=\"rate_limited\"} 20
+echo_server_refused_total{reason=\"total_rate_limited\"} 21
+echo_server_refused_total{reason=\"too_large\"} 22
+# HELP echo_server_connection_limit_reached_total Times the accept loops waited at the connection limit.
+# TYPE echo_server_connection_limit_reached_total counter
+echo_server_connection_limit_reached_total 12
+# HELP echo_server_udp_kernel_drops_total UDP datagrams the kernel dropped for want of receive buffer.
+# TYPE echo_server_udp_kernel_drops_total counter
+echo_server_udp_kernel_drops_total 23
+";
+        assert_eq!(render(&crate::stats::tests::every_counter()), expected);
+    }
+
     #[test]
     fn every_sample_line_is_well_formed_and_named_by_convention() {
         let text = render(&Stats {

@@ -314,6 +314,17 @@ impl fmt::Display for Stats {
     }
 }
 
+/// Why a connection was closed as soon as it was accepted, before the
+/// connection table listed it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TurnedAway {
+    /// Its address had as many connections as the per-source cap allows.
+    PerSourceCap,
+    /// The process was out of file descriptors: accepted on the spare one
+    /// and reset.
+    NoFileDescriptor,
+}
+
 impl Counters {
     pub(crate) fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Relaxed);
@@ -323,7 +334,32 @@ impl Counters {
         counter.fetch_sub(n, Relaxed);
     }
 
-    pub(crate) fn refused(&self, refusal: Refusal) {
+    /// A connection accepted, whatever becomes of it.
+    pub(crate) fn count_accepted(&self) {
+        Counters::add(&self.accepted, 1);
+    }
+
+    /// A connection listed in the connection table: active until
+    /// [`count_closed`](Counters::count_closed).
+    pub(crate) fn count_listed(&self) {
+        Counters::add(&self.active, 1);
+    }
+
+    /// A connection closed: one the table listed (`None`: it was active),
+    /// or one turned away at once. The one place `closed` grows, so that
+    /// whenever no connection is opening or closing, `accepted = closed +
+    /// active`.
+    pub(crate) fn count_closed(&self, turned_away: Option<TurnedAway>) {
+        match turned_away {
+            None => Counters::sub(&self.active, 1),
+            Some(TurnedAway::PerSourceCap) => Counters::add(&self.refused_per_source, 1),
+            Some(TurnedAway::NoFileDescriptor) => Counters::add(&self.fd_exhausted, 1),
+        }
+        Counters::add(&self.closed, 1);
+    }
+
+    /// A datagram not answered, and why.
+    pub(crate) fn count_refusal(&self, refusal: Refusal) {
         let counter = match refusal {
             Refusal::PrivilegedPort => &self.refused_privileged_port,
             Refusal::InvalidSource => &self.refused_invalid_source,
@@ -366,6 +402,46 @@ pub(crate) mod tests {
             truncated: 22,
             udp_kernel_drops: 23,
         }
+    }
+
+    /// Every close is counted once, with its reason if it was turned away,
+    /// and the connection counters add up.
+    #[test]
+    fn closes_and_refusals_are_counted_where_they_belong() {
+        let counters = Counters::default();
+        for _ in 0..4 {
+            counters.count_accepted();
+        }
+        counters.count_listed();
+        counters.count_listed();
+        counters.count_closed(None);
+        counters.count_closed(Some(TurnedAway::PerSourceCap));
+        counters.count_closed(Some(TurnedAway::NoFileDescriptor));
+        for refusal in [
+            Refusal::PrivilegedPort,
+            Refusal::InvalidSource,
+            Refusal::RateLimited,
+            Refusal::TotalRateLimited,
+            Refusal::Truncated,
+        ] {
+            counters.count_refusal(refusal);
+        }
+        let s = counters.snapshot();
+        assert_eq!((s.accepted, s.closed, s.active), (4, 3, 1));
+        let expected = Stats {
+            accepted: 4,
+            closed: 3,
+            active: 1,
+            refused_per_source: 1,
+            fd_exhausted: 1,
+            refused_privileged_port: 1,
+            refused_invalid_source: 1,
+            rate_limited: 1,
+            udp_total_rate_limited: 1,
+            truncated: 1,
+            ..Stats::default()
+        };
+        assert_eq!(s, expected);
     }
 
     /// What the table must hold for the summary and /metrics to be well

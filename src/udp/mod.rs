@@ -302,7 +302,7 @@ fn serve_socket(socket: &Socket, addr: &ListenAddr, reply_from_arrival: bool, ct
                 continue;
             };
             if let Err(refusal) = verdict {
-                counters.refused(refusal);
+                counters.count_refusal(refusal);
                 log::debug!(
                     peer:% = source, reason:? = refusal;
                     "{addr}: no answer to {source}: {refusal:?}"

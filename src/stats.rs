@@ -178,8 +178,10 @@ counters! {
         /// UDP datagrams not answered because the server as a whole was at its
         /// reply rate ceiling.
         udp_total_rate_limited: counter, NotAnswered "{} over the server-wide rate", refused_total{reason="total_rate_limited"};
-        /// UDP datagrams dropped because they were larger than the maximum.
-        truncated: counter, NotAnswered "{} too large", refused_total{reason="too_large"};
+        /// UDP datagrams not answered because they were larger than the
+        /// maximum ([`udp_max_datagram`](crate::ServerBuilder::udp_max_datagram)):
+        /// dropped whole, never echoed in part.
+        too_large: counter, NotAnswered "{} too large", refused_total{reason="too_large"};
         /// UDP datagrams the kernel dropped before the server saw them, for want
         /// of receive buffer space (where the OS reports it: Linux).
         udp_kernel_drops: counter, NotAnswered "{} dropped by the kernel", udp_kernel_drops_total;
@@ -365,7 +367,7 @@ impl Counters {
             Refusal::InvalidSource => &self.refused_invalid_source,
             Refusal::RateLimited => &self.rate_limited,
             Refusal::TotalRateLimited => &self.udp_total_rate_limited,
-            Refusal::Truncated => &self.truncated,
+            Refusal::TooLarge => &self.too_large,
         };
         Counters::add(counter, 1);
     }
@@ -399,7 +401,7 @@ pub(crate) mod tests {
             refused_invalid_source: 19,
             rate_limited: 20,
             udp_total_rate_limited: 21,
-            truncated: 22,
+            too_large: 22,
             udp_kernel_drops: 23,
         }
     }
@@ -422,7 +424,7 @@ pub(crate) mod tests {
             Refusal::InvalidSource,
             Refusal::RateLimited,
             Refusal::TotalRateLimited,
-            Refusal::Truncated,
+            Refusal::TooLarge,
         ] {
             counters.count_refusal(refusal);
         }
@@ -438,7 +440,7 @@ pub(crate) mod tests {
             refused_invalid_source: 1,
             rate_limited: 1,
             udp_total_rate_limited: 1,
-            truncated: 1,
+            too_large: 1,
             ..Stats::default()
         };
         assert_eq!(s, expected);
@@ -527,7 +529,7 @@ pub(crate) mod tests {
             idle_timeouts: 1,
             reclaimed: 2,
             fd_exhausted: 4,
-            truncated: 1,
+            too_large: 1,
             udp_total_rate_limited: 8,
             limit_reached: 6,
             ..Stats::default()

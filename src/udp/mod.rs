@@ -273,7 +273,7 @@ fn serve_socket(socket: &Socket, addr: &ListenAddr, reply_from_arrival: bool, ct
             verdicts.push(datagram.source.map(|source| {
                 let len = datagram.data.len();
                 let verdict = if len > settings.max_datagram {
-                    Err(Refusal::Truncated)
+                    Err(Refusal::TooLarge)
                 } else if own.is_some_and(|own| is_own_address(source, own, datagram.arrival)) {
                     // Whatever the filter: an echo to itself never ends.
                     Err(Refusal::InvalidSource)

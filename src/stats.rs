@@ -4,7 +4,7 @@
 //! Each counter is defined once, in the table below: its [`Stats`] field
 //! and that field's doc, its live atomic in [`Counters`], its place in the
 //! summary line ([`Display for Stats`](Stats#impl-Display-for-Stats)) and
-//! its Prometheus sample ([`crate::metrics::render`], when built). Adding
+//! its Prometheus sample (`metrics::render`, when built). Adding
 //! one is a line in the table, and a call where it is counted.
 
 use crate::source::Refusal;

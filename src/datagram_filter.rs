@@ -22,8 +22,11 @@ pub enum Refusal {
     /// The server has used up its own reply budget (`--udp-total-rate`),
     /// whatever the source.
     TotalRateLimited,
-    /// Larger than the configured maximum: dropped whole, never echoed in part.
-    Truncated,
+    /// Larger than the configured maximum
+    /// ([`udp_max_datagram`](crate::ServerBuilder::udp_max_datagram)):
+    /// dropped whole, never echoed in part. (Counted as
+    /// [`Stats::too_large`](crate::Stats::too_large).)
+    TooLarge,
 }
 
 /// The loop and reflection filter: whether a datagram from `source` may be

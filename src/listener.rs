@@ -7,7 +7,7 @@ use crate::connection::Connection;
 use crate::context::Context;
 use crate::engine::{Engines, Refused};
 use crate::shutdown::{Shutdown, POLL};
-use crate::stats::Counters;
+use crate::stats::{Counters, TurnedAway};
 use crate::stream::is_timeout;
 use crate::udp::DatagramSocket;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
@@ -217,7 +217,7 @@ impl StreamListener {
             let _ = socket.set_nonblocking(false);
             backoff.reset();
             ctx.table.reap();
-            Counters::add(&ctx.counters.accepted, 1);
+            ctx.counters.count_accepted();
             let peer = Peer::from_sockaddr(&addr);
             let mut source_slot = None;
             if let Peer::Ip(ip) = peer {
@@ -225,10 +225,9 @@ impl StreamListener {
                     match cap.admit(normalize(ip).ip()) {
                         Some(slot) => source_slot = Some(slot),
                         None => {
-                            Counters::add(&ctx.counters.refused_per_source, 1);
                             // Accepted and closed at once: the identity
                             // accepted = closed + active holds.
-                            Counters::add(&ctx.counters.closed, 1);
+                            ctx.counters.count_closed(Some(TurnedAway::PerSourceCap));
                             log::debug!(
                                 peer:% = peer, reason = "per_source_cap";
                                 "{}: {peer} is at the per-source cap, closed", self.addr
@@ -327,9 +326,9 @@ impl StreamListener {
         if is_fd_exhaustion(e) {
             if self.shed_one() {
                 // Accepted (on the spare descriptor) and closed at once.
-                Counters::add(&ctx.counters.accepted, 1);
-                Counters::add(&ctx.counters.closed, 1);
-                Counters::add(&ctx.counters.fd_exhausted, 1);
+                ctx.counters.count_accepted();
+                ctx.counters
+                    .count_closed(Some(TurnedAway::NoFileDescriptor));
                 // Once per episode: a flood of clients is not a flood of logs.
                 if sheds.begins() {
                     log::warn!(

@@ -47,7 +47,7 @@
 use crate::escape::escape;
 use crate::listener::{is_fd_exhaustion, is_transient, Backoff};
 use crate::server::ServerHandle;
-use crate::stats::Stats;
+use crate::stats::{Metric, Stats};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use std::fmt::Write as _;
@@ -593,94 +593,29 @@ fn first_line(head: &[u8]) -> &[u8] {
     &head[..end]
 }
 
-/// The counters in the Prometheus text format (version 0.0.4).
+/// The counters in the Prometheus text format (version 0.0.4): each metric
+/// of the counter table (`src/stats.rs`), in its order, with its `HELP`,
+/// its `TYPE` (its counters' kind) and a sample per counter.
 pub fn render(s: &Stats) -> String {
     let mut out = String::new();
-    let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
-        let _ = writeln!(out, "# HELP echo_server_{name} {help}");
-        let _ = writeln!(out, "# TYPE echo_server_{name} {kind}");
-        for (labels, value) in samples {
-            let _ = writeln!(out, "echo_server_{name}{labels} {value}");
+    for metric in Metric::ALL {
+        let samples = s
+            .counters()
+            .filter_map(|(counter, n)| match counter.sample {
+                Some((of, labels)) if of == metric => Some((counter.kind, labels, n)),
+                _ => None,
+            });
+        let name = metric.name();
+        for (i, (kind, labels, n)) in samples.enumerate() {
+            // The head before the first sample: the kind is its counters'
+            // (a test checks that they agree).
+            if i == 0 {
+                let _ = writeln!(out, "# HELP echo_server_{name} {}", metric.help());
+                let _ = writeln!(out, "# TYPE echo_server_{name} {}", kind.name());
+            }
+            let _ = writeln!(out, "echo_server_{name}{labels} {n}");
         }
-    };
-    metric(
-        "connections_accepted_total",
-        "counter",
-        "Stream connections accepted.",
-        &[("", s.accepted)],
-    );
-    metric(
-        "connections_closed_total",
-        "counter",
-        "Stream connections closed, by either side.",
-        &[("", s.closed)],
-    );
-    metric(
-        "active_connections",
-        "gauge",
-        "Stream connections being served, by engine.",
-        &[
-            ("{engine=\"threads\"}", s.active_threads),
-            ("{engine=\"events\"}", s.active_events),
-        ],
-    );
-    metric(
-        "bytes_received_total",
-        "counter",
-        "Bytes read from stream clients.",
-        &[("", s.bytes_received)],
-    );
-    metric(
-        "bytes_echoed_total",
-        "counter",
-        "Bytes written back to clients, every transport.",
-        &[("", s.bytes_echoed)],
-    );
-    metric(
-        "datagrams_echoed_total",
-        "counter",
-        "UDP datagrams answered.",
-        &[("", s.datagrams_echoed)],
-    );
-    metric(
-        "closed_early_total",
-        "counter",
-        "Connections the server closed before the client was done, by reason.",
-        &[
-            ("{reason=\"idle_timeout\"}", s.idle_timeouts),
-            ("{reason=\"write_timeout\"}", s.write_timeouts),
-            ("{reason=\"reclaimed\"}", s.reclaimed),
-            ("{reason=\"keepalive\"}", s.keepalive_closed),
-        ],
-    );
-    metric(
-        "refused_total",
-        "counter",
-        "Connections and datagrams refused, by reason.",
-        &[
-            ("{reason=\"per_source_cap\"}", s.refused_per_source),
-            ("{reason=\"no_thread\"}", s.thread_refused),
-            ("{reason=\"no_file_descriptor\"}", s.fd_exhausted),
-            ("{reason=\"accept_error\"}", s.accept_errors),
-            ("{reason=\"privileged_port\"}", s.refused_privileged_port),
-            ("{reason=\"invalid_source\"}", s.refused_invalid_source),
-            ("{reason=\"rate_limited\"}", s.rate_limited),
-            ("{reason=\"total_rate_limited\"}", s.udp_total_rate_limited),
-            ("{reason=\"too_large\"}", s.truncated),
-        ],
-    );
-    metric(
-        "connection_limit_reached_total",
-        "counter",
-        "Times the accept loops waited at the connection limit.",
-        &[("", s.limit_reached)],
-    );
-    metric(
-        "udp_kernel_drops_total",
-        "counter",
-        "UDP datagrams the kernel dropped for want of receive buffer.",
-        &[("", s.udp_kernel_drops)],
-    );
+    }
     out
 }
 
@@ -831,6 +766,58 @@ mod tests {
             prop_assert!(body.is_empty() || body.len() == length, "{}", text);
             prop_assert_eq!(header(&text, "Connection"), Some("close"));
         }
+    }
+
+    /// /metrics as it was written out by hand, before the counter table
+    /// generated it: dashboards and alerts name these, so it stays this,
+    /// byte for byte.
+    #[test]
+    fn the_metrics_are_what_they_always_were() {
+        let expected = "\
+# HELP echo_server_connections_accepted_total Stream connections accepted.
+# TYPE echo_server_connections_accepted_total counter
+echo_server_connections_accepted_total 1
+# HELP echo_server_connections_closed_total Stream connections closed, by either side.
+# TYPE echo_server_connections_closed_total counter
+echo_server_connections_closed_total 2
+# HELP echo_server_active_connections Stream connections being served, by engine.
+# TYPE echo_server_active_connections gauge
+echo_server_active_connections{engine=\"threads\"} 4
+echo_server_active_connections{engine=\"events\"} 5
+# HELP echo_server_bytes_received_total Bytes read from stream clients.
+# TYPE echo_server_bytes_received_total counter
+echo_server_bytes_received_total 6
+# HELP echo_server_bytes_echoed_total Bytes written back to clients, every transport.
+# TYPE echo_server_bytes_echoed_total counter
+echo_server_bytes_echoed_total 7
+# HELP echo_server_datagrams_echoed_total UDP datagrams answered.
+# TYPE echo_server_datagrams_echoed_total counter
+echo_server_datagrams_echoed_total 17
+# HELP echo_server_closed_early_total Connections the server closed before the client was done, by reason.
+# TYPE echo_server_closed_early_total counter
+echo_server_closed_early_total{reason=\"idle_timeout\"} 8
+echo_server_closed_early_total{reason=\"write_timeout\"} 9
+echo_server_closed_early_total{reason=\"reclaimed\"} 10
+echo_server_closed_early_total{reason=\"keepalive\"} 11
+# HELP echo_server_refused_total Connections and datagrams refused, by reason.
+# TYPE echo_server_refused_total counter
+echo_server_refused_total{reason=\"per_source_cap\"} 13
+echo_server_refused_total{reason=\"no_thread\"} 14
+echo_server_refused_total{reason=\"no_file_descriptor\"} 15
+echo_server_refused_total{reason=\"accept_error\"} 16
+echo_server_refused_total{reason=\"privileged_port\"} 18
+echo_server_refused_total{reason=\"invalid_source\"} 19
+echo_server_refused_total{reason=\"rate_limited\"} 20
+echo_server_refused_total{reason=\"total_rate_limited\"} 21
+echo_server_refused_total{reason=\"too_large\"} 22
+# HELP echo_server_connection_limit_reached_total Times the accept loops waited at the connection limit.
+# TYPE echo_server_connection_limit_reached_total counter
+echo_server_connection_limit_reached_total 12
+# HELP echo_server_udp_kernel_drops_total UDP datagrams the kernel dropped for want of receive buffer.
+# TYPE echo_server_udp_kernel_drops_total counter
+echo_server_udp_kernel_drops_total 23
+";
+        assert_eq!(render(&crate::stats::tests::every_counter()), expected);
     }
 
     #[test]

@@ -1,74 +1,291 @@
 //! Counters: what the server has done, readable live from a
 //! [`ServerHandle`](crate::ServerHandle) and printed on shutdown.
+//!
+//! Each counter is defined once, in the table below: its [`Stats`] field
+//! and that field's doc, its live atomic in [`Counters`], its place in the
+//! summary line ([`Display for Stats`](Stats#impl-Display-for-Stats)) and
+//! its Prometheus sample (`metrics::render`, when built). Adding
+//! one is a line in the table, and a call where it is counted.
 
 use crate::datagram_filter::Refusal;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-/// A snapshot of a server's counters.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Stats {
-    /// Connections accepted since the server started, including those
-    /// closed at once (refused at the per-source cap, for lack of a thread
-    /// or of a file descriptor).
-    pub accepted: u64,
-    /// Connections closed (by either side, or refused) since the server
-    /// started. Whenever no connection is being opened or closed,
-    /// `accepted = closed + active`.
-    pub closed: u64,
-    /// Connections being served right now.
-    pub active: u64,
-    /// Of the active connections, those served by a thread of their own.
-    pub active_threads: u64,
-    /// Of the active connections, those served by an event loop.
-    pub active_events: u64,
-    /// Bytes read from stream clients (TCP, Unix). For every connection
-    /// that ended normally, all of them were echoed.
-    pub bytes_received: u64,
-    /// Bytes written back to clients, over every transport.
-    pub bytes_echoed: u64,
-    /// Connections closed because the client sent nothing for the idle timeout.
-    pub idle_timeouts: u64,
-    /// Connections closed because the client read nothing for the write
-    /// timeout while the server had data for it.
-    pub write_timeouts: u64,
-    /// Idle connections closed to free a slot for a waiting client.
-    pub reclaimed: u64,
-    /// Connections closed because the peer stopped answering TCP keepalive
-    /// probes (it vanished without a FIN or reset).
-    pub keepalive_closed: u64,
-    /// Times the accept loop stopped at the connection limit (clients then
-    /// wait in the backlog; none is refused).
-    pub limit_reached: u64,
-    /// Connections closed at once because their address had as many
-    /// connections as the per-source cap allows.
-    pub refused_per_source: u64,
-    /// Connections closed because no thread could be started for them.
-    pub thread_refused: u64,
-    /// Connections reset at once because the process was out of file
-    /// descriptors (the spare descriptor was used to accept and close them).
-    pub fd_exhausted: u64,
-    /// Other errors from `accept`, such as running out of memory.
-    pub accept_errors: u64,
-    /// UDP datagrams answered.
-    pub datagrams_echoed: u64,
-    /// UDP datagrams not answered because they came from a privileged port.
-    pub refused_privileged_port: u64,
-    /// UDP datagrams not answered because their source address was
-    /// broadcast, multicast or unspecified.
-    pub refused_invalid_source: u64,
-    /// UDP datagrams not answered because their source's network exceeded
-    /// its rate.
-    pub rate_limited: u64,
-    /// UDP datagrams not answered because the server as a whole was at its
-    /// reply rate ceiling.
-    pub udp_total_rate_limited: u64,
-    /// UDP datagrams dropped because they were larger than the maximum.
-    pub truncated: u64,
-    /// UDP datagrams the kernel dropped before the server saw them, for want
-    /// of receive buffer space (where the OS reports it: Linux).
-    pub udp_kernel_drops: u64,
+/// Generates, from the table of counters, [`Stats`], [`Counters`] and its
+/// snapshot, the definitions the summary line and /metrics are written
+/// from ([`COUNTERS`]) and the Prometheus metrics ([`Metric`]).
+///
+/// `metrics { name: "HELP text", ... }` lists the Prometheus metrics in
+/// the order rendered. Then each counter, in `Stats` field order (which is
+/// also its order within its summary group and its metric):
+///
+/// ```text
+/// /// Its doc: the field's rustdoc.
+/// field: counter|gauge, SummaryGroup "its part of the summary, {} its value", metric{label="value"};
+/// ```
+///
+/// The metric part is left out for a counter that has no sample of its own.
+macro_rules! counters {
+    (
+        metrics { $( $metric:ident: $metric_help:literal, )* }
+        counters { $(
+            $(#[doc = $doc:literal])*
+            $field:ident: $kind:ident, $group:ident $summary:literal
+                $(, $family:ident $({ $label:ident = $value:literal })?)?;
+        )* }
+    ) => {
+        /// A snapshot of a server's counters.
+        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+        #[non_exhaustive]
+        pub struct Stats {
+            $( $(#[doc = $doc])* pub $field: u64, )*
+        }
+
+        /// The live counters behind [`Stats`]. Relaxed atomics: each counter
+        /// is independent and only ever read as a statistic.
+        #[derive(Debug, Default)]
+        pub(crate) struct Counters {
+            $( pub(crate) $field: AtomicU64, )*
+        }
+
+        impl Counters {
+            pub(crate) fn snapshot(&self) -> Stats {
+                Stats { $( $field: self.$field.load(Relaxed), )* }
+            }
+        }
+
+        impl Stats {
+            /// Every counter's value, in table order (as [`COUNTERS`]).
+            fn values(&self) -> [u64; COUNTED] {
+                [ $( self.$field, )* ]
+            }
+        }
+
+        /// How many counters the table has.
+        const COUNTED: usize = [ $( stringify!($field), )* ].len();
+
+        /// Every counter's definition, in table order.
+        const COUNTERS: [Counter; COUNTED] = [ $(
+            Counter {
+                kind: counters!(@kind $kind),
+                group: Group::$group,
+                summary: $summary,
+                sample: counters!(@sample $( $family $( $label $value )? )?),
+            },
+        )* ];
+
+        /// The Prometheus metrics: a counter's sample, or the samples of
+        /// several told apart by a label. Named as exposed, after the
+        /// `echo_server_` prefix.
+        #[allow(non_camel_case_types)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+        pub(crate) enum Metric { $( $metric, )* }
+
+        #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+        impl Metric {
+            /// Every metric, in the order rendered.
+            pub(crate) const ALL: [Metric; [ $( stringify!($metric), )* ].len()] =
+                [ $( Metric::$metric, )* ];
+
+            /// Its name, after the `echo_server_` prefix.
+            pub(crate) fn name(self) -> &'static str {
+                match self { $( Metric::$metric => stringify!($metric), )* }
+            }
+
+            /// Its `HELP` text.
+            pub(crate) fn help(self) -> &'static str {
+                match self { $( Metric::$metric => $metric_help, )* }
+            }
+        }
+    };
+    (@kind counter) => { Kind::Counter };
+    (@kind gauge) => { Kind::Gauge };
+    (@sample) => { None };
+    (@sample $family:ident) => { Some((Metric::$family, "")) };
+    (@sample $family:ident $label:ident $value:literal) => {
+        Some((Metric::$family, concat!("{", stringify!($label), "=\"", $value, "\"}")))
+    };
+}
+
+counters! {
+    metrics {
+        connections_accepted_total: "Stream connections accepted.",
+        connections_closed_total: "Stream connections closed, by either side.",
+        active_connections: "Stream connections being served, by engine.",
+        bytes_received_total: "Bytes read from stream clients.",
+        bytes_echoed_total: "Bytes written back to clients, every transport.",
+        datagrams_echoed_total: "UDP datagrams answered.",
+        closed_early_total: "Connections the server closed before the client was done, by reason.",
+        refused_total: "Connections and datagrams refused, by reason.",
+        connection_limit_reached_total: "Times the accept loops waited at the connection limit.",
+        udp_kernel_drops_total: "UDP datagrams the kernel dropped for want of receive buffer.",
+    }
+    counters {
+        /// Connections accepted since the server started, including those
+        /// closed at once (refused at the per-source cap, for lack of a thread
+        /// or of a file descriptor).
+        accepted: counter, Connections "{} connections accepted", connections_accepted_total;
+        /// Connections closed (by either side, or refused) since the server
+        /// started. Whenever no connection is being opened or closed,
+        /// `accepted = closed + active`.
+        closed: counter, Connections "{} closed", connections_closed_total;
+        /// Connections being served right now.
+        // No sample: /metrics has them by engine, which add up to it.
+        active: gauge, Connections "{} active";
+        /// Of the active connections, those served by a thread of their own.
+        active_threads: gauge, Engines "{} on threads", active_connections{engine="threads"};
+        /// Of the active connections, those served by an event loop.
+        active_events: gauge, Engines "{} on event loops", active_connections{engine="events"};
+        /// Bytes read from stream clients (TCP, Unix). For every connection
+        /// that ended normally, all of them were echoed.
+        bytes_received: counter, Bytes "{} bytes received", bytes_received_total;
+        /// Bytes written back to clients, over every transport.
+        bytes_echoed: counter, Bytes "{} echoed", bytes_echoed_total;
+        /// Connections closed because the client sent nothing for the idle timeout.
+        idle_timeouts: counter, ClosedEarly "{} idle timeouts", closed_early_total{reason="idle_timeout"};
+        /// Connections closed because the client read nothing for the write
+        /// timeout while the server had data for it.
+        write_timeouts: counter, ClosedEarly "{} write timeouts", closed_early_total{reason="write_timeout"};
+        /// Idle connections closed to free a slot for a waiting client.
+        reclaimed: counter, ClosedEarly "{} idle reclaimed for waiting clients", closed_early_total{reason="reclaimed"};
+        /// Connections closed because the peer stopped answering TCP keepalive
+        /// probes (it vanished without a FIN or reset).
+        keepalive_closed: counter, ClosedEarly "{} vanished (keepalive)", closed_early_total{reason="keepalive"};
+        /// Times the accept loop stopped at the connection limit (clients then
+        /// wait in the backlog; none is refused).
+        limit_reached: counter, Limit "the connection limit was reached {} times (clients waited)", connection_limit_reached_total;
+        /// Connections closed at once because their address had as many
+        /// connections as the per-source cap allows.
+        refused_per_source: counter, Refused "{} at the per-source cap", refused_total{reason="per_source_cap"};
+        /// Connections closed because no thread could be started for them.
+        thread_refused: counter, Refused "{} for lack of threads", refused_total{reason="no_thread"};
+        /// Connections reset at once because the process was out of file
+        /// descriptors (the spare descriptor was used to accept and close them).
+        fd_exhausted: counter, Refused "{} reset for lack of file descriptors", refused_total{reason="no_file_descriptor"};
+        /// Other errors from `accept`, such as running out of memory.
+        accept_errors: counter, Refused "{} accept errors", refused_total{reason="accept_error"};
+        /// UDP datagrams answered.
+        datagrams_echoed: counter, Datagrams "{} datagrams echoed", datagrams_echoed_total;
+        /// UDP datagrams not answered because they came from a privileged port.
+        refused_privileged_port: counter, NotAnswered "{} from privileged ports", refused_total{reason="privileged_port"};
+        /// UDP datagrams not answered because their source address was
+        /// broadcast, multicast or unspecified.
+        refused_invalid_source: counter, NotAnswered "{} from invalid sources", refused_total{reason="invalid_source"};
+        /// UDP datagrams not answered because their source's network exceeded
+        /// its rate.
+        rate_limited: counter, NotAnswered "{} rate limited", refused_total{reason="rate_limited"};
+        /// UDP datagrams not answered because the server as a whole was at its
+        /// reply rate ceiling.
+        udp_total_rate_limited: counter, NotAnswered "{} over the server-wide rate", refused_total{reason="total_rate_limited"};
+        /// UDP datagrams not answered because they were larger than the
+        /// maximum ([`udp_max_datagram`](crate::ServerBuilder::udp_max_datagram)):
+        /// dropped whole, never echoed in part.
+        too_large: counter, NotAnswered "{} too large", refused_total{reason="too_large"};
+        /// UDP datagrams the kernel dropped before the server saw them, for want
+        /// of receive buffer space (where the OS reports it: Linux).
+        udp_kernel_drops: counter, NotAnswered "{} dropped by the kernel", udp_kernel_drops_total;
+    }
+}
+
+/// Whether a counter only grows or also falls: its Prometheus `TYPE`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+pub(crate) enum Kind {
+    /// Only grows.
+    Counter,
+    /// Rises and falls: a count of what is open now.
+    Gauge,
+}
+
+impl Kind {
+    /// The Prometheus `TYPE`.
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+        }
+    }
+}
+
+/// One counter, as the table defines it.
+#[derive(Debug)]
+pub(crate) struct Counter {
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    pub(crate) kind: Kind,
+    group: Group,
+    /// Its part of the summary line, `{}` standing for its value.
+    summary: &'static str,
+    /// The metric its sample belongs to and its labels (`{reason="x"}`, or
+    /// empty), if it has a sample of its own.
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    pub(crate) sample: Option<(Metric, &'static str)>,
+}
+
+/// The parts of the summary line, in the order printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Group {
+    /// Accepted, closed and active: always told.
+    Connections,
+    /// The active connections by engine, in parentheses, while any is active.
+    Engines,
+    /// Bytes received and echoed: always told.
+    Bytes,
+    /// Datagrams echoed, if any.
+    Datagrams,
+    /// Waits at the connection limit, if any.
+    Limit,
+    /// Why connections were closed early, the reasons that happened.
+    ClosedEarly,
+    /// Why connections were refused, the reasons that happened.
+    Refused,
+    /// Why datagrams were not answered, the reasons that happened.
+    NotAnswered,
+}
+
+impl Group {
+    const ALL: [Group; 8] = [
+        Group::Connections,
+        Group::Engines,
+        Group::Bytes,
+        Group::Datagrams,
+        Group::Limit,
+        Group::ClosedEarly,
+        Group::Refused,
+        Group::NotAnswered,
+    ];
+
+    /// What comes before its first counter, and after its last.
+    fn frame(self) -> (&'static str, &'static str) {
+        match self {
+            Group::Connections => ("", ""),
+            Group::Engines => (" (", ")"),
+            Group::Bytes | Group::Datagrams | Group::Limit => ("; ", ""),
+            Group::ClosedEarly => ("; closed early: ", ""),
+            Group::Refused => ("; refused: ", ""),
+            Group::NotAnswered => ("; datagrams not answered: ", ""),
+        }
+    }
+
+    /// Whether one of its counters, at `n`, is told in the summary of
+    /// `stats`. The engines go with `active` (even at 0 each: a connection
+    /// listed, not placed yet), not with their own values, which a
+    /// snapshot may catch lagging the total.
+    fn shows(self, n: u64, stats: &Stats) -> bool {
+        match self {
+            Group::Connections | Group::Bytes => true,
+            Group::Engines => stats.active > 0,
+            _ => n > 0,
+        }
+    }
+}
+
+impl Stats {
+    /// Every counter's definition and value, in table order.
+    pub(crate) fn counters(&self) -> impl Iterator<Item = (&'static Counter, u64)> {
+        COUNTERS.iter().zip(self.values())
+    }
 }
 
 impl fmt::Display for Stats {
@@ -78,113 +295,36 @@ impl fmt::Display for Stats {
     /// accepted, 12 closed, 0 active; 3400 bytes received, 3400 echoed;
     /// closed early: 2 idle timeouts`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} connections accepted, {} closed, {} active",
-            self.accepted, self.closed, self.active
-        )?;
-        if self.active > 0 {
-            write!(
-                f,
-                " ({} on threads, {} on event loops)",
-                self.active_threads, self.active_events
-            )?;
-        }
-        write!(
-            f,
-            "; {} bytes received, {} echoed",
-            self.bytes_received, self.bytes_echoed
-        )?;
-        if self.datagrams_echoed > 0 {
-            write!(f, "; {} datagrams echoed", self.datagrams_echoed)?;
-        }
-        let groups: [(&str, [(u64, &str); 6]); 3] = [
-            (
-                "closed early",
-                [
-                    (self.idle_timeouts, "idle timeouts"),
-                    (self.write_timeouts, "write timeouts"),
-                    (self.reclaimed, "idle reclaimed for waiting clients"),
-                    (self.keepalive_closed, "vanished (keepalive)"),
-                    (0, ""),
-                    (0, ""),
-                ],
-            ),
-            (
-                "refused",
-                [
-                    (self.refused_per_source, "at the per-source cap"),
-                    (self.thread_refused, "for lack of threads"),
-                    (self.fd_exhausted, "reset for lack of file descriptors"),
-                    (self.accept_errors, "accept errors"),
-                    (0, ""),
-                    (0, ""),
-                ],
-            ),
-            (
-                "datagrams not answered",
-                [
-                    (self.refused_privileged_port, "from privileged ports"),
-                    (self.refused_invalid_source, "from invalid sources"),
-                    (self.rate_limited, "rate limited"),
-                    (self.udp_total_rate_limited, "over the server-wide rate"),
-                    (self.truncated, "too large"),
-                    (self.udp_kernel_drops, "dropped by the kernel"),
-                ],
-            ),
-        ];
-        if self.limit_reached > 0 {
-            write!(
-                f,
-                "; the connection limit was reached {} times (clients waited)",
-                self.limit_reached
-            )?;
-        }
-        for (name, counters) in groups {
-            let mut first = true;
-            for (n, what) in counters {
-                if n == 0 {
+        for group in Group::ALL {
+            let (open, close) = group.frame();
+            let mut told = false;
+            for (counter, n) in self.counters() {
+                if counter.group != group || !group.shows(n, self) {
                     continue;
                 }
-                f.write_str(if first { "; " } else { ", " })?;
-                if first {
-                    write!(f, "{name}: ")?;
-                    first = false;
-                }
-                write!(f, "{n} {what}")?;
+                f.write_str(if told { ", " } else { open })?;
+                told = true;
+                // Every summary has one `{}` (a test checks).
+                let (before, after) = counter.summary.split_once("{}").unwrap_or(("", ""));
+                write!(f, "{before}{n}{after}")?;
+            }
+            if told {
+                f.write_str(close)?;
             }
         }
         Ok(())
     }
 }
 
-/// The live counters behind [`Stats`]. Relaxed atomics: each counter is
-/// independent and only ever read as a statistic.
-#[derive(Debug, Default)]
-pub(crate) struct Counters {
-    pub(crate) accepted: AtomicU64,
-    pub(crate) closed: AtomicU64,
-    pub(crate) active: AtomicU64,
-    pub(crate) active_threads: AtomicU64,
-    pub(crate) active_events: AtomicU64,
-    pub(crate) bytes_received: AtomicU64,
-    pub(crate) bytes_echoed: AtomicU64,
-    pub(crate) idle_timeouts: AtomicU64,
-    pub(crate) write_timeouts: AtomicU64,
-    pub(crate) limit_reached: AtomicU64,
-    pub(crate) reclaimed: AtomicU64,
-    pub(crate) keepalive_closed: AtomicU64,
-    pub(crate) refused_per_source: AtomicU64,
-    pub(crate) thread_refused: AtomicU64,
-    pub(crate) fd_exhausted: AtomicU64,
-    pub(crate) accept_errors: AtomicU64,
-    pub(crate) datagrams_echoed: AtomicU64,
-    pub(crate) refused_privileged_port: AtomicU64,
-    pub(crate) refused_invalid_source: AtomicU64,
-    pub(crate) rate_limited: AtomicU64,
-    pub(crate) udp_total_rate_limited: AtomicU64,
-    pub(crate) truncated: AtomicU64,
-    pub(crate) udp_kernel_drops: AtomicU64,
+/// Why a connection was closed as soon as it was accepted, before the
+/// connection table listed it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TurnedAway {
+    /// Its address had as many connections as the per-source cap allows.
+    PerSourceCap,
+    /// The process was out of file descriptors: accepted on the spare one
+    /// and reset.
+    NoFileDescriptor,
 }
 
 impl Counters {
@@ -196,49 +336,175 @@ impl Counters {
         counter.fetch_sub(n, Relaxed);
     }
 
-    pub(crate) fn refused(&self, refusal: Refusal) {
+    /// A connection accepted, whatever becomes of it.
+    pub(crate) fn count_accepted(&self) {
+        Counters::add(&self.accepted, 1);
+    }
+
+    /// A connection listed in the connection table: active until
+    /// [`count_closed`](Counters::count_closed).
+    pub(crate) fn count_listed(&self) {
+        Counters::add(&self.active, 1);
+    }
+
+    /// A connection closed: one the table listed (`None`: it was active),
+    /// or one turned away at once. The one place `closed` grows, so that
+    /// whenever no connection is opening or closing, `accepted = closed +
+    /// active`.
+    pub(crate) fn count_closed(&self, turned_away: Option<TurnedAway>) {
+        match turned_away {
+            None => Counters::sub(&self.active, 1),
+            Some(TurnedAway::PerSourceCap) => Counters::add(&self.refused_per_source, 1),
+            Some(TurnedAway::NoFileDescriptor) => Counters::add(&self.fd_exhausted, 1),
+        }
+        Counters::add(&self.closed, 1);
+    }
+
+    /// A datagram not answered, and why.
+    pub(crate) fn count_refusal(&self, refusal: Refusal) {
         let counter = match refusal {
             Refusal::PrivilegedPort => &self.refused_privileged_port,
             Refusal::InvalidSource => &self.refused_invalid_source,
             Refusal::RateLimited => &self.rate_limited,
             Refusal::TotalRateLimited => &self.udp_total_rate_limited,
-            Refusal::Truncated => &self.truncated,
+            Refusal::TooLarge => &self.too_large,
         };
         Counters::add(counter, 1);
-    }
-
-    pub(crate) fn snapshot(&self) -> Stats {
-        Stats {
-            accepted: self.accepted.load(Relaxed),
-            closed: self.closed.load(Relaxed),
-            active: self.active.load(Relaxed),
-            active_threads: self.active_threads.load(Relaxed),
-            active_events: self.active_events.load(Relaxed),
-            bytes_received: self.bytes_received.load(Relaxed),
-            bytes_echoed: self.bytes_echoed.load(Relaxed),
-            idle_timeouts: self.idle_timeouts.load(Relaxed),
-            write_timeouts: self.write_timeouts.load(Relaxed),
-            limit_reached: self.limit_reached.load(Relaxed),
-            reclaimed: self.reclaimed.load(Relaxed),
-            keepalive_closed: self.keepalive_closed.load(Relaxed),
-            refused_per_source: self.refused_per_source.load(Relaxed),
-            thread_refused: self.thread_refused.load(Relaxed),
-            fd_exhausted: self.fd_exhausted.load(Relaxed),
-            accept_errors: self.accept_errors.load(Relaxed),
-            datagrams_echoed: self.datagrams_echoed.load(Relaxed),
-            refused_privileged_port: self.refused_privileged_port.load(Relaxed),
-            refused_invalid_source: self.refused_invalid_source.load(Relaxed),
-            rate_limited: self.rate_limited.load(Relaxed),
-            udp_total_rate_limited: self.udp_total_rate_limited.load(Relaxed),
-            truncated: self.truncated.load(Relaxed),
-            udp_kernel_drops: self.udp_kernel_drops.load(Relaxed),
-        }
     }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// Every counter with a value of its own: 1 to 23 in field order.
+    pub(crate) fn every_counter() -> Stats {
+        Stats {
+            accepted: 1,
+            closed: 2,
+            active: 3,
+            active_threads: 4,
+            active_events: 5,
+            bytes_received: 6,
+            bytes_echoed: 7,
+            idle_timeouts: 8,
+            write_timeouts: 9,
+            reclaimed: 10,
+            keepalive_closed: 11,
+            limit_reached: 12,
+            refused_per_source: 13,
+            thread_refused: 14,
+            fd_exhausted: 15,
+            accept_errors: 16,
+            datagrams_echoed: 17,
+            refused_privileged_port: 18,
+            refused_invalid_source: 19,
+            rate_limited: 20,
+            udp_total_rate_limited: 21,
+            too_large: 22,
+            udp_kernel_drops: 23,
+        }
+    }
+
+    /// Every close is counted once, with its reason if it was turned away,
+    /// and the connection counters add up.
+    #[test]
+    fn closes_and_refusals_are_counted_where_they_belong() {
+        let counters = Counters::default();
+        for _ in 0..4 {
+            counters.count_accepted();
+        }
+        counters.count_listed();
+        counters.count_listed();
+        counters.count_closed(None);
+        counters.count_closed(Some(TurnedAway::PerSourceCap));
+        counters.count_closed(Some(TurnedAway::NoFileDescriptor));
+        for refusal in [
+            Refusal::PrivilegedPort,
+            Refusal::InvalidSource,
+            Refusal::RateLimited,
+            Refusal::TotalRateLimited,
+            Refusal::TooLarge,
+        ] {
+            counters.count_refusal(refusal);
+        }
+        let s = counters.snapshot();
+        assert_eq!((s.accepted, s.closed, s.active), (4, 3, 1));
+        let expected = Stats {
+            accepted: 4,
+            closed: 3,
+            active: 1,
+            refused_per_source: 1,
+            fd_exhausted: 1,
+            refused_privileged_port: 1,
+            refused_invalid_source: 1,
+            rate_limited: 1,
+            udp_total_rate_limited: 1,
+            too_large: 1,
+            ..Stats::default()
+        };
+        assert_eq!(s, expected);
+    }
+
+    /// What the table must hold for the summary and /metrics to be well
+    /// formed: one `{}` per summary, every metric with a sample, and a
+    /// metric's samples all of one kind (its `TYPE`).
+    #[test]
+    fn the_table_is_consistent() {
+        for counter in &COUNTERS {
+            assert_eq!(counter.summary.matches("{}").count(), 1, "{counter:?}");
+        }
+        for metric in Metric::ALL {
+            let kinds: Vec<Kind> = COUNTERS
+                .iter()
+                .filter_map(|c| c.sample.filter(|(m, _)| *m == metric).map(|_| c.kind))
+                .collect();
+            assert!(!kinds.is_empty(), "{metric:?} has no sample");
+            assert!(
+                kinds.iter().all(|k| *k == kinds[0]),
+                "{metric:?} mixes kinds"
+            );
+        }
+    }
+
+    /// The summary line as it was written out by hand, before the counter
+    /// table generated it: scripts read it, so it stays this, byte for byte.
+    #[test]
+    fn the_summary_line_is_what_it_always_was() {
+        assert_eq!(
+            every_counter().to_string(),
+            "1 connections accepted, 2 closed, 3 active (4 on threads, 5 on event loops); \
+             6 bytes received, 7 echoed; 17 datagrams echoed; the connection limit was \
+             reached 12 times (clients waited); closed early: 8 idle timeouts, 9 write \
+             timeouts, 10 idle reclaimed for waiting clients, 11 vanished (keepalive); \
+             refused: 13 at the per-source cap, 14 for lack of threads, 15 reset for lack \
+             of file descriptors, 16 accept errors; datagrams not answered: 18 from \
+             privileged ports, 19 from invalid sources, 20 rate limited, 21 over the \
+             server-wide rate, 22 too large, 23 dropped by the kernel"
+        );
+        assert_eq!(
+            Stats::default().to_string(),
+            "0 connections accepted, 0 closed, 0 active; 0 bytes received, 0 echoed"
+        );
+        // The engines are told only while connections are active, even at 0
+        // (a connection listed, not placed yet), and never otherwise (a
+        // snapshot is not atomic: a gauge may lag the total).
+        let listed = Stats {
+            active: 1,
+            ..Stats::default()
+        };
+        assert_eq!(
+            listed.to_string(),
+            "0 connections accepted, 0 closed, 1 active (0 on threads, 0 on event loops); \
+             0 bytes received, 0 echoed"
+        );
+        let lagging = Stats {
+            active_threads: 2,
+            active_events: 1,
+            ..Stats::default()
+        };
+        assert_eq!(lagging.to_string(), Stats::default().to_string());
+    }
 
     #[test]
     fn the_summary_leaves_out_what_did_not_happen() {
@@ -263,7 +529,7 @@ mod tests {
             idle_timeouts: 1,
             reclaimed: 2,
             fd_exhausted: 4,
-            truncated: 1,
+            too_large: 1,
             udp_total_rate_limited: 8,
             limit_reached: 6,
             ..Stats::default()

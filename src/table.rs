@@ -56,7 +56,7 @@ impl ConnectionTable {
         );
         // Updated under the lock so that `active` is 0 exactly when the table
         // is empty.
-        Counters::add(&counters.active, 1);
+        counters.count_listed();
         id
     }
 
@@ -89,8 +89,7 @@ impl ConnectionTable {
     pub(crate) fn remove(&self, id: u64, counters: &Counters) {
         let mut table = self.lock();
         if let Some(entry) = table.live.remove(&id) {
-            Counters::sub(&counters.active, 1);
-            Counters::add(&counters.closed, 1);
+            counters.count_closed(None);
             table.finished.extend(entry.thread);
         }
         if table.live.is_empty() {

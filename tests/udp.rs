@@ -103,7 +103,7 @@ fn oversized_datagrams_are_dropped_whole_and_counted() {
     c.set_read_timeout(Some(DEADLINE)).unwrap();
     assert_eq!(udp_round_trip(&c, &[2; 1000]), Some(vec![2; 1000]));
     let stats = server.stop();
-    assert_eq!((stats.truncated, stats.datagrams_echoed), (1, 1));
+    assert_eq!((stats.too_large, stats.datagrams_echoed), (1, 1));
 }
 
 #[test]
@@ -327,7 +327,7 @@ fn a_mixed_burst_answers_exactly_the_good_datagrams() {
     let expected_privileged = u64::from(privileged.is_some());
     wait_for("every datagram judged", || {
         let s = server.handle.stats();
-        s.datagrams_echoed + s.rate_limited + s.truncated + s.refused_privileged_port
+        s.datagrams_echoed + s.rate_limited + s.too_large + s.refused_privileged_port
             == 11 + expected_privileged
     });
     let mut buf = [0u8; 2000];
@@ -346,7 +346,7 @@ fn a_mixed_burst_answers_exactly_the_good_datagrams() {
     }
     let stats = server.stop();
     assert_eq!(
-        (stats.datagrams_echoed, stats.rate_limited, stats.truncated),
+        (stats.datagrams_echoed, stats.rate_limited, stats.too_large),
         (6, 4, 1)
     );
     assert_eq!(stats.refused_privileged_port, expected_privileged);

@@ -33,7 +33,7 @@
 //! once, from the server's address, with its own bytes (replies may come in
 //! any order; none is left over when the counters have settled), and none
 //! longer than the maximum is; once settled, `datagrams_echoed` grew by the
-//! number answered, `bytes_echoed` by their bytes, `truncated` by the number
+//! number answered, `bytes_echoed` by their bytes, `too_large` by the number
 //! too long, and no datagram was refused, rate limited or dropped by the
 //! kernel. Every receive has a 2 s timeout and the counters 5 s to settle.
 #![no_main]
@@ -265,7 +265,7 @@ impl Run {
         let deadline = Instant::now() + SETTLE_TIMEOUT;
         loop {
             let s = self.target.handle.stats();
-            let dropped = s.truncated - self.before.truncated;
+            let dropped = s.too_large - self.before.too_large;
             assert!(
                 dropped <= self.too_long,
                 "{}: {} datagrams were too long, but {dropped} were counted as dropped: {s:?}",

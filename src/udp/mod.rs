@@ -275,7 +275,7 @@ fn serve_socket(socket: &Socket, addr: &ListenAddr, reply_from_arrival: bool, ct
             verdicts.push(datagram.source.map(|source| {
                 let len = datagram.data.len();
                 let verdict = if len > settings.max_datagram {
-                    Err(Refusal::Truncated)
+                    Err(Refusal::TooLarge)
                 } else if own.is_some_and(|own| is_own_address(source, own, datagram.arrival)) {
                     // Whatever the filter: an echo to itself never ends.
                     Err(Refusal::InvalidSource)
@@ -304,7 +304,7 @@ fn serve_socket(socket: &Socket, addr: &ListenAddr, reply_from_arrival: bool, ct
                 continue;
             };
             if let Err(refusal) = verdict {
-                counters.refused(refusal);
+                counters.count_refusal(refusal);
                 log::debug!(
                     peer:% = source, reason:? = refusal;
                     "{addr}: no answer to {source}: {refusal:?}"

@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
 """Side-by-side benchmark: echo-server against the peer servers.
 
-Builds everything, then runs every scenario against each server in turn
-(fresh process per run; servers interleaved, their order reversed every
-round; rounds outermost so slow drift of a shared machine hits every
-scenario alike), drives it with `echo-bench`, and takes medians over the
-rounds. Prints the ratio of each of our rows to each peer, writes
+Builds everything (the peers from their sources in bench/peers, with
+bench/peers/build.sh, into bench-out/peers; a peer whose toolchain is
+missing is left out with a note), then runs every scenario against each
+server in turn (fresh process per run; servers interleaved, their order
+reversed every round; rounds outermost so slow drift of a shared machine
+hits every scenario alike), drives it with `echo-bench`, and takes medians
+over the rounds. Prints the ratio of each of our rows to each peer, writes
 bench-out/results.md and, with --update-readme, the same text between the
 bench markers in README.md. Only 127.0.0.0/8 is used; every run is bounded
 in time (echo-bench ends by itself; this script kills what overstays).
@@ -85,9 +87,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared"
 OUT = ROOT / "bench-out"
-PEERS = OUT / "peers"
+PEER_SRC = ROOT / "bench/peers"  # the peers' sources and their build.sh
+PEERS = OUT / "peers"            # where build.sh puts the binaries
+PEERS_STAMP = PEERS / ".built"   # written after a build.sh run that compiled everything it could
 OURS_BIN = ROOT / "target/release/echo-server"
 BENCH_BIN = ROOT / "bench/target/release/echo-bench"
 ENGINES = ["threads", "events", "auto"]
@@ -119,15 +122,38 @@ def build(args):
     if not sh(nice(["cargo", "build", "--release", "--locked", "--quiet",
                     "--manifest-path", str(ROOT / "bench/Cargo.toml")])):
         sys.exit("cannot build echo-bench")
-    peer_bins = ["tokio-echo", "epoll-c", "seed-c", "uring-c", "go-echo"]
-    if args.rebuild_peers or not all((PEERS / b).exists() for b in peer_bins):
-        sh(nice(["sh", str(SHARED / "peers/build.sh"), str(PEERS)]))
+    if args.rebuild_peers or peers_stale():
+        # build.sh skips a peer whose toolchain is missing (one line, exit 0)
+        # and exits 1 only when a peer fails to compile: then the stamp is not
+        # written, so the next run tries again; peers that did build are used.
+        if sh(nice(["sh", str(PEER_SRC / "build.sh"), str(PEERS)])):
+            PEERS_STAMP.touch()
+        else:
+            log("WARNING: bench/peers/build.sh failed for some peer; the peers it built are used")
     if shutil.which("socat") is None:
         # Debian's package; left out of the table if it cannot be installed.
         subprocess.run(["apt-get", "install", "-y", "-qq", "socat"], capture_output=True)
         if shutil.which("socat") is None:
             subprocess.run(["apt-get", "update", "-qq"], capture_output=True)
             subprocess.run(["apt-get", "install", "-y", "-qq", "socat"], capture_output=True)
+
+
+def peers_stale():
+    """Whether the peers need (re)building: never built, or a source in
+    bench/peers changed since. A peer skipped for a missing toolchain does
+    not count: --rebuild-peers retries it (after installing the toolchain)."""
+    if not PEERS_STAMP.exists():
+        return True
+    built = PEERS_STAMP.stat().st_mtime
+    return any(f.stat().st_mtime > built for f in PEER_SRC.rglob("*")
+               if f.is_file() and "target" not in f.relative_to(PEER_SRC).parts)
+
+
+def missing_peer(name, binary):
+    """The one line for a peer that is left out because its binary is missing."""
+    hint = (" (bench/peers/build.sh skipped or failed it; install its toolchain and pass --rebuild-peers)"
+            if Path(binary).parent == PEERS else "")
+    log(f"note: {name} not found ({binary}); left out{hint}")
 
 
 def free_port():
@@ -169,7 +195,7 @@ def server_table(args):
         if shutil.which(cmd(0, False)[0]):
             t[name] = cmd
         else:
-            log(f"note: {name} not found ({cmd(0, False)[0]}); left out")
+            missing_peer(name, cmd(0, False)[0])
     return t
 
 
@@ -209,8 +235,11 @@ def udp_table(args):
         "socat": socat,
     }
     for name, cmd in peers.items():
-        if shutil.which(cmd(0, {"sockets": 1, "inflight": 1})[0]):
+        binary = cmd(0, {"sockets": 1, "inflight": 1})[0]
+        if shutil.which(binary):
             t[name] = cmd
+        else:
+            missing_peer(f"{name} (UDP)", binary)
     return t
 
 

@@ -65,9 +65,15 @@ struct loop {
  * connections. */
 static char listener_mark, stop_mark;
 
+/* close() can fail (EIO, EINTR); there is nothing to retry (the descriptor
+ * is gone either way on Linux), but a failure is reported, not ignored. */
+static void close_fd(int fd) {
+  if (close(fd) < 0) perror("epoll-c: close");
+}
+
 static void conn_close(struct loop *L, struct conn *c) {
   /* close() also removes it from the epoll set (it is the only reference). */
-  if (close(c->fd) < 0) perror("epoll-c: close");
+  close_fd(c->fd);
   if (c->prev) c->prev->next = c->next; else L->conns = c->next;
   if (c->next) c->next->prev = c->prev;
   free(c->pending);
@@ -137,9 +143,9 @@ static void accept_clients(int ep, struct loop *L) {
         /* The level-triggered listener would wake us again at once for the
          * same client: use the spare descriptor to take it and close it,
          * then reserve the spare again. */
-        close(L->spare_fd);
+        close_fd(L->spare_fd);
         int t = accept(L->lfd, NULL, NULL);
-        if (t >= 0) close(t);
+        if (t >= 0) close_fd(t);
         L->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
       } else if (errno != EAGAIN && errno != EWOULDBLOCK &&
                  errno != ECONNABORTED) {
@@ -149,7 +155,7 @@ static void accept_clients(int ep, struct loop *L) {
     }
     struct conn *c = calloc(1, sizeof *c);
     if (!c) {
-      close(fd);
+      close_fd(fd);
       continue;
     }
     c->fd = fd;
@@ -157,7 +163,7 @@ static void accept_clients(int ep, struct loop *L) {
                              .data.ptr = c};
     if (epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev) < 0) {
       perror("epoll-c: epoll_ctl add");
-      close(fd);
+      close_fd(fd);
       free(c);
       continue;
     }
@@ -210,8 +216,8 @@ static void *run_loop(void *arg) {
     }
   }
   while (L->conns) conn_close(L, L->conns);
-  if (L->spare_fd >= 0) close(L->spare_fd);
-  close(ep);
+  if (L->spare_fd >= 0) close_fd(L->spare_fd);
+  close_fd(ep);
   free(buf);
   return NULL;
 }
@@ -238,7 +244,7 @@ static int make_listener(int port, int reuseport) {
   } else {
     return fd;
   }
-  close(fd);
+  close_fd(fd);
   return -1;
 }
 
@@ -306,10 +312,11 @@ int main(int argc, char **argv) {
     return 1;
   }
   for (long t = 0; t < threads; t++) {
-    pthread_join(loops[t].thread, NULL);
-    close(loops[t].lfd);
+    err = pthread_join(loops[t].thread, NULL);
+    if (err) fprintf(stderr, "epoll-c: pthread_join: %s\n", strerror(err));
+    close_fd(loops[t].lfd);
   }
-  close(stop_fd);
+  close_fd(stop_fd);
   free(loops);
   fprintf(stderr, "epoll-c: stopped\n");
   return 0;

@@ -43,6 +43,12 @@
 
 static volatile sig_atomic_t stopping;
 
+/* close() can fail (EIO, EINTR); there is nothing to retry (the descriptor
+ * is gone either way on Linux), but a failure is reported, not ignored. */
+static void close_fd(int fd) {
+  if (close(fd) < 0) perror("seed-c: close");
+}
+
 static void on_stop(int sig) {
   (void)sig;
   stopping = 1;
@@ -72,7 +78,7 @@ static void *serve_client(void *arg) {
     if (n <= 0) break; /* 0: the client closed; < 0: reset or similar */
     if (send_all(fd, buf, (size_t)n) < 0) break;
   }
-  if (close(fd) < 0) perror("seed-c: close");
+  close_fd(fd);
   return NULL;
 }
 
@@ -109,7 +115,7 @@ static int make_listener(int port) {
   } else {
     return fd;
   }
-  close(fd);
+  close_fd(fd);
   return -1;
 }
 
@@ -173,7 +179,7 @@ int main(int argc, char **argv) {
       perror("seed-c: accept");
       if (errno == EMFILE || errno == ENFILE || errno == ENOMEM ||
           errno == ENOBUFS)
-        usleep(10 * 1000);
+        usleep(10 * 1000); /* can only fail with EINTR: no signal gets in here */
       continue;
     }
     pthread_t t;
@@ -181,14 +187,14 @@ int main(int argc, char **argv) {
     if (err) {
       /* Out of threads or memory: this client is refused, the rest served. */
       fprintf(stderr, "seed-c: pthread_create: %s\n", strerror(err));
-      close(cfd);
+      close_fd(cfd);
     }
   }
 
   /* Stopped: no new clients. Returning from main ends the process, and with
    * it the connection threads (their sockets are closed by the kernel). */
   pthread_attr_destroy(&attr);
-  if (close(lfd) < 0) perror("seed-c: close");
+  close_fd(lfd);
   fprintf(stderr, "seed-c: stopped\n");
   return 0;
 }

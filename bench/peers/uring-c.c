@@ -53,8 +53,14 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+/* -DNBUFS=4 (say) makes the ring run dry at once: a test of the -ENOBUFS
+ * path that the defaults rarely take. */
+#ifndef BUF_SIZE
 #define BUF_SIZE (64 * 1024)
+#endif
+#ifndef NBUFS
 #define NBUFS 256                  /* a power of two, as the ring needs */
+#endif
 #define QUEUE_HIGH (1024 * 1024)   /* pause a connection's recv above this */
 #define QUEUE_LOW (256 * 1024)     /* ... and resume at or below this */
 #define SQ_ENTRIES 1024
@@ -92,6 +98,12 @@ struct ring_loop {
   int stopping;
   pthread_t thread;
 };
+
+/* close() can fail (EIO, EINTR); there is nothing to retry (the descriptor
+ * is gone either way on Linux), but a failure is reported, not ignored. */
+static void close_fd(int fd) {
+  if (close(fd) < 0) perror("uring-c: close");
+}
 
 static void die(const char *what, int err) {
   fprintf(stderr, "uring-c: %s: %s\n", what, strerror(err));
@@ -198,7 +210,7 @@ static void maybe_finish(struct ring_loop *L, struct conn *c) {
   if (c->recv_armed || c->send_busy || c->cancel_busy || c->starved) return;
   if (!c->dead && !(c->eof && c->qhead < 0)) return;
   /* At EOF everything was echoed: close() sends our FIN after it. */
-  if (close(c->fd) < 0) perror("uring-c: close");
+  close_fd(c->fd);
   if (c->prev) c->prev->next = c->next; else L->conns = c->next;
   if (c->next) c->next->prev = c->prev;
   free(c);
@@ -225,7 +237,7 @@ static void on_accept(struct ring_loop *L, int res, unsigned flags) {
   if (res >= 0) {
     struct conn *c = calloc(1, sizeof *c);
     if (!c) {
-      close(res);
+      close_fd(res);
     } else {
       c->fd = res;
       c->qhead = c->qtail = -1;
@@ -237,9 +249,9 @@ static void on_accept(struct ring_loop *L, int res, unsigned flags) {
   } else if ((res == -EMFILE || res == -ENFILE) && L->spare_fd >= 0) {
     /* Out of descriptors: take the waiting client with the spare one and
      * close it, rather than fail on it again at once. */
-    close(L->spare_fd);
+    close_fd(L->spare_fd);
     int t = accept(L->lfd, NULL, NULL);
-    if (t >= 0) close(t);
+    if (t >= 0) close_fd(t);
     L->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
   } else if (res == -EINVAL || res == -EBADF || res == -ENOTSOCK) {
     die("multishot accept (needs Linux 5.19)", -res);
@@ -395,10 +407,10 @@ static void *run_loop(void *arg) {
   while (L->conns) {
     struct conn *c = L->conns;
     L->conns = c->next;
-    close(c->fd);
+    close_fd(c->fd);
     free(c);
   }
-  if (L->spare_fd >= 0) close(L->spare_fd);
+  if (L->spare_fd >= 0) close_fd(L->spare_fd);
   return NULL;
 }
 
@@ -426,7 +438,7 @@ static int make_listener(int port, int reuseport) {
   } else {
     return fd;
   }
-  close(fd);
+  close_fd(fd);
   return -1;
 }
 
@@ -488,10 +500,11 @@ int main(int argc, char **argv) {
   uint64_t one = 1;
   if (write(stop_fd, &one, sizeof one) != sizeof one) die("write eventfd", errno);
   for (long t = 0; t < threads; t++) {
-    pthread_join(loops[t].thread, NULL);
-    close(loops[t].lfd);
+    err = pthread_join(loops[t].thread, NULL);
+    if (err) fprintf(stderr, "uring-c: pthread_join: %s\n", strerror(err));
+    close_fd(loops[t].lfd);
   }
-  close(stop_fd);
+  close_fd(stop_fd);
   free(loops);
   fprintf(stderr, "uring-c: stopped\n");
   return 0;

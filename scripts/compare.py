@@ -1,14 +1,20 @@
 #!/usr/bin/env python3
 """Side-by-side benchmark: echo-server against the peer servers.
 
-Builds everything, then runs every scenario against each server in turn
-(fresh process per run; servers interleaved, their order reversed every
-round; rounds outermost so slow drift of a shared machine hits every
-scenario alike), drives it with `echo-bench`, and takes medians over the
-rounds. Prints the ratio of each of our rows to each peer, writes
+Builds everything (the peers from their sources in bench/peers, with
+bench/peers/build.sh, into bench-out/peers; a peer whose toolchain is
+missing is left out with a note), then runs every scenario against each
+server in turn (fresh process per run; servers interleaved, their order
+reversed every round; rounds outermost so slow drift of a shared machine
+hits every scenario alike), drives it with `echo-bench`, and takes medians
+over the rounds. Prints the ratio of each of our rows to each peer, writes
 bench-out/results.md and, with --update-readme, the same text between the
-bench markers in README.md. Only 127.0.0.0/8 is used; every run is bounded
-in time (echo-bench ends by itself; this script kills what overstays).
+bench markers in README.md; bench-out/results.json keeps every run (plain
+JSON), and bench-out/chart.svg draws each of our rows' throughput divided
+by the best peer's, per workload (--chart-from redraws it from a
+results.json without running anything). Only 127.0.0.0/8 is used; every
+run is bounded in time (echo-bench ends by itself; this script kills what
+overstays).
 
 Our server is three rows, one per engine (`ours-threads`, `ours-events`,
 `ours-auto`, run with `--engine ENGINE`), or a single `ours` row when
@@ -25,6 +31,7 @@ echoes each datagram whole), and the UDP results get tables of their own.
     python3 scripts/compare.py --scenarios hold,holdmax --only ours-threads,epoll-c
     python3 scripts/compare.py --ours-args "--thread-connections 8" --scenarios pp100
     python3 scripts/compare.py --scenarios udp1,udp64,udp16k --only ours,tokio
+    python3 scripts/compare.py --chart-from bench-out/results.json   # redraw the chart only
 
 Scenarios (numbers or names for --scenarios):
   1 pp1       pingpong, 1 connection, 64 B: round trips/s and p99
@@ -85,9 +92,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared"
 OUT = ROOT / "bench-out"
-PEERS = OUT / "peers"
+PEER_SRC = ROOT / "bench/peers"  # the peers' sources and their build.sh
+PEERS = OUT / "peers"            # where build.sh puts the binaries
+PEERS_STAMP = PEERS / ".built"   # written after a build.sh run that compiled everything it could
 OURS_BIN = ROOT / "target/release/echo-server"
 BENCH_BIN = ROOT / "bench/target/release/echo-bench"
 ENGINES = ["threads", "events", "auto"]
@@ -119,15 +127,38 @@ def build(args):
     if not sh(nice(["cargo", "build", "--release", "--locked", "--quiet",
                     "--manifest-path", str(ROOT / "bench/Cargo.toml")])):
         sys.exit("cannot build echo-bench")
-    peer_bins = ["tokio-echo", "epoll-c", "seed-c", "uring-c", "go-echo"]
-    if args.rebuild_peers or not all((PEERS / b).exists() for b in peer_bins):
-        sh(nice(["sh", str(SHARED / "peers/build.sh"), str(PEERS)]))
+    if args.rebuild_peers or peers_stale():
+        # build.sh skips a peer whose toolchain is missing (one line, exit 0)
+        # and exits 1 only when a peer fails to compile: then the stamp is not
+        # written, so the next run tries again; peers that did build are used.
+        if sh(nice(["sh", str(PEER_SRC / "build.sh"), str(PEERS)])):
+            PEERS_STAMP.touch()
+        else:
+            log("WARNING: bench/peers/build.sh failed for some peer; the peers it built are used")
     if shutil.which("socat") is None:
         # Debian's package; left out of the table if it cannot be installed.
         subprocess.run(["apt-get", "install", "-y", "-qq", "socat"], capture_output=True)
         if shutil.which("socat") is None:
             subprocess.run(["apt-get", "update", "-qq"], capture_output=True)
             subprocess.run(["apt-get", "install", "-y", "-qq", "socat"], capture_output=True)
+
+
+def peers_stale():
+    """Whether the peers need (re)building: never built, or a source in
+    bench/peers changed since. A peer skipped for a missing toolchain does
+    not count: --rebuild-peers retries it (after installing the toolchain)."""
+    if not PEERS_STAMP.exists():
+        return True
+    built = PEERS_STAMP.stat().st_mtime
+    return any(f.stat().st_mtime > built for f in PEER_SRC.rglob("*")
+               if f.is_file() and "target" not in f.relative_to(PEER_SRC).parts)
+
+
+def missing_peer(name, binary):
+    """The one line for a peer that is left out because its binary is missing."""
+    hint = (" (bench/peers/build.sh skipped or failed it; install its toolchain and pass --rebuild-peers)"
+            if Path(binary).parent == PEERS else "")
+    log(f"note: {name} not found ({binary}); left out{hint}")
 
 
 def free_port():
@@ -169,7 +200,7 @@ def server_table(args):
         if shutil.which(cmd(0, False)[0]):
             t[name] = cmd
         else:
-            log(f"note: {name} not found ({cmd(0, False)[0]}); left out")
+            missing_peer(name, cmd(0, False)[0])
     return t
 
 
@@ -209,8 +240,11 @@ def udp_table(args):
         "socat": socat,
     }
     for name, cmd in peers.items():
-        if shutil.which(cmd(0, {"sockets": 1, "inflight": 1})[0]):
+        binary = cmd(0, {"sockets": 1, "inflight": 1})[0]
+        if shutil.which(binary):
             t[name] = cmd
+        else:
+            missing_peer(f"{name} (UDP)", binary)
     return t
 
 
@@ -705,6 +739,173 @@ def median(v):
     return statistics.median(v) if v else None
 
 
+RESULTS_FORMAT = "echo-server compare.py results"
+
+
+def results_document(scs, names_for, results, args):
+    """Everything measured, as plain data: what --chart-from (and anyone
+    else) reads back without running anything. Every run of every server is
+    kept, not just the medians, so a later reader can aggregate differently."""
+    return {
+        "format": RESULTS_FORMAT,
+        "version": 1,
+        "command": "python3 scripts/compare.py " + " ".join(map(shlex.quote, sys.argv[1:])),
+        "rounds": args.rounds,
+        "duration_s": args.duration,
+        "cores": os.cpu_count(),
+        "machine": platform.machine(),
+        "kernel": platform.release(),
+        "scenarios": [
+            {"id": sc["id"], "name": sc["name"], "label": sc["label"], "mode": sc["mode"],
+             "proto": sc.get("proto", "tcp"),
+             # The throughput metric, if the scenario has one (hold has none).
+             "rate_unit": next((m["unit"] for m in sc["metrics"] if m["key"] == "rate"), None),
+             "servers": names_for(sc),
+             "runs": {n: results.get((sc["id"], n), []) for n in names_for(sc)}}
+            for sc in scs
+        ],
+    }
+
+
+def load_results(path):
+    doc = json.loads(Path(path).read_text())
+    if not isinstance(doc, dict) or doc.get("format") != RESULTS_FORMAT:
+        raise ValueError(f"{path}: not a results file of compare.py (no \"format\": {RESULTS_FORMAT!r})")
+    if doc.get("version") != 1:
+        raise ValueError(f"{path}: results version {doc.get('version')!r}, this script reads 1")
+    return doc
+
+
+def chart_groups(doc):
+    """Per throughput workload: the best peer (highest median rate over its
+    successful runs) and each of our rows' median divided by it. Workloads
+    without a throughput metric (hold) or without any peer value are left
+    out: there is nothing to compare with."""
+    groups = []
+    for sc in doc["scenarios"]:
+        if not sc.get("rate_unit"):
+            continue
+        medians = {}
+        for name in sc["servers"]:
+            vals = [r["rate"] for r in sc["runs"].get(name, [])
+                    if r.get("ok") and isinstance(r.get("rate"), (int, float))]
+            medians[name] = median(vals)
+        peers = {n: v for n, v in medians.items() if not is_ours(n) and v}
+        ours = [n for n in sc["servers"] if is_ours(n)]
+        if not peers or not ours:
+            continue
+        best = max(peers, key=peers.get)
+        groups.append({
+            "name": sc["name"], "label": sc["label"], "unit": sc["rate_unit"],
+            "best": best, "best_value": peers[best],
+            "bars": [(n, None if medians[n] is None else medians[n] / peers[best], medians[n]) for n in ours],
+        })
+    return groups
+
+
+def render_chart(doc):
+    """The chart as hand-written SVG: grouped bars (one group per workload,
+    one bar per row of ours), a line at 1.0 (= the best peer), the ratio on
+    each bar and the best peer under each group. No plotting library: the
+    script stays standard-library only, and SVG is text a browser shows."""
+    from xml.sax.saxutils import escape
+
+    groups = chart_groups(doc)
+    rows = []  # our rows in order of first appearance: one colour each
+    for g in groups:
+        rows += [n for n, _, _ in g["bars"] if n not in rows]
+    palette = ["#4e79a7", "#f28e2b", "#59a14f", "#b07aa1", "#76b7b2", "#edc948", "#e15759"]
+    colour = {n: palette[i % len(palette)] for i, n in enumerate(rows)}
+
+    bar_w, bar_gap, group_gap = 26, 4, 34
+    left, right, top, plot_h = 64, 24, 78, 260
+    widths = [len(g["bars"]) * (bar_w + bar_gap) - bar_gap for g in groups]
+    legend_w = sum(24 + 7 * len(n) for n in rows) + 130  # + the 1.0 line's entry
+    width = max(680, left + legend_w + right, left + sum(widths) + group_gap * max(len(groups), 1) + right)
+    # Spread the groups over the width the title and legend need anyway.
+    group_gap = max(group_gap, (width - left - right - sum(widths)) / max(len(groups), 1))
+    height = top + plot_h + 96
+    ratios = [r for g in groups for _, r, _ in g["bars"] if r is not None]
+    top_value = max([1.25] + [r * 1.12 for r in ratios])
+    step = next(s for s in (0.25, 0.5, 1, 2, 5, 10, 25, 50, 100, 250, 1000) if top_value / s <= 8)
+    top_value = math.ceil(top_value / step) * step
+    y = lambda v: top + plot_h * (1 - v / top_value)
+
+    def text(x, y_, s, size=11, anchor="middle", extra="", tip=None):
+        tip = f"<title>{escape(tip)}</title>" if tip else ""
+        return (f'<text x="{x:.1f}" y="{y_:.1f}" font-size="{size}" text-anchor="{anchor}"{extra}>'
+                f"{tip}{escape(str(s))}</text>")
+
+    def wrap(label, limit):
+        lines, line = [], ""
+        for word in label.split():
+            if line and len(line) + 1 + len(word) > limit:
+                lines.append(line)
+                line = word
+            else:
+                line = f"{line} {word}".strip()
+        return lines + [line] if line else lines
+
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+           f'viewBox="0 0 {width} {height}" font-family="sans-serif">',
+           f'<rect width="{width}" height="{height}" fill="white"/>',
+           text(left, 22, "Throughput of each of our engines / the best peer, per workload", 15, "start",
+                ' font-weight="bold"'),
+           text(left, 38, f"Medians of {doc.get('rounds', '?')} round(s), {doc.get('duration_s', '?')} s per run, "
+                f"{doc.get('cores', '?')} cores, Linux {doc.get('kernel', '?')}; above 1.0 ours beats every peer",
+                11, "start")]
+    legend_x = left
+    for n in rows:
+        out.append(f'<rect x="{legend_x}" y="52" width="12" height="12" fill="{colour[n]}"/>')
+        out.append(text(legend_x + 16, 62, n, 11, "start"))
+        legend_x += 24 + 7 * len(n)
+    # The line at 1.0 is explained in the legend, not on the plot, where a
+    # label would collide with whichever bar stands at that end.
+    out.append(f'<line x1="{legend_x}" x2="{legend_x + 22}" y1="58" y2="58" stroke="#c00" '
+               f'stroke-width="1.5" stroke-dasharray="6 4"/>')
+    out.append(text(legend_x + 26, 62, "1.0 = the best peer", 11, "start"))
+    # Axis, grid and tick labels.
+    v = 0.0
+    while v <= top_value + 1e-9:
+        out.append(f'<line x1="{left}" x2="{width - right}" y1="{y(v):.1f}" y2="{y(v):.1f}" '
+                   f'stroke="#ddd" stroke-width="1"/>')
+        out.append(text(left - 6, y(v) + 4, f"{v:g}", 10, "end"))
+        v += step
+    out.append(f'<line x1="{left}" x2="{left}" y1="{top}" y2="{top + plot_h}" stroke="#333"/>')
+    out.append(text(16, top + plot_h / 2, "ratio to best peer", 11, "middle",
+                    f' transform="rotate(-90 16 {top + plot_h / 2:.1f})"'))
+    if not groups:
+        out.append(text(width / 2, top + plot_h / 2, "no throughput workload with both ours and a peer", 13))
+    x = left + group_gap / 2
+    for g, w in zip(groups, widths):
+        for i, (name, ratio, value) in enumerate(g["bars"]):
+            bx = x + i * (bar_w + bar_gap)
+            if ratio is None:  # every run of this row failed: no bar, a mark
+                out.append(text(bx + bar_w / 2, y(0) - 4, "–", 11, tip=f"{name}: no successful run"))
+                continue
+            tip = (f"{g['label']}: {name} {fmt(value)} {g['unit']} / {g['best']} {fmt(g['best_value'])} "
+                   f"= {ratio:.2f}")
+            out.append(f'<rect class="bar" x="{bx:.1f}" y="{y(ratio):.1f}" width="{bar_w}" '
+                       f'height="{y(0) - y(ratio):.1f}" fill="{colour[name]}"><title>{escape(tip)}</title></rect>')
+            out.append(text(bx + bar_w / 2, y(ratio) - 3, f"{ratio:.2f}", 9))
+        label_y = top + plot_h + 16
+        for line in wrap(g["label"], max(12, int(w / 6))):
+            out.append(text(x + w / 2, label_y, line, 10))
+            label_y += 12
+        out.append(text(x + w / 2, label_y + 2, f"vs {g['best']}", 10, "middle", ' fill="#555"'))
+        x += w + group_gap
+    # The line at 1.0 last, so that it is drawn over the bars.
+    out.append(f'<line class="parity" x1="{left}" x2="{width - right}" y1="{y(1):.1f}" y2="{y(1):.1f}" '
+               f'stroke="#c00" stroke-width="1.5" stroke-dasharray="6 4"/>')
+    out.append("</svg>")
+    return "\n".join(out) + "\n"
+
+
+def write_chart(doc, path):
+    Path(path).write_text(render_chart(doc))
+    log(f"chart: {path}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=3)
@@ -718,7 +919,19 @@ def main():
     ap.add_argument("--no-build", action="store_true")
     ap.add_argument("--rebuild-peers", action="store_true", help="rebuild peers even if they exist")
     ap.add_argument("--update-readme", action="store_true")
+    ap.add_argument("--chart-from", metavar="FILE",
+                    help="only redraw the chart from a saved results file (bench-out/results.json); runs nothing")
+    ap.add_argument("--chart-out", metavar="FILE", default=str(OUT / "chart.svg"),
+                    help="where the chart goes (default bench-out/chart.svg)")
     args = ap.parse_args()
+    if args.chart_from:
+        try:
+            doc = load_results(args.chart_from)
+        except (OSError, ValueError) as e:  # JSONDecodeError is a ValueError
+            sys.exit(f"--chart-from: {e}")
+        Path(args.chart_out).parent.mkdir(parents=True, exist_ok=True)
+        write_chart(doc, args.chart_out)
+        return
     if args.duration is None:
         args.duration = 1.0 if args.quick else 2.5
     if not (0 < args.duration <= 10) or not (1 <= args.rounds <= 20):
@@ -758,6 +971,10 @@ def main():
     log(f"total {time.time() - started:.0f} s")
     text = render(scs, names_for, results, args)
     (OUT / "results.md").write_text(text)
+    doc = results_document(scs, names_for, results, args)
+    (OUT / "results.json").write_text(json.dumps(doc, indent=1, default=str) + "\n")
+    Path(args.chart_out).parent.mkdir(parents=True, exist_ok=True)
+    write_chart(doc, args.chart_out)
     print(text)
     if args.update_readme:
         readme = ROOT / "README.md"

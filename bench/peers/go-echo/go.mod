@@ -1,0 +1,3 @@
+module echo-server/bench/peers/go-echo
+
+go 1.19

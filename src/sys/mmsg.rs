@@ -513,6 +513,13 @@ mod control_tests {
                 "cmsg_len {bad_len}"
             );
         }
+        // A message with no payload (cmsg_len is CMSG_LEN(0)) is well
+        // formed: skipped, and the one after it read.
+        let empty = cmsg(libc::SOL_SOCKET, 9999, &[], None);
+        assert_eq!(
+            parse_control(&[empty, ovfl.clone()].concat()).drops,
+            Some(5)
+        );
         // A cmsg_len past the end of the buffer, by one byte.
         let ovfl_len = header + 4;
         let mut past = cmsg(libc::SOL_SOCKET, SO_RXQ_OVFL, &5u32.to_ne_bytes(), None);

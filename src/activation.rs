@@ -2,8 +2,9 @@
 //! manager following its protocol), so the server can serve port 7 without
 //! running as root.
 
+use crate::sys;
 use std::io;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// The first passed descriptor (`SD_LISTEN_FDS_START`).
@@ -60,19 +61,15 @@ fn take_once(taken: &AtomicBool, first_fd: i32) -> io::Result<Vec<OwnedFd>> {
     }
     let mut fds = Vec::with_capacity(count as usize);
     for fd in first_fd..first_fd + count {
-        // SAFETY: fcntl on any integer is safe; it fails for a closed fd.
-        let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
-        if flags < 0 {
+        // The service manager passed this descriptor to this process
+        // (LISTEN_PID), for it to own; it is taken once (`taken`).
+        let Some(owned) = sys::fd::adopt_inherited(fd) else {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!("LISTEN_FDS announces fd {fd}, which is not open"),
             ));
-        }
-        // SAFETY: as above; keeps the socket from leaking into children.
-        unsafe { libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC) };
-        // SAFETY: the service manager passed this open descriptor to this
-        // process (LISTEN_PID), for it to own; it is taken once.
-        fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
+        };
+        fds.push(owned);
     }
     Ok(fds)
 }
@@ -80,7 +77,7 @@ fn take_once(taken: &AtomicBool, first_fd: i32) -> io::Result<Vec<OwnedFd>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::fd::AsRawFd;
+    use std::os::fd::{AsFd, AsRawFd};
 
     /// The first call owns the descriptors and clears the variables; a
     /// second call (or a child process) gets none, so no descriptor ever
@@ -89,9 +86,9 @@ mod tests {
     fn descriptors_are_taken_once_and_the_variables_cleared() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let first = 900;
-        // SAFETY: dup2 onto a descriptor number this test process does not
-        // otherwise use; `take_once` becomes its one owner.
-        assert_eq!(unsafe { libc::dup2(listener.as_raw_fd(), first) }, first);
+        // A descriptor number this test process does not otherwise use;
+        // `take_once` becomes its one owner.
+        sys::fd::duplicate_onto(listener.as_fd(), first).unwrap();
         std::env::set_var("LISTEN_PID", std::process::id().to_string());
         std::env::set_var("LISTEN_FDS", "1");
         std::env::set_var("LISTEN_FDNAMES", "echo");

@@ -42,15 +42,9 @@ impl DescriptorBudget {
 
 #[cfg(unix)]
 fn soft_limit() -> Option<u64> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit only writes the struct passed in.
-    let read = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0;
+    use crate::sys::rlimit::{self, Resource};
     // RLIM_INFINITY is u64::MAX, which leaves any connection limit as it is.
-    #[allow(clippy::unnecessary_cast)] // rlim_t is not u64 on every Unix
-    read.then_some(lim.rlim_cur as u64)
+    rlimit::get(Resource::OpenFiles).ok().map(|l| l.soft)
 }
 
 #[cfg(not(unix))]
@@ -90,13 +84,9 @@ mod tests {
     fn this_process_has_a_budget_that_counts_its_descriptors() {
         let open = open_descriptors().unwrap();
         assert!(open >= 3, "stdin, stdout and stderr at least: {open}");
-        let mut lim = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: getrlimit only writes the struct passed in.
-        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
-        assert_eq!(soft_limit(), Some(lim.rlim_cur));
+        use crate::sys::rlimit::{self, Resource};
+        let lim = rlimit::get(Resource::OpenFiles).unwrap();
+        assert_eq!(soft_limit(), Some(lim.soft));
         let before = DescriptorBudget::of_this_process(0).unwrap();
         let file = std::fs::File::open("/dev/null").unwrap();
         let after = DescriptorBudget::of_this_process(0).unwrap();

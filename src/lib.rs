@@ -53,8 +53,17 @@
 
 #![deny(missing_docs, missing_debug_implementations)]
 #![warn(rust_2018_idioms, unreachable_pub)]
+// Every unsafe block is in `sys`, which wraps each system call once.
+#![deny(unsafe_code)]
+#![deny(unsafe_op_in_unsafe_fn)]
 
 // Layers, bottom up; a module imports only from layers below it.
+// 0. The system calls, each wrapped once in a safe function: imports
+//    nothing of the crate.
+// The only place `unsafe` is allowed: every libc call and every raw
+// pointer of the crate is here, behind safe functions.
+#[allow(unsafe_code)]
+mod sys;
 // 1. The echo core and plain values: addresses, the datagram filter, rate
 //    limits, settings, budgets (within it, settings -> rate_limit ->
 //    datagram_filter -> address -> escape, and shutdown -> sync).

@@ -283,18 +283,8 @@ impl StreamListener {
     fn client_waits_within(&self, wait: Duration) -> bool {
         #[cfg(unix)]
         {
-            use std::os::fd::AsRawFd;
-            let mut pfd = libc::pollfd {
-                fd: self.socket.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            let ms = i32::try_from(wait.as_millis()).unwrap_or(i32::MAX);
-            // SAFETY: one valid pollfd. Its result adds nothing: `revents`
-            // stays 0 when nothing is ready, the wait ended or the call
-            // failed (EINTR: the caller asks again).
-            unsafe { libc::poll(&mut pfd, 1, ms) };
-            pfd.revents & libc::POLLIN != 0
+            use std::os::fd::AsFd;
+            crate::sys::poll::readable_within(self.socket.as_fd(), wait)
         }
         #[cfg(not(unix))]
         {

@@ -4,10 +4,10 @@
 //! bulk (see [`echo_until_bulk`](crate::echo_until_bulk)), so small and idle
 //! connections never pay for the pipe's two descriptors.
 
+use crate::sys;
 use socket2::Socket;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::ptr;
+use std::os::fd::AsFd;
 
 /// Pipe capacity asked for: more per system call than the 64 KiB default.
 /// The kernel may refuse (pipe-max-size); the default is fine then.
@@ -47,24 +47,18 @@ pub(crate) fn echo(
     mut received: impl FnMut(usize),
     mut written: impl FnMut(usize),
 ) -> Result<Spliced, (Side, io::Error)> {
-    block_sigpipe().map_err(|e| (Side::Read, e))?;
-    let (pipe_out, pipe_in) = pipe().map_err(|e| (Side::Read, e))?;
-    // SAFETY: fcntl on a pipe fd we own; failure only means a smaller pipe.
-    let capacity = match unsafe {
-        libc::fcntl(
-            pipe_in.as_raw_fd(),
-            libc::F_SETPIPE_SZ,
-            PIPE_SIZE as libc::c_int,
-        )
-    } {
-        n if n > 0 => n as usize,
+    sys::signal::block_sigpipe().map_err(|e| (Side::Read, e))?;
+    let (pipe_out, pipe_in) = sys::pipe::pipe().map_err(|e| (Side::Read, e))?;
+    // Failure only means a smaller pipe.
+    let capacity = match sys::pipe::set_capacity(pipe_in.as_fd(), PIPE_SIZE) {
+        Ok(n) if n > 0 => n,
         _ => 64 * 1024,
     };
-    let fd = socket.as_raw_fd();
+    let fd = socket.as_fd();
     let mut total: u64 = 0;
     let mut first = true;
     loop {
-        let n = match splice(fd, pipe_in.as_raw_fd(), capacity) {
+        let n = match sys::pipe::splice(fd, pipe_in.as_fd(), capacity) {
             // Also what TCP returns at the urgent mark: only a peek tells.
             Ok(0) if at_end_of_file(socket) => return Ok(Spliced::Finished(total)),
             Ok(0) => return Ok(Spliced::AtUrgentMark(total)),
@@ -78,7 +72,7 @@ pub(crate) fn echo(
         received(n);
         let mut left = n;
         while left > 0 {
-            let m = splice(pipe_out.as_raw_fd(), fd, left).map_err(|e| (Side::Write, e))?;
+            let m = sys::pipe::splice(pipe_out.as_fd(), fd, left).map_err(|e| (Side::Write, e))?;
             if m == 0 {
                 return Err((Side::Write, io::ErrorKind::WriteZero.into()));
             }
@@ -98,59 +92,6 @@ fn at_end_of_file(socket: &Socket) -> bool {
         socket.recv_with_flags(&mut byte, libc::MSG_PEEK | libc::MSG_DONTWAIT),
         Ok(0)
     )
-}
-
-/// One `splice` call, retried on `EINTR`.
-fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
-    loop {
-        // SAFETY: both fds are open for the duration of the call; null
-        // offsets are required for pipes and sockets.
-        let n = unsafe {
-            libc::splice(
-                from,
-                ptr::null_mut(),
-                to,
-                ptr::null_mut(),
-                len,
-                libc::SPLICE_F_MOVE,
-            )
-        };
-        if n >= 0 {
-            return Ok(n as usize);
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
-}
-
-/// A pipe: (read end, write end), close-on-exec.
-fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0 as libc::c_int; 2];
-    // SAFETY: pipe2 writes two fds into the array on success.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: both fds were just created and are owned by nobody else.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
-}
-
-/// Blocks SIGPIPE for this thread. A SIGPIPE raised by `splice` then stays
-/// pending on this thread, which never unblocks it, and is discarded when
-/// the thread ends.
-fn block_sigpipe() -> io::Result<()> {
-    // SAFETY: sigset manipulation on a local set, then pthread_sigmask for
-    // the calling thread only.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGPIPE);
-        match libc::pthread_sigmask(libc::SIG_BLOCK, &set, ptr::null_mut()) {
-            0 => Ok(()),
-            e => Err(io::Error::from_raw_os_error(e)),
-        }
-    }
 }
 
 #[cfg(test)]
@@ -232,13 +173,12 @@ mod tests {
         let (mut client, server) = pair();
         client.write_all(&[1; 4096]).unwrap();
         server.shutdown(Shutdown::Write).unwrap();
-        // SAFETY: sets SIGPIPE to its default action for the whole process;
-        // every other write in this process passes MSG_NOSIGNAL.
-        let previous = unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
-        let result = std::thread::spawn(move || echo(&server, |_| (), |_| ()))
-            .join()
-            .unwrap();
-        unsafe { libc::signal(libc::SIGPIPE, previous) };
+        // SIGPIPE at its default action for the whole process; every other
+        // write in this process passes MSG_NOSIGNAL.
+        let result = sys::signal::with_default_sigpipe(|| {
+            std::thread::spawn(move || echo(&server, |_| (), |_| ())).join()
+        })
+        .unwrap();
         let (side, e) = result.unwrap_err();
         assert_eq!((side, e.kind()), (Side::Write, io::ErrorKind::BrokenPipe));
     }

@@ -196,12 +196,10 @@ mod tests {
         let _client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let stream = Stream::new(Socket::from(listener.accept().unwrap().0));
         stream.socket.shutdown(Shutdown::Write).unwrap();
-        // SAFETY: swaps the process's SIGPIPE action for the default
-        // (terminate) and back; every other write in this process passes
-        // MSG_NOSIGNAL too, so the window harms no other test.
-        let previous = unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
-        let result = { &stream }.write(b"x");
-        unsafe { libc::signal(libc::SIGPIPE, previous) };
+        // SIGPIPE at its default action (terminate) for the write; every
+        // other write in this process passes MSG_NOSIGNAL too, so the window
+        // harms no other test.
+        let result = crate::sys::signal::with_default_sigpipe(|| { &stream }.write(b"x"));
         assert_eq!(result.unwrap_err().kind(), ErrorKind::BrokenPipe);
     }
 }

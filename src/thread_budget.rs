@@ -232,8 +232,7 @@ fn cgroup_pids(
 /// `RLIMIT_NPROC` counts them. Read once, at start-up.
 #[cfg(target_os = "linux")]
 fn user_tasks() -> u64 {
-    // SAFETY: getuid cannot fail.
-    let uid = unsafe { libc::getuid() }.to_string();
+    let uid = crate::sys::user::real_uid().to_string();
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return 1;
     };
@@ -291,22 +290,14 @@ fn read_limits() -> OsLimits {
 
 #[cfg(unix)]
 fn nproc_limit() -> Option<u64> {
-    // SAFETY: geteuid cannot fail.
-    if unsafe { libc::geteuid() } == 0 {
+    use crate::sys::rlimit::{self, Resource};
+    if crate::sys::user::is_root() {
         return None; // root is not held to RLIMIT_NPROC
     }
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit only writes the struct passed in.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NPROC, &mut lim) } != 0
-        || lim.rlim_cur == libc::RLIM_INFINITY
-    {
-        return None;
+    match rlimit::get(Resource::Processes) {
+        Ok(lim) if lim.soft != rlimit::UNLIMITED => Some(lim.soft),
+        _ => None,
     }
-    #[allow(clippy::unnecessary_cast)] // rlim_t is not u64 on every Unix
-    Some(lim.rlim_cur as u64)
 }
 
 #[cfg(test)]

@@ -85,18 +85,14 @@ pub(super) fn serve(args: &Args) -> Result<(), Failure> {
 /// `RLIMIT_NOFILE` (often 1024) to the hard limit, as most servers do.
 #[cfg(unix)]
 fn raise_fd_limit() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit only read or write the struct passed in.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            let wanted = libc::rlimit {
-                rlim_cur: lim.rlim_max,
-                rlim_max: lim.rlim_max,
+    use crate::sys::rlimit::{self, Limits, Resource};
+    if let Ok(lim) = rlimit::get(Resource::OpenFiles) {
+        if lim.soft < lim.hard {
+            let wanted = Limits {
+                soft: lim.hard,
+                hard: lim.hard,
             };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) != 0 {
+            if rlimit::set(Resource::OpenFiles, wanted).is_err() {
                 log::debug!("could not raise the file descriptor limit");
             }
         }

@@ -164,18 +164,7 @@ mod tests {
     #[test]
     fn connection_threads_have_a_64_kib_stack() {
         let size = super::connection_thread()
-            .spawn(|| {
-                // SAFETY: attributes of the calling thread, initialised by
-                // pthread_getattr_np and destroyed after use.
-                unsafe {
-                    let mut attr: libc::pthread_attr_t = std::mem::zeroed();
-                    assert_eq!(libc::pthread_getattr_np(libc::pthread_self(), &mut attr), 0);
-                    let mut size = 0;
-                    assert_eq!(libc::pthread_attr_getstacksize(&attr, &mut size), 0);
-                    libc::pthread_attr_destroy(&mut attr);
-                    size
-                }
-            })
+            .spawn(|| crate::sys::thread::current_stack_size().unwrap())
             .unwrap()
             .join()
             .unwrap();

@@ -72,174 +72,45 @@ pub(crate) use linux::Batch;
 #[cfg(not(target_os = "linux"))]
 pub(crate) use portable::Batch;
 
-/// Asks for the `SOL_SOCKET` option `name` to be `value`. Best effort: every
-/// caller sees the effect, or its absence, another way (the buffer size
-/// granted; drop counts arriving or not).
-#[cfg(unix)]
-pub(crate) fn set_socket_option(socket: &socket2::Socket, name: libc::c_int, value: libc::c_int) {
-    use std::os::fd::AsRawFd;
-    // SAFETY: a valid fd and a pointer to a c_int of the length given.
-    unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            name,
-            std::ptr::addr_of!(value).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
-    }
-}
-
 #[cfg(target_os = "linux")]
 mod linux {
     use super::{Datagram, Replies, BATCH};
+    use crate::sys::mmsg::{MmsgBatch, SO_RXQ_OVFL};
+    use crate::sys::sockopt;
     use socket2::Socket;
     use std::io;
-    use std::mem::{self, size_of};
-    use std::net::{IpAddr, SocketAddr, SocketAddrV4, SocketAddrV6};
-    use std::os::fd::AsRawFd;
-    use std::ptr;
+    use std::net::SocketAddr;
+    use std::os::fd::AsFd;
 
-    /// `SO_RXQ_OVFL` (asm-generic value; the same on x86 and Arm).
-    pub(crate) const SO_RXQ_OVFL: libc::c_int = 40;
-
-    /// Room for the control messages of one datagram (an `in6_pktinfo` and
-    /// an `SO_RXQ_OVFL` count), aligned for `cmsghdr`.
-    #[repr(C, align(8))]
-    #[derive(Clone, Copy)]
-    struct Control([u8; 128]);
-
-    /// Where a datagram arrived, to reply from there: the address's bytes
-    /// in network order (and the IPv6 interface index).
-    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-    enum Arrival {
-        V4([u8; 4]),
-        V6([u8; 16], u32),
-    }
-
-    /// What one datagram's control messages say.
-    #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-    struct ControlData {
-        arrival: Option<Arrival>,
-        drops: Option<u32>,
-    }
-
-    /// Buffers and message headers for [`BATCH`] datagrams. The headers'
-    /// pointers are set afresh before each call, so the buffers may move.
-    pub(crate) struct Batch {
-        size: usize,
-        bufs: Vec<u8>,
-        names: Vec<libc::sockaddr_storage>,
-        controls: Vec<Control>,
-        iovs: Vec<libc::iovec>,
-        msgs: Vec<libc::mmsghdr>,
-        received: usize,
-        /// Reply from each datagram's arrival address (wildcard binds).
-        pktinfo: bool,
-        send_iovs: Vec<libc::iovec>,
-        send_controls: Vec<Control>,
-        send_msgs: Vec<libc::mmsghdr>,
-    }
+    /// [`BATCH`] datagrams per `recvmmsg(2)`, and their replies per
+    /// `sendmmsg(2)`.
+    pub(crate) struct Batch(MmsgBatch);
 
     impl Batch {
-        /// Room for [`BATCH`] datagrams of up to `size` bytes each.
+        /// Room for [`BATCH`] datagrams of up to `size` bytes each; with
+        /// `pktinfo`, replies leave from each datagram's arrival address
+        /// (wildcard binds).
         pub(crate) fn new(size: usize, pktinfo: bool) -> Batch {
-            // SAFETY: all-zero bytes are valid for these C structs.
-            let zeroed_msg = || unsafe { mem::zeroed::<libc::mmsghdr>() };
-            let iov = libc::iovec {
-                iov_base: ptr::null_mut(),
-                iov_len: 0,
-            };
-            Batch {
-                size,
-                bufs: vec![0; size * BATCH],
-                // SAFETY: as above.
-                names: vec![unsafe { mem::zeroed() }; BATCH],
-                controls: vec![Control([0; 128]); BATCH],
-                iovs: vec![iov; BATCH],
-                msgs: (0..BATCH).map(|_| zeroed_msg()).collect(),
-                received: 0,
-                pktinfo,
-                send_iovs: vec![iov; BATCH],
-                send_controls: vec![Control([0; 128]); BATCH],
-                send_msgs: (0..BATCH).map(|_| zeroed_msg()).collect(),
-            }
+            Batch(MmsgBatch::new(size, BATCH, pktinfo))
         }
 
         /// Waits for a datagram (the socket's read timeout bounds the wait),
         /// then takes every one already queued, up to [`BATCH`]. Returns how
         /// many.
         pub(crate) fn recv(&mut self, socket: &Socket) -> io::Result<usize> {
-            self.received = 0;
-            for i in 0..BATCH {
-                self.iovs[i] = libc::iovec {
-                    iov_base: self.bufs[i * self.size..].as_mut_ptr().cast(),
-                    iov_len: self.size,
-                };
-                let hdr = &mut self.msgs[i].msg_hdr;
-                hdr.msg_name = ptr::addr_of_mut!(self.names[i]).cast();
-                hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-                hdr.msg_iov = &mut self.iovs[i];
-                hdr.msg_iovlen = 1;
-                hdr.msg_control = self.controls[i].0.as_mut_ptr().cast();
-                hdr.msg_controllen = self.controls[i].0.len() as _;
-                hdr.msg_flags = 0;
-                self.msgs[i].msg_len = 0;
-            }
-            loop {
-                // SAFETY: every header points at live buffers of the lengths
-                // given; MSG_WAITFORONE blocks for the first datagram only.
-                let n = unsafe {
-                    libc::recvmmsg(
-                        socket.as_raw_fd(),
-                        self.msgs.as_mut_ptr(),
-                        BATCH as libc::c_uint,
-                        libc::MSG_WAITFORONE as _,
-                        ptr::null_mut(),
-                    )
-                };
-                if n >= 0 {
-                    self.received = n as usize;
-                    return Ok(self.received);
-                }
-                let e = io::Error::last_os_error();
-                if e.kind() != io::ErrorKind::Interrupted {
-                    return Err(e);
-                }
-            }
+            self.0.recv(socket)
         }
 
         /// The `i`th datagram of the last [`recv`](Self::recv).
         pub(crate) fn datagram(&self, i: usize) -> Datagram<'_> {
-            debug_assert!(i < self.received);
-            let len = (self.msgs[i].msg_len as usize).min(self.size);
-            let hdr = &self.msgs[i].msg_hdr;
-            let (control, control_truncated) = self.control(i);
+            let d = self.0.received(i);
             Datagram {
-                data: &self.bufs[i * self.size..i * self.size + len],
-                source: socket_addr(&self.names[i], hdr.msg_namelen),
-                drops: control.drops,
-                control_truncated,
-                arrival: control.arrival.map(|a| match a {
-                    Arrival::V4(ip) => IpAddr::from(ip),
-                    Arrival::V6(ip, _) => IpAddr::from(ip),
-                }),
+                data: d.data,
+                source: d.source,
+                drops: d.drops,
+                control_truncated: d.control_truncated,
+                arrival: d.arrival,
             }
-        }
-
-        /// The `i`th datagram's control data, and whether the kernel cut it
-        /// short (`MSG_CTRUNC`). Cut short, part of it is missing and the
-        /// rest is not trusted: nothing is returned.
-        fn control(&self, i: usize) -> (ControlData, bool) {
-            let hdr = &self.msgs[i].msg_hdr;
-            if hdr.msg_flags & libc::MSG_CTRUNC != 0 {
-                return (ControlData::default(), true);
-            }
-            let buf = &self.controls[i].0;
-            // A socklen_t on some libcs (musl), a size_t on glibc.
-            #[allow(clippy::unnecessary_cast)]
-            let len = (hdr.msg_controllen as usize).min(buf.len());
-            (parse_control(&buf[..len]), false)
         }
 
         /// Sends every reply to the source of the datagram it answers (from
@@ -249,214 +120,10 @@ mod linux {
             &mut self,
             socket: &Socket,
             replies: &Replies,
-            mut failed: impl FnMut(usize, io::Error),
+            failed: impl FnMut(usize, io::Error),
         ) -> (u64, u64) {
-            let count = replies.len();
-            for j in 0..count {
-                let (index, bytes) = replies.get(j);
-                self.send_iovs[j] = libc::iovec {
-                    iov_base: bytes.as_ptr() as *mut _,
-                    iov_len: bytes.len(),
-                };
-                let arrival = if self.pktinfo {
-                    self.control(index).0.arrival
-                } else {
-                    None
-                };
-                let recv_hdr = &self.msgs[index].msg_hdr;
-                let hdr = &mut self.send_msgs[j].msg_hdr;
-                hdr.msg_name = recv_hdr.msg_name;
-                hdr.msg_namelen = recv_hdr.msg_namelen;
-                hdr.msg_iov = &mut self.send_iovs[j];
-                hdr.msg_iovlen = 1;
-                hdr.msg_flags = 0;
-                match arrival {
-                    // SAFETY: the control buffer is 128 bytes, more than one
-                    // in6_pktinfo message needs.
-                    Some(from) => unsafe {
-                        write_pktinfo(hdr, &mut self.send_controls[j], from);
-                    },
-                    None => {
-                        hdr.msg_control = ptr::null_mut();
-                        hdr.msg_controllen = 0;
-                    }
-                }
-                self.send_msgs[j].msg_len = 0;
-            }
-            let (mut sent, mut bytes) = (0u64, 0u64);
-            let mut done = 0;
-            while done < count {
-                // SAFETY: headers `done..count` point at live buffers (the
-                // reply arena, the names of the received batch).
-                let n = unsafe {
-                    libc::sendmmsg(
-                        socket.as_raw_fd(),
-                        self.send_msgs[done..].as_mut_ptr(),
-                        (count - done) as libc::c_uint,
-                        0,
-                    )
-                };
-                // At most `count - done` sent, and at least one: sendmmsg
-                // reports an error of a later message on the next call.
-                let Ok(n) = usize::try_from(n) else {
-                    let e = io::Error::last_os_error();
-                    if e.kind() == io::ErrorKind::Interrupted {
-                        continue;
-                    }
-                    // The first reply left failed (say, an unreachable
-                    // source): skip it, send the rest.
-                    failed(replies.get(done).0, e);
-                    done += 1;
-                    continue;
-                };
-                for m in &self.send_msgs[done..done + n] {
-                    sent += 1;
-                    bytes += u64::from(m.msg_len);
-                }
-                done += n.max(1);
-            }
-            (sent, bytes)
-        }
-    }
-
-    /// The source address of a datagram.
-    fn socket_addr(storage: &libc::sockaddr_storage, len: libc::socklen_t) -> Option<SocketAddr> {
-        let len = len as usize;
-        match libc::c_int::from(storage.ss_family) {
-            libc::AF_INET if len >= size_of::<libc::sockaddr_in>() => {
-                // SAFETY: the family says the storage holds a sockaddr_in.
-                let sin: &libc::sockaddr_in = unsafe { &*ptr::from_ref(storage).cast() };
-                Some(SocketAddr::V4(SocketAddrV4::new(
-                    u32::from_be(sin.sin_addr.s_addr).into(),
-                    u16::from_be(sin.sin_port),
-                )))
-            }
-            libc::AF_INET6 if len >= size_of::<libc::sockaddr_in6>() => {
-                // SAFETY: the family says the storage holds a sockaddr_in6.
-                let sin6: &libc::sockaddr_in6 = unsafe { &*ptr::from_ref(storage).cast() };
-                Some(SocketAddr::V6(SocketAddrV6::new(
-                    sin6.sin6_addr.s6_addr.into(),
-                    u16::from_be(sin6.sin6_port),
-                    sin6.sin6_flowinfo,
-                    sin6.sin6_scope_id,
-                )))
-            }
-            _ => None,
-        }
-    }
-
-    /// A C struct of plain data (integers, arrays of them) read from the
-    /// start of `bytes`, if they are long enough. Only for types valid at
-    /// any bit pattern: `cmsghdr` and the payloads below.
-    fn read_plain<T: Copy>(bytes: &[u8]) -> Option<T> {
-        (bytes.len() >= size_of::<T>()).then(|| {
-            // SAFETY: `bytes` holds at least `size_of::<T>()` bytes, read
-            // without alignment, and every caller's `T` is plain data.
-            unsafe { ptr::read_unaligned(bytes.as_ptr().cast::<T>()) }
-        })
-    }
-
-    /// `n` rounded up to the alignment of control messages (`CMSG_ALIGN`:
-    /// that of `size_t` on Linux).
-    fn cmsg_align(n: usize) -> usize {
-        let a = size_of::<usize>();
-        n.div_ceil(a) * a
-    }
-
-    /// The arrival address and drop count in the control messages of one
-    /// received datagram: `buf` is the `msg_controllen` bytes the kernel
-    /// filled. Nothing in it is trusted: each message's header must fit in
-    /// what is left, its `cmsg_len` must cover the header and stay within
-    /// `buf`, and a payload shorter than the struct read is skipped. The walk
-    /// stops at the first malformed header, since where the next begins is
-    /// then unknown.
-    fn parse_control(buf: &[u8]) -> ControlData {
-        // Where the payload starts: the header, aligned (`CMSG_LEN(0)`).
-        let data_offset = cmsg_align(size_of::<libc::cmsghdr>());
-        let mut out = ControlData::default();
-        let mut rest = buf;
-        while let Some(header) = read_plain::<libc::cmsghdr>(rest) {
-            // A socklen_t on some libcs (musl), a size_t on glibc.
-            #[allow(clippy::unnecessary_cast)]
-            let len = header.cmsg_len as usize;
-            if len < data_offset || len > rest.len() {
-                break;
-            }
-            let payload = &rest[data_offset..len];
-            match (header.cmsg_level, header.cmsg_type) {
-                (libc::IPPROTO_IP, libc::IP_PKTINFO) => {
-                    if let Some(info) = read_plain::<libc::in_pktinfo>(payload) {
-                        out.arrival = Some(Arrival::V4(info.ipi_addr.s_addr.to_ne_bytes()));
-                    }
-                }
-                (libc::IPPROTO_IPV6, libc::IPV6_PKTINFO) => {
-                    if let Some(info) = read_plain::<libc::in6_pktinfo>(payload) {
-                        out.arrival = Some(Arrival::V6(info.ipi6_addr.s6_addr, info.ipi6_ifindex));
-                    }
-                }
-                (libc::SOL_SOCKET, SO_RXQ_OVFL) => {
-                    if let Some(drops) = read_plain::<u32>(payload) {
-                        out.drops = Some(drops);
-                    }
-                }
-                _ => {}
-            }
-            // The last message needs no padding after it: past the end
-            // means done.
-            rest = rest.get(cmsg_align(len)..).unwrap_or_default();
-        }
-        out
-    }
-
-    /// Points `hdr` at one `IP_PKTINFO`/`IPV6_PKTINFO` message in `control`
-    /// saying which address to send from.
-    ///
-    /// # Safety
-    ///
-    /// `control` outlives the use of `hdr`.
-    unsafe fn write_pktinfo(hdr: &mut libc::msghdr, control: &mut Control, from: Arrival) {
-        let (level, kind, size) = match from {
-            Arrival::V4(_) => (
-                libc::IPPROTO_IP,
-                libc::IP_PKTINFO,
-                size_of::<libc::in_pktinfo>(),
-            ),
-            Arrival::V6(..) => (
-                libc::IPPROTO_IPV6,
-                libc::IPV6_PKTINFO,
-                size_of::<libc::in6_pktinfo>(),
-            ),
-        };
-        control.0 = [0; 128];
-        hdr.msg_control = control.0.as_mut_ptr().cast();
-        hdr.msg_controllen = libc::CMSG_SPACE(size as u32) as _;
-        let cmsg = libc::CMSG_FIRSTHDR(hdr);
-        (*cmsg).cmsg_level = level;
-        (*cmsg).cmsg_type = kind;
-        (*cmsg).cmsg_len = libc::CMSG_LEN(size as u32) as _;
-        match from {
-            Arrival::V4(addr) => ptr::write_unaligned(
-                libc::CMSG_DATA(cmsg).cast(),
-                libc::in_pktinfo {
-                    ipi_ifindex: 0,
-                    ipi_spec_dst: libc::in_addr {
-                        s_addr: u32::from_ne_bytes(addr),
-                    },
-                    ipi_addr: libc::in_addr { s_addr: 0 },
-                },
-            ),
-            Arrival::V6(addr, ifindex) => {
-                // SAFETY: all-zero bytes are a valid in6_addr.
-                let mut ipi6_addr: libc::in6_addr = mem::zeroed();
-                ipi6_addr.s6_addr = addr;
-                ptr::write_unaligned(
-                    libc::CMSG_DATA(cmsg).cast(),
-                    libc::in6_pktinfo {
-                        ipi6_addr,
-                        ipi6_ifindex: ifindex,
-                    },
-                );
-            }
+            self.0
+                .send(socket, replies.len(), |j| replies.get(j), failed)
         }
     }
 
@@ -464,7 +131,8 @@ mod linux {
     /// from it) and, always, for its drop count. Returns whether it gave
     /// the destination.
     pub(crate) fn enable(socket: &Socket, local: SocketAddr, pktinfo: bool) -> bool {
-        super::set_socket_option(socket, SO_RXQ_OVFL, 1);
+        // Best effort: drop counts arriving or not shows whether it took.
+        let _ = sockopt::set_int(socket.as_fd(), libc::SOL_SOCKET, SO_RXQ_OVFL, 1);
         if !pktinfo {
             return false;
         }
@@ -472,167 +140,7 @@ mod linux {
             SocketAddr::V4(_) => (libc::IPPROTO_IP, libc::IP_PKTINFO),
             SocketAddr::V6(_) => (libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO),
         };
-        let on: libc::c_int = 1;
-        // SAFETY: a valid fd and a pointer to a c_int of the length given.
-        unsafe {
-            libc::setsockopt(
-                socket.as_raw_fd(),
-                level,
-                name,
-                ptr::addr_of!(on).cast(),
-                size_of::<libc::c_int>() as libc::socklen_t,
-            ) == 0
-        }
-    }
-
-    /// The control-message parser on crafted buffers: what the kernel
-    /// writes, and what it must never be trusted to have written.
-    #[cfg(test)]
-    mod control_tests {
-        use super::*;
-
-        /// One control message: a header saying `len` (the honest length
-        /// unless given), the payload, padding to the alignment.
-        fn cmsg(
-            level: libc::c_int,
-            kind: libc::c_int,
-            payload: &[u8],
-            len: Option<usize>,
-        ) -> Vec<u8> {
-            let data_offset = cmsg_align(size_of::<libc::cmsghdr>());
-            // SAFETY: all-zero bytes are a valid cmsghdr.
-            let mut header: libc::cmsghdr = unsafe { mem::zeroed() };
-            header.cmsg_level = level;
-            header.cmsg_type = kind;
-            header.cmsg_len = len.unwrap_or(data_offset + payload.len()) as _;
-            let mut out = vec![0u8; data_offset];
-            // SAFETY: `out` has room for a header, written unaligned.
-            unsafe { ptr::write_unaligned(out.as_mut_ptr().cast(), header) };
-            out.extend_from_slice(payload);
-            out.resize(cmsg_align(out.len()), 0);
-            out
-        }
-
-        fn pktinfo4(octets: [u8; 4]) -> Vec<u8> {
-            let info = libc::in_pktinfo {
-                ipi_ifindex: 3,
-                ipi_spec_dst: libc::in_addr { s_addr: 0 },
-                ipi_addr: libc::in_addr {
-                    s_addr: u32::from_ne_bytes(octets),
-                },
-            };
-            bytes_of(&info)
-        }
-
-        fn pktinfo6(octets: [u8; 16], ifindex: u32) -> Vec<u8> {
-            // SAFETY: all-zero bytes are a valid in6_pktinfo.
-            let mut info: libc::in6_pktinfo = unsafe { mem::zeroed() };
-            info.ipi6_addr.s6_addr = octets;
-            info.ipi6_ifindex = ifindex;
-            bytes_of(&info)
-        }
-
-        fn bytes_of<T>(value: &T) -> Vec<u8> {
-            // SAFETY: reads the `size_of::<T>()` bytes of a live value of
-            // a C struct without padding.
-            unsafe { std::slice::from_raw_parts(ptr::from_ref(value).cast::<u8>(), size_of::<T>()) }
-                .to_vec()
-        }
-
-        const V4: [u8; 4] = [127, 0, 0, 2];
-        const V6: [u8; 16] = [0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7];
-
-        #[test]
-        fn well_formed_messages_are_read() {
-            let ip = cmsg(libc::IPPROTO_IP, libc::IP_PKTINFO, &pktinfo4(V4), None);
-            let ovfl = cmsg(libc::SOL_SOCKET, SO_RXQ_OVFL, &42u32.to_ne_bytes(), None);
-            let both = [ip.clone(), ovfl.clone()].concat();
-            let want = ControlData {
-                arrival: Some(Arrival::V4(V4)),
-                drops: Some(42),
-            };
-            assert_eq!(parse_control(&both), want);
-            assert_eq!(parse_control(&[ovfl, ip].concat()), want);
-            let six = cmsg(
-                libc::IPPROTO_IPV6,
-                libc::IPV6_PKTINFO,
-                &pktinfo6(V6, 5),
-                None,
-            );
-            assert_eq!(parse_control(&six).arrival, Some(Arrival::V6(V6, 5)));
-            // An unknown message is skipped, the next one read.
-            let other = cmsg(libc::SOL_SOCKET, 9999, &[1; 12], None);
-            assert_eq!(
-                parse_control(&[other, six].concat()).arrival,
-                Some(Arrival::V6(V6, 5))
-            );
-            assert_eq!(parse_control(&[]), ControlData::default());
-        }
-
-        #[test]
-        fn a_cmsg_len_too_short_for_the_payload_is_not_read_past() {
-            let header = cmsg_align(size_of::<libc::cmsghdr>());
-            // Says 2 bytes of payload where a u32 is needed: skipped, and
-            // the message after it (at the aligned end) still read.
-            let short = cmsg(
-                libc::SOL_SOCKET,
-                SO_RXQ_OVFL,
-                &7u32.to_ne_bytes(),
-                Some(header + 2),
-            );
-            let ip = cmsg(libc::IPPROTO_IP, libc::IP_PKTINFO, &pktinfo4(V4), None);
-            let parsed = parse_control(&[short, ip].concat());
-            assert_eq!(parsed.drops, None);
-            assert_eq!(parsed.arrival, Some(Arrival::V4(V4)));
-            // A pktinfo cut at the address's last byte is not read either.
-            let cut = cmsg(
-                libc::IPPROTO_IP,
-                libc::IP_PKTINFO,
-                &pktinfo4(V4),
-                Some(header + size_of::<libc::in_pktinfo>() - 1),
-            );
-            assert_eq!(parse_control(&cut), ControlData::default());
-        }
-
-        #[test]
-        fn a_malformed_header_ends_the_walk() {
-            let header = cmsg_align(size_of::<libc::cmsghdr>());
-            let ovfl = cmsg(libc::SOL_SOCKET, SO_RXQ_OVFL, &5u32.to_ne_bytes(), None);
-            for bad_len in [0, 1, header - 1, 4096, usize::MAX >> 1] {
-                let bad = cmsg(
-                    libc::SOL_SOCKET,
-                    SO_RXQ_OVFL,
-                    &9u32.to_ne_bytes(),
-                    Some(bad_len),
-                );
-                assert_eq!(
-                    parse_control(&[bad, ovfl.clone()].concat()),
-                    ControlData::default(),
-                    "cmsg_len {bad_len}"
-                );
-            }
-            // A cmsg_len past the end of the buffer, by one byte.
-            let ovfl_len = header + 4;
-            let mut past = cmsg(libc::SOL_SOCKET, SO_RXQ_OVFL, &5u32.to_ne_bytes(), None);
-            past.truncate(ovfl_len - 1);
-            assert_eq!(parse_control(&past), ControlData::default());
-            // Exactly to the end (no trailing padding) is fine.
-            past = cmsg(libc::SOL_SOCKET, SO_RXQ_OVFL, &5u32.to_ne_bytes(), None);
-            past.truncate(ovfl_len);
-            assert_eq!(parse_control(&past).drops, Some(5));
-            // Half a header after a good message.
-            let half = [ovfl.clone(), vec![0xff; header / 2]].concat();
-            assert_eq!(parse_control(&half).drops, Some(5));
-            // Every prefix of a two-message buffer parses without panic.
-            let two = [
-                ovfl,
-                cmsg(libc::IPPROTO_IP, libc::IP_PKTINFO, &pktinfo4(V4), None),
-            ]
-            .concat();
-            for n in 0..=two.len() {
-                let _ = parse_control(&two[..n]);
-            }
-        }
+        sockopt::set_int(socket.as_fd(), level, name, 1).is_ok()
     }
 }
 
@@ -646,9 +154,8 @@ pub(crate) use linux::enable;
 #[cfg(any(test, not(target_os = "linux")))]
 mod portable {
     use super::{Datagram, Replies};
-    use socket2::{MaybeUninitSlice, SockAddr, Socket};
+    use socket2::{SockAddr, Socket};
     use std::io;
-    use std::mem::MaybeUninit;
 
     pub(crate) struct Batch {
         buf: Vec<u8>,
@@ -666,11 +173,7 @@ mod portable {
         }
 
         pub(crate) fn recv(&mut self, socket: &Socket) -> io::Result<usize> {
-            // SAFETY: `recv_from_vectored` only writes initialised bytes, and
-            // a `[u8]` is valid for any bytes written.
-            let uninit =
-                unsafe { &mut *(self.buf.as_mut_slice() as *mut [u8] as *mut [MaybeUninit<u8>]) };
-            let (len, _, from) = socket.recv_from_vectored(&mut [MaybeUninitSlice::new(uninit)])?;
+            let (len, from) = crate::sys::socket::recv_from(socket, &mut self.buf)?;
             self.len = len.min(self.buf.len());
             self.from = Some(from);
             Ok(1)

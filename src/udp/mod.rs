@@ -205,8 +205,10 @@ fn size_buffers(socket: &Socket, bytes: usize) -> usize {
         let granted = |s: &Socket| s.recv_buffer_size().map_or(0, |n| n / 2);
         if granted(socket) < bytes {
             let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
-            batch::set_socket_option(socket, SO_RCVBUFFORCE, value);
-            batch::set_socket_option(socket, SO_SNDBUFFORCE, value);
+            // Best effort: the size granted, read below, tells.
+            let fd = std::os::fd::AsFd::as_fd(socket);
+            let _ = crate::sys::sockopt::set_int(fd, libc::SOL_SOCKET, SO_RCVBUFFORCE, value);
+            let _ = crate::sys::sockopt::set_int(fd, libc::SOL_SOCKET, SO_SNDBUFFORCE, value);
         }
         granted(socket)
     }

@@ -1,0 +1,545 @@
+//! Datagrams in batches (`recvmmsg(2)`, `sendmmsg(2)`) with their control
+//! messages (`cmsg(3)`): each datagram's source, the address it arrived at
+//! (`IP_PKTINFO`, `IPV6_PKTINFO`) and the socket's drop count
+//! (`SO_RXQ_OVFL`), and replies sent from a chosen address.
+
+use socket2::Socket;
+use std::io;
+use std::mem::{self, size_of};
+use std::net::{IpAddr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::AsRawFd;
+use std::ptr;
+
+/// `SO_RXQ_OVFL` (asm-generic value; the same on x86 and Arm).
+pub(crate) const SO_RXQ_OVFL: libc::c_int = 40;
+
+/// Room for the control messages of one datagram (an `in6_pktinfo` and
+/// an `SO_RXQ_OVFL` count), aligned for `cmsghdr`.
+#[repr(C, align(8))]
+#[derive(Clone, Copy)]
+struct Control([u8; 128]);
+
+/// Where a datagram arrived, to reply from there: the address's bytes
+/// in network order (and the IPv6 interface index).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Arrival {
+    V4([u8; 4]),
+    V6([u8; 16], u32),
+}
+
+/// What one datagram's control messages say.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct ControlData {
+    arrival: Option<Arrival>,
+    drops: Option<u32>,
+}
+
+/// One datagram of the last [`MmsgBatch::recv`].
+#[derive(Debug)]
+pub(crate) struct Received<'a> {
+    /// Its bytes, cut at the buffer size.
+    pub(crate) data: &'a [u8],
+    /// Its source, if the kernel gave a whole IPv4 or IPv6 address.
+    pub(crate) source: Option<SocketAddr>,
+    /// The socket's drop count as of this datagram (`SO_RXQ_OVFL`).
+    pub(crate) drops: Option<u32>,
+    /// The kernel cut its control data short (`MSG_CTRUNC`): `drops` and
+    /// `arrival` are then `None`.
+    pub(crate) control_truncated: bool,
+    /// The address it was sent to (`IP_PKTINFO`, `IPV6_PKTINFO`).
+    pub(crate) arrival: Option<IpAddr>,
+}
+
+/// Buffers and message headers for `batch` datagrams. The headers'
+/// pointers are set afresh before each call, so the buffers may move.
+pub(crate) struct MmsgBatch {
+    size: usize,
+    batch: usize,
+    bufs: Vec<u8>,
+    names: Vec<libc::sockaddr_storage>,
+    controls: Vec<Control>,
+    iovs: Vec<libc::iovec>,
+    msgs: Vec<libc::mmsghdr>,
+    received: usize,
+    /// Reply from each datagram's arrival address (wildcard binds).
+    pktinfo: bool,
+    send_iovs: Vec<libc::iovec>,
+    send_controls: Vec<Control>,
+    send_msgs: Vec<libc::mmsghdr>,
+}
+
+impl MmsgBatch {
+    /// Room for `batch` datagrams of up to `size` bytes each; with
+    /// `pktinfo`, replies leave from the address each datagram arrived at.
+    pub(crate) fn new(size: usize, batch: usize, pktinfo: bool) -> MmsgBatch {
+        // SAFETY: all-zero bytes are valid for these C structs.
+        let zeroed_msg = || unsafe { mem::zeroed::<libc::mmsghdr>() };
+        let iov = libc::iovec {
+            iov_base: ptr::null_mut(),
+            iov_len: 0,
+        };
+        MmsgBatch {
+            size,
+            batch,
+            bufs: vec![0; size * batch],
+            // SAFETY: as above.
+            names: vec![unsafe { mem::zeroed() }; batch],
+            controls: vec![Control([0; 128]); batch],
+            iovs: vec![iov; batch],
+            msgs: (0..batch).map(|_| zeroed_msg()).collect(),
+            received: 0,
+            pktinfo,
+            send_iovs: vec![iov; batch],
+            send_controls: vec![Control([0; 128]); batch],
+            send_msgs: (0..batch).map(|_| zeroed_msg()).collect(),
+        }
+    }
+
+    /// Waits for a datagram (the socket's read timeout bounds the wait),
+    /// then takes every one already queued, up to `batch`, in one
+    /// `recvmmsg(2)` (retried on `EINTR`). Returns how many.
+    pub(crate) fn recv(&mut self, socket: &Socket) -> io::Result<usize> {
+        self.received = 0;
+        for i in 0..self.batch {
+            self.iovs[i] = libc::iovec {
+                iov_base: self.bufs[i * self.size..].as_mut_ptr().cast(),
+                iov_len: self.size,
+            };
+            let hdr = &mut self.msgs[i].msg_hdr;
+            hdr.msg_name = ptr::addr_of_mut!(self.names[i]).cast();
+            hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            hdr.msg_iov = &mut self.iovs[i];
+            hdr.msg_iovlen = 1;
+            hdr.msg_control = self.controls[i].0.as_mut_ptr().cast();
+            hdr.msg_controllen = self.controls[i].0.len() as _;
+            hdr.msg_flags = 0;
+            self.msgs[i].msg_len = 0;
+        }
+        loop {
+            // SAFETY: every header points at live buffers of the lengths
+            // given; MSG_WAITFORONE blocks for the first datagram only.
+            let n = unsafe {
+                libc::recvmmsg(
+                    socket.as_raw_fd(),
+                    self.msgs.as_mut_ptr(),
+                    self.batch as libc::c_uint,
+                    libc::MSG_WAITFORONE as _,
+                    ptr::null_mut(),
+                )
+            };
+            if n >= 0 {
+                self.received = n as usize;
+                return Ok(self.received);
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+    }
+
+    /// The `i`th datagram of the last [`recv`](Self::recv).
+    pub(crate) fn received(&self, i: usize) -> Received<'_> {
+        debug_assert!(i < self.received);
+        let len = (self.msgs[i].msg_len as usize).min(self.size);
+        let hdr = &self.msgs[i].msg_hdr;
+        let (control, control_truncated) = self.control(i);
+        Received {
+            data: &self.bufs[i * self.size..i * self.size + len],
+            source: socket_addr(&self.names[i], hdr.msg_namelen),
+            drops: control.drops,
+            control_truncated,
+            arrival: control.arrival.map(|a| match a {
+                Arrival::V4(ip) => IpAddr::from(ip),
+                Arrival::V6(ip, _) => IpAddr::from(ip),
+            }),
+        }
+    }
+
+    /// The `i`th datagram's control data, and whether the kernel cut it
+    /// short (`MSG_CTRUNC`). Cut short, part of it is missing and the
+    /// rest is not trusted: nothing is returned.
+    fn control(&self, i: usize) -> (ControlData, bool) {
+        let hdr = &self.msgs[i].msg_hdr;
+        if hdr.msg_flags & libc::MSG_CTRUNC != 0 {
+            return (ControlData::default(), true);
+        }
+        let buf = &self.controls[i].0;
+        // A socklen_t on some libcs (musl), a size_t on glibc.
+        #[allow(clippy::unnecessary_cast)]
+        let len = (hdr.msg_controllen as usize).min(buf.len());
+        (parse_control(&buf[..len]), false)
+    }
+
+    /// Sends `count` replies, `reply(j)` giving the `j`th: the index of the
+    /// received datagram it answers and its bytes. Each goes to the source
+    /// of that datagram (from its arrival address with `pktinfo`), in as
+    /// few `sendmmsg(2)` calls as the kernel takes. Returns the replies and
+    /// bytes sent; `failed` hears of each that could not be (by the index
+    /// of the datagram it answers).
+    pub(crate) fn send<'a>(
+        &mut self,
+        socket: &Socket,
+        count: usize,
+        reply: impl Fn(usize) -> (usize, &'a [u8]),
+        mut failed: impl FnMut(usize, io::Error),
+    ) -> (u64, u64) {
+        for j in 0..count {
+            let (index, bytes) = reply(j);
+            self.send_iovs[j] = libc::iovec {
+                iov_base: bytes.as_ptr() as *mut _,
+                iov_len: bytes.len(),
+            };
+            let arrival = if self.pktinfo {
+                self.control(index).0.arrival
+            } else {
+                None
+            };
+            let recv_hdr = &self.msgs[index].msg_hdr;
+            let hdr = &mut self.send_msgs[j].msg_hdr;
+            hdr.msg_name = recv_hdr.msg_name;
+            hdr.msg_namelen = recv_hdr.msg_namelen;
+            hdr.msg_iov = &mut self.send_iovs[j];
+            hdr.msg_iovlen = 1;
+            hdr.msg_flags = 0;
+            match arrival {
+                Some(from) => write_pktinfo(hdr, &mut self.send_controls[j], from),
+                None => {
+                    hdr.msg_control = ptr::null_mut();
+                    hdr.msg_controllen = 0;
+                }
+            }
+            self.send_msgs[j].msg_len = 0;
+        }
+        let (mut sent, mut bytes) = (0u64, 0u64);
+        let mut done = 0;
+        while done < count {
+            // SAFETY: headers `done..count` point at live buffers (the
+            // replies, borrowed for 'a, the names of the received batch,
+            // the send control buffers, all owned or borrowed here).
+            let n = unsafe {
+                libc::sendmmsg(
+                    socket.as_raw_fd(),
+                    self.send_msgs[done..].as_mut_ptr(),
+                    (count - done) as libc::c_uint,
+                    0,
+                )
+            };
+            // At most `count - done` sent, and at least one: sendmmsg
+            // reports an error of a later message on the next call.
+            let Ok(n) = usize::try_from(n) else {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                // The first reply left failed (say, an unreachable
+                // source): skip it, send the rest.
+                failed(reply(done).0, e);
+                done += 1;
+                continue;
+            };
+            for m in &self.send_msgs[done..done + n] {
+                sent += 1;
+                bytes += u64::from(m.msg_len);
+            }
+            done += n.max(1);
+        }
+        (sent, bytes)
+    }
+}
+
+/// The source address of a datagram.
+fn socket_addr(storage: &libc::sockaddr_storage, len: libc::socklen_t) -> Option<SocketAddr> {
+    let len = len as usize;
+    match libc::c_int::from(storage.ss_family) {
+        libc::AF_INET if len >= size_of::<libc::sockaddr_in>() => {
+            // SAFETY: the family says the storage holds a sockaddr_in.
+            let sin: &libc::sockaddr_in = unsafe { &*ptr::from_ref(storage).cast() };
+            Some(SocketAddr::V4(SocketAddrV4::new(
+                u32::from_be(sin.sin_addr.s_addr).into(),
+                u16::from_be(sin.sin_port),
+            )))
+        }
+        libc::AF_INET6 if len >= size_of::<libc::sockaddr_in6>() => {
+            // SAFETY: the family says the storage holds a sockaddr_in6.
+            let sin6: &libc::sockaddr_in6 = unsafe { &*ptr::from_ref(storage).cast() };
+            Some(SocketAddr::V6(SocketAddrV6::new(
+                sin6.sin6_addr.s6_addr.into(),
+                u16::from_be(sin6.sin6_port),
+                sin6.sin6_flowinfo,
+                sin6.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
+}
+
+/// A C struct of plain data (integers, arrays of them) read from the
+/// start of `bytes`, if they are long enough. Only for types valid at
+/// any bit pattern: `cmsghdr` and the payloads below.
+fn read_plain<T: Copy>(bytes: &[u8]) -> Option<T> {
+    (bytes.len() >= size_of::<T>()).then(|| {
+        // SAFETY: `bytes` holds at least `size_of::<T>()` bytes, read
+        // without alignment, and every caller's `T` is plain data.
+        unsafe { ptr::read_unaligned(bytes.as_ptr().cast::<T>()) }
+    })
+}
+
+/// `n` rounded up to the alignment of control messages (`CMSG_ALIGN`:
+/// that of `size_t` on Linux).
+fn cmsg_align(n: usize) -> usize {
+    let a = size_of::<usize>();
+    n.div_ceil(a) * a
+}
+
+/// The arrival address and drop count in the control messages of one
+/// received datagram: `buf` is the `msg_controllen` bytes the kernel
+/// filled. Nothing in it is trusted: each message's header must fit in
+/// what is left, its `cmsg_len` must cover the header and stay within
+/// `buf`, and a payload shorter than the struct read is skipped. The walk
+/// stops at the first malformed header, since where the next begins is
+/// then unknown.
+fn parse_control(buf: &[u8]) -> ControlData {
+    // Where the payload starts: the header, aligned (`CMSG_LEN(0)`).
+    let data_offset = cmsg_align(size_of::<libc::cmsghdr>());
+    let mut out = ControlData::default();
+    let mut rest = buf;
+    while let Some(header) = read_plain::<libc::cmsghdr>(rest) {
+        // A socklen_t on some libcs (musl), a size_t on glibc.
+        #[allow(clippy::unnecessary_cast)]
+        let len = header.cmsg_len as usize;
+        if len < data_offset || len > rest.len() {
+            break;
+        }
+        let payload = &rest[data_offset..len];
+        match (header.cmsg_level, header.cmsg_type) {
+            (libc::IPPROTO_IP, libc::IP_PKTINFO) => {
+                if let Some(info) = read_plain::<libc::in_pktinfo>(payload) {
+                    out.arrival = Some(Arrival::V4(info.ipi_addr.s_addr.to_ne_bytes()));
+                }
+            }
+            (libc::IPPROTO_IPV6, libc::IPV6_PKTINFO) => {
+                if let Some(info) = read_plain::<libc::in6_pktinfo>(payload) {
+                    out.arrival = Some(Arrival::V6(info.ipi6_addr.s6_addr, info.ipi6_ifindex));
+                }
+            }
+            (libc::SOL_SOCKET, SO_RXQ_OVFL) => {
+                if let Some(drops) = read_plain::<u32>(payload) {
+                    out.drops = Some(drops);
+                }
+            }
+            _ => {}
+        }
+        // The last message needs no padding after it: past the end
+        // means done.
+        rest = rest.get(cmsg_align(len)..).unwrap_or_default();
+    }
+    out
+}
+
+/// Points `hdr` at one `IP_PKTINFO`/`IPV6_PKTINFO` message in `control`
+/// saying which address to send from. `control` must outlive the use of
+/// `hdr` (both are [`MmsgBatch`]'s own).
+fn write_pktinfo(hdr: &mut libc::msghdr, control: &mut Control, from: Arrival) {
+    let (level, kind, size) = match from {
+        Arrival::V4(_) => (
+            libc::IPPROTO_IP,
+            libc::IP_PKTINFO,
+            size_of::<libc::in_pktinfo>(),
+        ),
+        Arrival::V6(..) => (
+            libc::IPPROTO_IPV6,
+            libc::IPV6_PKTINFO,
+            size_of::<libc::in6_pktinfo>(),
+        ),
+    };
+    control.0 = [0; 128];
+    hdr.msg_control = control.0.as_mut_ptr().cast();
+    // SAFETY: CMSG_SPACE is arithmetic on its argument.
+    hdr.msg_controllen = unsafe { libc::CMSG_SPACE(size as u32) } as _;
+    // SAFETY: `hdr` points at `control`, 128 bytes aligned for `cmsghdr`,
+    // room for one header and an in6_pktinfo (CMSG_SPACE(20) is 40 bytes):
+    // CMSG_FIRSTHDR gives its start, and every write below stays inside it.
+    unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(hdr);
+        (*cmsg).cmsg_level = level;
+        (*cmsg).cmsg_type = kind;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(size as u32) as _;
+        match from {
+            Arrival::V4(addr) => ptr::write_unaligned(
+                libc::CMSG_DATA(cmsg).cast(),
+                libc::in_pktinfo {
+                    ipi_ifindex: 0,
+                    ipi_spec_dst: libc::in_addr {
+                        s_addr: u32::from_ne_bytes(addr),
+                    },
+                    ipi_addr: libc::in_addr { s_addr: 0 },
+                },
+            ),
+            Arrival::V6(addr, ifindex) => {
+                // All-zero bytes are a valid in6_addr.
+                let mut ipi6_addr: libc::in6_addr = mem::zeroed();
+                ipi6_addr.s6_addr = addr;
+                ptr::write_unaligned(
+                    libc::CMSG_DATA(cmsg).cast(),
+                    libc::in6_pktinfo {
+                        ipi6_addr,
+                        ipi6_ifindex: ifindex,
+                    },
+                );
+            }
+        }
+    }
+}
+
+/// The control-message parser on crafted buffers: what the kernel
+/// writes, and what it must never be trusted to have written.
+#[cfg(test)]
+mod control_tests {
+    use super::*;
+
+    /// One control message: a header saying `len` (the honest length
+    /// unless given), the payload, padding to the alignment.
+    fn cmsg(level: libc::c_int, kind: libc::c_int, payload: &[u8], len: Option<usize>) -> Vec<u8> {
+        let data_offset = cmsg_align(size_of::<libc::cmsghdr>());
+        // SAFETY: all-zero bytes are a valid cmsghdr.
+        let mut header: libc::cmsghdr = unsafe { mem::zeroed() };
+        header.cmsg_level = level;
+        header.cmsg_type = kind;
+        header.cmsg_len = len.unwrap_or(data_offset + payload.len()) as _;
+        let mut out = vec![0u8; data_offset];
+        // SAFETY: `out` has room for a header, written unaligned.
+        unsafe { ptr::write_unaligned(out.as_mut_ptr().cast(), header) };
+        out.extend_from_slice(payload);
+        out.resize(cmsg_align(out.len()), 0);
+        out
+    }
+
+    fn pktinfo4(octets: [u8; 4]) -> Vec<u8> {
+        let info = libc::in_pktinfo {
+            ipi_ifindex: 3,
+            ipi_spec_dst: libc::in_addr { s_addr: 0 },
+            ipi_addr: libc::in_addr {
+                s_addr: u32::from_ne_bytes(octets),
+            },
+        };
+        bytes_of(&info)
+    }
+
+    fn pktinfo6(octets: [u8; 16], ifindex: u32) -> Vec<u8> {
+        // SAFETY: all-zero bytes are a valid in6_pktinfo.
+        let mut info: libc::in6_pktinfo = unsafe { mem::zeroed() };
+        info.ipi6_addr.s6_addr = octets;
+        info.ipi6_ifindex = ifindex;
+        bytes_of(&info)
+    }
+
+    fn bytes_of<T>(value: &T) -> Vec<u8> {
+        // SAFETY: reads the `size_of::<T>()` bytes of a live value of
+        // a C struct without padding.
+        unsafe { std::slice::from_raw_parts(ptr::from_ref(value).cast::<u8>(), size_of::<T>()) }
+            .to_vec()
+    }
+
+    const V4: [u8; 4] = [127, 0, 0, 2];
+    const V6: [u8; 16] = [0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7];
+
+    #[test]
+    fn well_formed_messages_are_read() {
+        let ip = cmsg(libc::IPPROTO_IP, libc::IP_PKTINFO, &pktinfo4(V4), None);
+        let ovfl = cmsg(libc::SOL_SOCKET, SO_RXQ_OVFL, &42u32.to_ne_bytes(), None);
+        let both = [ip.clone(), ovfl.clone()].concat();
+        let want = ControlData {
+            arrival: Some(Arrival::V4(V4)),
+            drops: Some(42),
+        };
+        assert_eq!(parse_control(&both), want);
+        assert_eq!(parse_control(&[ovfl, ip].concat()), want);
+        let six = cmsg(
+            libc::IPPROTO_IPV6,
+            libc::IPV6_PKTINFO,
+            &pktinfo6(V6, 5),
+            None,
+        );
+        assert_eq!(parse_control(&six).arrival, Some(Arrival::V6(V6, 5)));
+        // An unknown message is skipped, the next one read.
+        let other = cmsg(libc::SOL_SOCKET, 9999, &[1; 12], None);
+        assert_eq!(
+            parse_control(&[other, six].concat()).arrival,
+            Some(Arrival::V6(V6, 5))
+        );
+        assert_eq!(parse_control(&[]), ControlData::default());
+    }
+
+    #[test]
+    fn a_cmsg_len_too_short_for_the_payload_is_not_read_past() {
+        let header = cmsg_align(size_of::<libc::cmsghdr>());
+        // Says 2 bytes of payload where a u32 is needed: skipped, and
+        // the message after it (at the aligned end) still read.
+        let short = cmsg(
+            libc::SOL_SOCKET,
+            SO_RXQ_OVFL,
+            &7u32.to_ne_bytes(),
+            Some(header + 2),
+        );
+        let ip = cmsg(libc::IPPROTO_IP, libc::IP_PKTINFO, &pktinfo4(V4), None);
+        let parsed = parse_control(&[short, ip].concat());
+        assert_eq!(parsed.drops, None);
+        assert_eq!(parsed.arrival, Some(Arrival::V4(V4)));
+        // A pktinfo cut at the address's last byte is not read either.
+        let cut = cmsg(
+            libc::IPPROTO_IP,
+            libc::IP_PKTINFO,
+            &pktinfo4(V4),
+            Some(header + size_of::<libc::in_pktinfo>() - 1),
+        );
+        assert_eq!(parse_control(&cut), ControlData::default());
+    }
+
+    #[test]
+    fn a_malformed_header_ends_the_walk() {
+        let header = cmsg_align(size_of::<libc::cmsghdr>());
+        let ovfl = cmsg(libc::SOL_SOCKET, SO_RXQ_OVFL, &5u32.to_ne_bytes(), None);
+        for bad_len in [0, 1, header - 1, 4096, usize::MAX >> 1] {
+            let bad = cmsg(
+                libc::SOL_SOCKET,
+                SO_RXQ_OVFL,
+                &9u32.to_ne_bytes(),
+                Some(bad_len),
+            );
+            assert_eq!(
+                parse_control(&[bad, ovfl.clone()].concat()),
+                ControlData::default(),
+                "cmsg_len {bad_len}"
+            );
+        }
+        // A message with no payload (cmsg_len is CMSG_LEN(0)) is well
+        // formed: skipped, and the one after it read.
+        let empty = cmsg(libc::SOL_SOCKET, 9999, &[], None);
+        assert_eq!(
+            parse_control(&[empty, ovfl.clone()].concat()).drops,
+            Some(5)
+        );
+        // A cmsg_len past the end of the buffer, by one byte.
+        let ovfl_len = header + 4;
+        let mut past = cmsg(libc::SOL_SOCKET, SO_RXQ_OVFL, &5u32.to_ne_bytes(), None);
+        past.truncate(ovfl_len - 1);
+        assert_eq!(parse_control(&past), ControlData::default());
+        // Exactly to the end (no trailing padding) is fine.
+        past = cmsg(libc::SOL_SOCKET, SO_RXQ_OVFL, &5u32.to_ne_bytes(), None);
+        past.truncate(ovfl_len);
+        assert_eq!(parse_control(&past).drops, Some(5));
+        // Half a header after a good message.
+        let half = [ovfl.clone(), vec![0xff; header / 2]].concat();
+        assert_eq!(parse_control(&half).drops, Some(5));
+        // Every prefix of a two-message buffer parses without panic.
+        let two = [
+            ovfl,
+            cmsg(libc::IPPROTO_IP, libc::IP_PKTINFO, &pktinfo4(V4), None),
+        ]
+        .concat();
+        for n in 0..=two.len() {
+            let _ = parse_control(&two[..n]);
+        }
+    }
+}

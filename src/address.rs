@@ -81,6 +81,67 @@ pub fn normalize(addr: SocketAddr) -> SocketAddr {
     }
 }
 
+/// A network of IP addresses, `10.0.0.0/8` or `2001:db8::/32`; an address
+/// alone is a network of one. IPv4-mapped IPv6 addresses are judged as
+/// IPv4, as everywhere else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Network {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl Network {
+    /// Whether `ip` lies in this network.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = normalize(SocketAddr::new(ip, 0)).ip();
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl std::str::FromStr for Network {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Network, String> {
+        let usage = || format!("`{s}` is not an IP address or network (e.g. 10.0.0.0/8, ::1)");
+        let (addr, prefix) = match s.split_once('/') {
+            Some((addr, prefix)) => (addr, Some(prefix)),
+            None => (s, None),
+        };
+        let addr = normalize(SocketAddr::new(addr.parse().map_err(|_| usage())?, 0)).ip();
+        let bits = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => bits,
+            Some(p) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|&p| p <= bits)
+                .ok_or_else(usage)?,
+            Some(_) => return Err(usage()),
+        };
+        Ok(Network { addr, prefix })
+    }
+}
+
+impl fmt::Display for Network {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
 /// The address to connect to in order to reach a listener: a wildcard
 /// address is reached through the loopback address of its family.
 pub(crate) fn connectable(addr: SocketAddr) -> SocketAddr {
@@ -94,6 +155,43 @@ pub(crate) fn connectable(addr: SocketAddr) -> SocketAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn networks_contain_their_addresses_and_no_others() {
+        let net = |s: &str| s.parse::<Network>().unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(net("10.0.0.0/8").contains(ip("10.255.1.2")));
+        assert!(!net("10.0.0.0/8").contains(ip("11.0.0.1")));
+        assert!(net("10.0.0.0/8").contains(ip("::ffff:10.1.1.1")), "mapped");
+        assert!(
+            net("::ffff:10.0.0.0/8").contains(ip("10.1.1.1")),
+            "mapped network"
+        );
+        assert!(net("192.0.2.7").contains(ip("192.0.2.7")));
+        assert!(!net("192.0.2.7").contains(ip("192.0.2.8")));
+        assert!(net("0.0.0.0/0").contains(ip("203.0.113.9")));
+        assert!(!net("0.0.0.0/0").contains(ip("::1")), "families apart");
+        assert!(net("2001:db8::/32").contains(ip("2001:db8:ffff::1")));
+        assert!(!net("2001:db8::/32").contains(ip("2001:db9::1")));
+        assert!(net("::/0").contains(ip("::1")));
+        assert!(net("::1").contains(ip("::1")) && !net("::1").contains(ip("::2")));
+        assert!(net("10.0.0.1/31").contains(ip("10.0.0.0")));
+        assert!(!net("10.0.0.1/31").contains(ip("10.0.0.2")));
+        assert_eq!(net("10.0.0.0/8").to_string(), "10.0.0.0/8");
+        assert_eq!(net("::1").to_string(), "::1/128");
+        for bad in [
+            "",
+            "10.0.0.0/33",
+            "::/129",
+            "10.0.0.0/",
+            "10.0.0.0/+8",
+            "10.0.0/8",
+            "host/8",
+            "10.0.0.0/8/8",
+        ] {
+            assert!(bad.parse::<Network>().is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn wildcard_is_reached_through_loopback() {

@@ -1,11 +1,11 @@
 //! Configuring a server: which sockets to listen on and how to serve them.
 
-use crate::address::ListenAddr;
+use crate::address::{ListenAddr, Network};
 use crate::listener::Listener;
 use crate::listener::{self, StreamListener};
 use crate::rate_limit::{RateLimit, SourcePrefix};
 use crate::server::Server;
-use crate::settings::{Engine, Settings, UdpSettings};
+use crate::settings::{Engine, ProxySettings, Settings, UdpSettings};
 use crate::thread_budget::ThreadBudget;
 use crate::udp::{self, DatagramSocket};
 use socket2::Socket;
@@ -55,6 +55,11 @@ pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(60);
 /// How long a client may leave its echo unread (with the server's send
 /// buffer full) before the connection is closed, unless configured.
 pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a connection from a PROXY protocol network may take to send
+/// its whole header: a balancer sends it at once, so only a silent or
+/// dripping client is ever closed by this.
+pub const DEFAULT_PROXY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Builds a [`Server`]: add listeners, set limits, then [`build`](Self::build)
 /// binds every socket.
@@ -129,6 +134,11 @@ impl Default for ServerBuilder {
                     max_datagram: udp::MAX_DATAGRAM,
                     threads: 0,
                     buffer: udp::DEFAULT_UDP_BUFFER,
+                },
+                proxy: ProxySettings {
+                    networks: Vec::new(),
+                    unix: false,
+                    timeout: DEFAULT_PROXY_TIMEOUT,
                 },
             },
         }
@@ -286,6 +296,31 @@ impl ServerBuilder {
     /// default) sets no cap beyond [`max_connections`](Self::max_connections).
     pub fn max_per_source(mut self, max: Option<usize>) -> Self {
         self.settings.max_per_source = max;
+        self
+    }
+
+    /// Connections from these networks (load balancers) must begin with a
+    /// PROXY protocol header, version 1 or 2: it is consumed, never echoed,
+    /// and the client address it carries stands for the connection's peer
+    /// everywhere (the per-source cap, logs). A header that is malformed,
+    /// too long or late closes the connection without an echo. Connections
+    /// from elsewhere are served as they are. None by default.
+    pub fn proxy_protocol(mut self, networks: impl IntoIterator<Item = Network>) -> Self {
+        self.settings.proxy.networks = networks.into_iter().collect();
+        self
+    }
+
+    /// Whether clients of the Unix stream listeners must begin with a PROXY
+    /// protocol header too (a balancer on the same host). Off by default.
+    pub fn proxy_protocol_unix(mut self, on: bool) -> Self {
+        self.settings.proxy.unix = on;
+        self
+    }
+
+    /// How long a PROXY protocol header may take to arrive in full.
+    /// Default [`DEFAULT_PROXY_TIMEOUT`].
+    pub fn proxy_protocol_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.proxy.timeout = timeout;
         self
     }
 

@@ -3,15 +3,19 @@
 //! and listed in the connection table), served by an engine, and closed in
 //! an order that keeps the limits exact.
 
-use crate::address::Peer;
+use crate::address::{normalize, Peer};
 use crate::context::Context;
+use crate::echo::Echo;
 use crate::limit::{Permit, Seat, SourceSlot};
-use crate::stats::Counters;
+use crate::proxy_protocol::{Fed, Preface, MAX_HEADER};
+use crate::stats::{Counters, TurnedAway};
 use crate::stream::{Metered, Op, Stream};
 use socket2::Socket;
-use std::io;
+use std::io::{self, ErrorKind, Read};
+use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
+use std::time::Instant;
 
 /// An accepted stream connection and everything it holds.
 ///
@@ -23,6 +27,10 @@ pub(crate) struct Connection {
     // socket, before it frees the permits.
     pub(crate) stream: Arc<Stream>,
     pub(crate) peer: Peer,
+    /// While a PROXY protocol header is owed: what came of it so far, and
+    /// when it must be complete. Boxed: most connections owe none, and a
+    /// `Connection` is moved between threads by value.
+    preface: Option<Box<(Preface, Instant)>>,
     slot: Slot,
 }
 
@@ -32,7 +40,7 @@ struct Slot {
     /// The engine serving it, once placed (counted per engine).
     placement: Option<Placement>,
     seat: Option<Seat>,
-    _source_slot: Option<SourceSlot>,
+    source_slot: Option<SourceSlot>,
     _permit: Permit,
 }
 
@@ -59,15 +67,25 @@ impl Connection {
     ) -> Connection {
         let stream = Arc::new(Stream::new(socket));
         let id = ctx.table.insert(Arc::clone(&stream), &ctx.counters);
+        // A balancer's connection starts with the header that says who the
+        // client is; the per-source cap waits for it (the accept loop left
+        // such connections out, or every client would count as one).
+        let preface = ctx.settings.proxy.expects_header(&peer).then(|| {
+            Box::new((
+                Preface::default(),
+                Instant::now() + ctx.settings.proxy.timeout,
+            ))
+        });
         Connection {
             stream,
             peer,
+            preface,
             slot: Slot {
                 id,
                 ctx: Arc::clone(ctx),
                 placement: None,
                 seat: None,
-                _source_slot: source_slot,
+                source_slot,
                 _permit: permit,
             },
         }
@@ -113,6 +131,124 @@ impl Connection {
             peer: &self.peer,
             last_op: Op::Read,
         }
+    }
+
+    /// When the PROXY protocol header it still owes must be complete;
+    /// `None` once it has come (or when none is expected).
+    pub(crate) fn preface_deadline(&self) -> Option<Instant> {
+        self.preface.as_ref().map(|preface| preface.1)
+    }
+
+    /// Reads what has come of the PROXY protocol header, if one is owed: as
+    /// long as the socket gives bytes (a blocking socket until its read
+    /// timeout, a non-blocking one until it would block). Returns the echo
+    /// to serve the connection with, which begins with any client bytes
+    /// that came after the header; `None` while the header is incomplete.
+    ///
+    /// # Errors
+    ///
+    /// The header is invalid, the client closed before it was complete, or
+    /// its address is at the per-source cap (each counted); or the stream
+    /// failed. The connection is to be closed without an echo.
+    pub(crate) fn read_preface(&mut self) -> io::Result<Option<Echo>> {
+        if self.preface.is_none() {
+            return Ok(Some(Echo::new()));
+        }
+        let mut buf = [0u8; MAX_HEADER];
+        loop {
+            let room = self.preface.as_ref().map_or(1, |preface| preface.0.room());
+            let n = match { &*self.stream }.read(&mut buf[..room.min(MAX_HEADER)]) {
+                Ok(n) => n,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            if let Some(rest) = self.feed_preface(&buf[..n])? {
+                return Ok(Some(Echo::after(rest)));
+            }
+        }
+    }
+
+    /// Takes bytes received while the PROXY protocol header is owed (`&[]`
+    /// for end of file). Returns the client's bytes that followed the
+    /// header once it is complete, `None` while it is not.
+    ///
+    /// # Errors
+    ///
+    /// As [`read_preface`](Self::read_preface).
+    pub(crate) fn feed_preface(&mut self, bytes: &[u8]) -> io::Result<Option<Vec<u8>>> {
+        let Some(preface) = &mut self.preface else {
+            return Ok(Some(bytes.to_vec()));
+        };
+        let preface = &mut preface.0;
+        let fed = if bytes.is_empty() {
+            Err(io::Error::new(
+                ErrorKind::UnexpectedEof,
+                "closed before its PROXY protocol header was complete",
+            ))
+        } else {
+            preface
+                .feed(bytes)
+                .map_err(|e| io::Error::new(ErrorKind::InvalidData, e))
+        };
+        match fed {
+            Ok(Fed::More) => Ok(None),
+            Ok(Fed::Done { source, rest }) => {
+                self.preface = None;
+                self.speaks_for(source)?;
+                if !rest.is_empty() {
+                    self.metered().received(&rest);
+                }
+                Ok(Some(rest))
+            }
+            Err(e) => {
+                self.preface = None;
+                Counters::add(&self.slot.ctx.counters.proxy_refused, 1);
+                Err(e)
+            }
+        }
+    }
+
+    /// The PROXY protocol header is complete: from now on the connection
+    /// is the client's it named (`source`), for the per-source cap and the
+    /// logs; or, for a header that names none (the balancer's own health
+    /// check: v1 `UNKNOWN`, v2 `LOCAL`), still the balancer's.
+    fn speaks_for(&mut self, source: Option<SocketAddr>) -> io::Result<()> {
+        let ctx = Arc::clone(&self.slot.ctx);
+        if let Some(source) = source {
+            log::debug!(
+                peer:% = self.peer, client:% = source;
+                "{}: PROXY protocol: client {source}", self.peer
+            );
+            self.peer = Peer::Ip(source);
+        }
+        let Peer::Ip(client) = self.peer else {
+            return Ok(()); // a Unix peer is never capped
+        };
+        if let Some(cap) = &ctx.per_source {
+            match cap.admit(normalize(client).ip()) {
+                Some(slot) => self.slot.source_slot = Some(slot),
+                None => {
+                    ctx.counters.count_refused(TurnedAway::PerSourceCap);
+                    return Err(io::Error::new(
+                        ErrorKind::ConnectionRefused,
+                        format!("{client} is at the per-source cap"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The PROXY protocol header did not come in time: counted, and the
+    /// error to close the connection with.
+    pub(crate) fn preface_timed_out(&mut self) -> io::Error {
+        self.preface = None;
+        Counters::add(&self.slot.ctx.counters.proxy_refused, 1);
+        io::Error::new(
+            ErrorKind::TimedOut,
+            "no complete PROXY protocol header in time",
+        )
     }
 
     /// Ends the connection: counts and logs how, and closes it.
@@ -184,7 +320,7 @@ impl Drop for Slot {
         if let Some(placement) = self.placement {
             Counters::sub(self.gauge(placement), 1);
         }
-        // `seat`, `_source_slot` and `_permit` are dropped after this,
+        // `seat`, `source_slot` and `_permit` are dropped after this,
         // freeing the slots last.
     }
 }

@@ -110,6 +110,16 @@ impl Echo {
         Echo::default()
     }
 
+    /// An echo whose first bytes were read before it began (those that
+    /// followed a PROXY protocol header in the same read): they are written
+    /// back first, and nothing is read until they are.
+    pub(crate) fn after(received: Vec<u8>) -> Echo {
+        Echo {
+            unwritten: received,
+            ..Echo::default()
+        }
+    }
+
     /// Bytes written back so far.
     pub fn echoed(&self) -> u64 {
         self.echoed

@@ -114,11 +114,11 @@ mod testing;
 #[cfg(any(test, feature = "scripted"))]
 pub use testing::scripted;
 
-pub use address::ListenAddr;
+pub use address::{ListenAddr, Network};
 pub use builder::{
     ServerBuilder, DEFAULT_BACKLOG, DEFAULT_KEEPALIVE, DEFAULT_MAX_CONNECTIONS,
-    DEFAULT_RECLAIM_IDLE, DEFAULT_SHUTDOWN_GRACE, DEFAULT_THREAD_CONNECTIONS,
-    DEFAULT_WRITE_TIMEOUT,
+    DEFAULT_PROXY_TIMEOUT, DEFAULT_RECLAIM_IDLE, DEFAULT_SHUTDOWN_GRACE,
+    DEFAULT_THREAD_CONNECTIONS, DEFAULT_WRITE_TIMEOUT,
 };
 pub use echo::{
     echo, echo_until_bulk, echo_with_buffer, Echo, Progress, Status, DEFAULT_BUFFER_SIZE,

@@ -220,8 +220,11 @@ impl StreamListener {
             ctx.counters.count_accepted();
             let peer = Peer::from_sockaddr(&addr);
             let mut source_slot = None;
+            // A balancer's clients are capped once its PROXY protocol
+            // header names them (`Connection::read_preface`), not here.
+            let behind_balancer = ctx.settings.proxy.expects_header(&peer);
             if let Peer::Ip(ip) = peer {
-                if let Some(cap) = &ctx.per_source {
+                if let (Some(cap), false) = (&ctx.per_source, behind_balancer) {
                     match cap.admit(normalize(ip).ip()) {
                         Some(slot) => source_slot = Some(slot),
                         None => {

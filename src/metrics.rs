@@ -803,6 +803,7 @@ echo_server_closed_early_total{reason=\"keepalive\"} 11
 # TYPE echo_server_refused_total counter
 echo_server_refused_total{reason=\"per_source_cap\"} 13
 echo_server_refused_total{reason=\"no_thread\"} 14
+echo_server_refused_total{reason=\"proxy_header\"} 24
 echo_server_refused_total{reason=\"no_file_descriptor\"} 15
 echo_server_refused_total{reason=\"accept_error\"} 16
 echo_server_refused_total{reason=\"privileged_port\"} 18

@@ -106,9 +106,6 @@ pub fn parse_header(received: &[u8]) -> Result<Parsed, Invalid> {
         received[..n] == signature[..n]
     };
     if starts(b"PROXY ") {
-        if received.len() < 6 {
-            return Ok(Parsed::Incomplete);
-        }
         v1(received)
     } else if starts(&V2_SIGNATURE) {
         if received.len() < 16 {
@@ -182,7 +179,7 @@ fn v1(received: &[u8]) -> Result<Parsed, Invalid> {
 /// become a header: only printable ASCII after `PROXY `, and the family
 /// one of the three as far as it goes.
 fn check_partial_v1(partial: &[u8]) -> Result<(), Invalid> {
-    let rest = &partial[6..];
+    let rest = partial.get(6..).unwrap_or_default();
     if !rest.iter().all(|&b| (b' '..=b'~').contains(&b)) {
         return Err(Invalid::Malformed);
     }
@@ -273,6 +270,47 @@ fn v2(received: &[u8]) -> Result<Parsed, Invalid> {
         _ => None,
     };
     Ok(Parsed::Header { len, source })
+}
+
+/// A connection's start while its PROXY protocol header arrives: the bytes
+/// received so far, never more than [`MAX_HEADER`].
+#[derive(Debug, Default)]
+pub(crate) struct Preface {
+    received: Vec<u8>,
+}
+
+/// What [`Preface::feed`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Fed {
+    /// The header goes on; read at most [`Preface::room`] more bytes.
+    More,
+    /// The header is complete. `rest` is what came after it in the same
+    /// reads: the client's first bytes, to be echoed first.
+    Done {
+        source: Option<SocketAddr>,
+        rest: Vec<u8>,
+    },
+}
+
+impl Preface {
+    /// How many more bytes may be read before the header must be complete:
+    /// reading no more than this never takes more than a header's bound
+    /// from the socket.
+    pub(crate) fn room(&self) -> usize {
+        MAX_HEADER.saturating_sub(self.received.len()).max(1)
+    }
+
+    /// Adds bytes received (however they are split) and judges them.
+    pub(crate) fn feed(&mut self, bytes: &[u8]) -> Result<Fed, Invalid> {
+        self.received.extend_from_slice(bytes);
+        match parse_header(&self.received)? {
+            Parsed::Incomplete => Ok(Fed::More),
+            Parsed::Header { len, source } => Ok(Fed::Done {
+                source,
+                rest: self.received.split_off(len),
+            }),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -407,6 +445,43 @@ mod tests {
         }
     }
 
+    /// The preface reads a header fed in pieces of any size, and hands back
+    /// exactly the bytes after it.
+    #[test]
+    fn a_preface_fed_in_pieces_gives_the_header_and_the_rest() {
+        let mut bytes = b"PROXY TCP4 192.0.2.7 198.51.100.1 40000 7\r\n".to_vec();
+        bytes.extend_from_slice(b"first bytes");
+        for piece in [1, 2, 5, 43, 44, 200] {
+            let mut preface = Preface::default();
+            let mut found = None;
+            for (i, chunk) in bytes.chunks(piece).enumerate() {
+                assert!(chunk.len() <= preface.room());
+                if let Fed::Done { source, mut rest } = preface.feed(chunk).unwrap() {
+                    // What later reads would bring follows the rest.
+                    let fed = ((i + 1) * piece).min(bytes.len());
+                    rest.extend_from_slice(&bytes[fed..]);
+                    found = Some((source, rest));
+                    break;
+                }
+            }
+            let (source, rest) = found.expect("a header");
+            assert_eq!(
+                source,
+                Some("192.0.2.7:40000".parse().unwrap()),
+                "pieces of {piece}"
+            );
+            assert_eq!(rest, b"first bytes", "pieces of {piece}");
+        }
+        let mut preface = Preface::default();
+        assert_eq!(preface.feed(b"GET /"), Err(Invalid::NoSignature));
+        let mut preface = Preface::default();
+        assert_eq!(
+            preface.feed(&b"PROXY UNKNOWN ".repeat(10)),
+            Err(Invalid::TooLong)
+        );
+        assert_eq!(Preface::default().room(), MAX_HEADER);
+    }
+
     #[test]
     fn v1_examples() {
         let header = |s: &str| parse_header(s.as_bytes());
@@ -449,6 +524,37 @@ mod tests {
         ] {
             assert_eq!(header(bad), Err(Invalid::Malformed), "{bad:?}");
         }
+        // The bound, 107 bytes with the \r\n: at it, and one beyond.
+        let at_bound = format!("PROXY UNKNOWN {}\r\n", "x".repeat(MAX_V1_HEADER - 16));
+        assert_eq!(at_bound.len(), MAX_V1_HEADER);
+        assert_eq!(
+            header(&at_bound),
+            Ok(Parsed::Header {
+                len: MAX_V1_HEADER,
+                source: None
+            })
+        );
+        let beyond = format!("PROXY UNKNOWN {}\r\n", "x".repeat(MAX_V1_HEADER - 15));
+        assert_eq!(header(&beyond), Err(Invalid::TooLong));
+        assert_eq!(
+            header(&beyond[..MAX_V1_HEADER]),
+            Err(Invalid::TooLong),
+            "the \\r past the bound"
+        );
+        // A family judged once it is complete (followed by a space), not
+        // only as a prefix of one.
+        assert_eq!(header("PROXY TCP"), Ok(Parsed::Incomplete));
+        assert_eq!(header("PROXY TCP 1.2"), Err(Invalid::Malformed));
+        assert_eq!(header("PROXY TCP4 1.2"), Ok(Parsed::Incomplete));
+        assert_eq!(header("PROXY TCP5"), Err(Invalid::Malformed));
+        assert_eq!(
+            [Invalid::NoSignature, Invalid::TooLong, Invalid::Malformed].map(|e| e.to_string()),
+            [
+                "no PROXY protocol header",
+                "PROXY protocol header too long",
+                "malformed PROXY protocol header"
+            ]
+        );
         let endless = format!("PROXY UNKNOWN {}", "x".repeat(200));
         assert_eq!(header(&endless), Err(Invalid::TooLong));
         assert_eq!(

@@ -1,6 +1,7 @@
 //! How the server serves: the configuration every layer reads, set once by
 //! the builder and never changed while the server runs.
 
+use crate::address::{Network, Peer};
 use crate::rate_limit::{RateLimit, SourcePrefix};
 use std::fmt;
 use std::str::FromStr;
@@ -88,6 +89,34 @@ pub(crate) struct Settings {
     /// endpoint's connections), which the connection limit leaves room for.
     pub(crate) reserved_descriptors: usize,
     pub(crate) udp: UdpSettings,
+    pub(crate) proxy: ProxySettings,
+}
+
+/// Which connections must begin with a PROXY protocol header (those of a
+/// load balancer that says who its clients are).
+#[derive(Debug, Clone)]
+pub(crate) struct ProxySettings {
+    /// The balancers' networks.
+    pub(crate) networks: Vec<Network>,
+    /// Every client of a Unix stream listener too.
+    pub(crate) unix: bool,
+    /// How long a header may take to arrive in full.
+    pub(crate) timeout: Duration,
+}
+
+impl ProxySettings {
+    /// Whether a connection from `peer` must begin with a header.
+    pub(crate) fn expects_header(&self, peer: &Peer) -> bool {
+        match peer {
+            Peer::Ip(addr) => self.networks.iter().any(|n| n.contains(addr.ip())),
+            Peer::Local(_) => self.unix,
+        }
+    }
+
+    /// Whether any connection ever must.
+    pub(crate) fn is_on(&self) -> bool {
+        self.unix || !self.networks.is_empty()
+    }
 }
 
 /// How each UDP datagram is judged.

@@ -160,6 +160,10 @@ counters! {
         refused_per_source: counter, Refused "{} at the per-source cap", refused_total{reason="per_source_cap"};
         /// Connections closed because no thread could be started for them.
         thread_refused: counter, Refused "{} for lack of threads", refused_total{reason="no_thread"};
+        /// Connections from a PROXY protocol network (`--proxy-protocol`)
+        /// closed without an echo: their header was malformed, too long, or
+        /// not complete in time.
+        proxy_refused: counter, Refused "{} without a valid PROXY header", refused_total{reason="proxy_header"};
         /// Connections reset at once because the process was out of file
         /// descriptors (the spare descriptor was used to accept and close them).
         fd_exhausted: counter, Refused "{} reset for lack of file descriptors", refused_total{reason="no_file_descriptor"};
@@ -354,10 +358,20 @@ impl Counters {
     pub(crate) fn count_closed(&self, turned_away: Option<TurnedAway>) {
         match turned_away {
             None => Counters::sub(&self.active, 1),
-            Some(TurnedAway::PerSourceCap) => Counters::add(&self.refused_per_source, 1),
-            Some(TurnedAway::NoFileDescriptor) => Counters::add(&self.fd_exhausted, 1),
+            Some(reason) => self.count_refused(reason),
         }
         Counters::add(&self.closed, 1);
+    }
+
+    /// Why a connection was turned away: at once, by the accept loop
+    /// (through [`count_closed`](Counters::count_closed)), or once its
+    /// PROXY protocol header named a client at the per-source cap (then its
+    /// close is counted as any listed connection's).
+    pub(crate) fn count_refused(&self, reason: TurnedAway) {
+        match reason {
+            TurnedAway::PerSourceCap => Counters::add(&self.refused_per_source, 1),
+            TurnedAway::NoFileDescriptor => Counters::add(&self.fd_exhausted, 1),
+        }
     }
 
     /// A datagram not answered, and why.
@@ -394,6 +408,7 @@ pub(crate) mod tests {
             limit_reached: 12,
             refused_per_source: 13,
             thread_refused: 14,
+            proxy_refused: 24,
             fd_exhausted: 15,
             accept_errors: 16,
             datagrams_echoed: 17,
@@ -477,7 +492,8 @@ pub(crate) mod tests {
              6 bytes received, 7 echoed; 17 datagrams echoed; the connection limit was \
              reached 12 times (clients waited); closed early: 8 idle timeouts, 9 write \
              timeouts, 10 idle reclaimed for waiting clients, 11 vanished (keepalive); \
-             refused: 13 at the per-source cap, 14 for lack of threads, 15 reset for lack \
+             refused: 13 at the per-source cap, 14 for lack of threads, 24 without a valid \
+             PROXY header, 15 reset for lack \
              of file descriptors, 16 accept errors; datagrams not answered: 18 from \
              privileged ports, 19 from invalid sources, 20 rate limited, 21 over the \
              server-wide rate, 22 too large, 23 dropped by the kernel"

@@ -138,16 +138,25 @@ impl Read for Metered<'_> {
         let n = { self.stream }.read(buf)?;
         // End of file is not data: not counted, not logged.
         if n > 0 {
-            Counters::add(&self.counters.bytes_received, n as u64);
-            self.stream.activity.received();
-            if self.log_data {
-                log::info!(
-                    peer:% = self.peer, bytes = n;
-                    "{} sent {n} bytes: \"{}\"", self.peer, escape(&buf[..n])
-                );
-            }
+            self.received(&buf[..n]);
         }
         Ok(n)
+    }
+}
+
+impl Metered<'_> {
+    /// Counts (and with `--log-data` logs) bytes received from the client:
+    /// what every read does, and what follows a PROXY protocol header.
+    pub(crate) fn received(&self, bytes: &[u8]) {
+        let n = bytes.len();
+        Counters::add(&self.counters.bytes_received, n as u64);
+        self.stream.activity.received();
+        if self.log_data {
+            log::info!(
+                peer:% = self.peer, bytes = n;
+                "{} sent {n} bytes: \"{}\"", self.peer, escape(bytes)
+            );
+        }
     }
 }
 

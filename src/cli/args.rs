@@ -7,6 +7,7 @@ use super::values::{
     parse_max_connections, parse_metrics_addr, parse_mode, parse_prefix, parse_secs,
     parse_secs_or_off, parse_secs_or_zero, parse_udp_buffer, unless_off,
 };
+use super::values::{parse_proxy_source, ProxySource};
 use super::Generated;
 use crate::builder::{
     ServerBuilder, DEFAULT_BACKLOG, DEFAULT_MAX_CONNECTIONS, DEFAULT_THREAD_CONNECTIONS,
@@ -138,6 +139,20 @@ pub struct Args {
     /// reset at once, so one address cannot take every slot [default: no cap]
     #[arg(long, value_name = "N", value_parser = parse_max_connections)]
     pub max_per_source: Option<usize>,
+
+    /// Connections from these load balancers must begin with a PROXY
+    /// protocol header (v1 or v2, told apart by itself), which is consumed
+    /// and whose client address stands for the connection everywhere
+    /// (--max-per-source, logs). Networks such as 10.0.0.0/8 or ::1,
+    /// comma-separated or repeated; `unix` for the --unix listeners.
+    /// Others are served as they are. A malformed, overlong or late header
+    /// closes the connection without an echo [default: none]
+    #[arg(long, value_name = "NETWORK,...", value_delimiter = ',', value_parser = parse_proxy_source)]
+    pub proxy_protocol: Vec<ProxySource>,
+
+    /// How long a PROXY protocol header may take to arrive in full.
+    #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_secs)]
+    pub proxy_timeout: Duration,
 
     /// Log every chunk or datagram received, with the client's address, as
     /// escaped text (control bytes and non-ASCII shown as \xNN).
@@ -319,6 +334,12 @@ impl Args {
             .udp_max_datagram(self.udp_max_datagram)
             .udp_threads(self.udp_threads.unwrap_or(0))
             .udp_buffer(self.udp_buffer)
+            .proxy_protocol(self.proxy_protocol.iter().filter_map(|s| match s {
+                ProxySource::Network(n) => Some(*n),
+                ProxySource::Unix => None,
+            }))
+            .proxy_protocol_unix(self.proxy_protocol.contains(&ProxySource::Unix))
+            .proxy_protocol_timeout(self.proxy_timeout)
             .backlog(self.backlog)
             .shutdown_grace(self.shutdown_grace);
         let ips = if self.ports.is_empty() {

@@ -19,7 +19,7 @@ mod values;
 pub use args::Args;
 pub use generate::{generate, Generated};
 pub use logger::LogFormat;
-pub use values::parse_bytes;
+pub use values::{parse_bytes, ProxySource};
 
 use clap::{CommandFactory, Parser};
 use std::ffi::OsString;

@@ -1,6 +1,7 @@
 //! The parsers clap runs on option values: seconds, byte counts, prefixes,
 //! modes. Each returns the message clap shows after `invalid value`.
 
+use crate::address::Network;
 use crate::rate_limit::SourcePrefix;
 use crate::udp;
 use std::net::{IpAddr, SocketAddr};
@@ -117,6 +118,24 @@ pub(super) fn parse_burst(s: &str) -> Result<u64, String> {
         0 => Err("must be above 0 (no datagram could ever be answered)".to_owned()),
         n => Ok(n),
     }
+}
+
+/// One entry of `--proxy-protocol`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxySource {
+    /// Connections from this network.
+    Network(Network),
+    /// Connections to the Unix stream listeners.
+    Unix,
+}
+
+/// A network (`10.0.0.0/8`, an address alone) or `unix`.
+pub(super) fn parse_proxy_source(s: &str) -> Result<ProxySource, String> {
+    let s = s.trim();
+    if s.eq_ignore_ascii_case("unix") {
+        return Ok(ProxySource::Unix);
+    }
+    s.parse().map(ProxySource::Network)
 }
 
 /// `V4,V6`: the IPv4 and IPv6 prefix lengths of a UDP source network.

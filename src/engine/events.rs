@@ -247,7 +247,13 @@ impl EventLoop {
 
     fn tick(&self) -> Option<Duration> {
         let settings = &self.ctx.settings;
-        sweep_period(settings.idle_timeout, settings.write_timeout)
+        // A PROXY protocol header's deadline is checked on the same tick.
+        let header = settings.proxy.is_on().then_some(settings.proxy.timeout);
+        let idle = match (settings.idle_timeout, header) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        sweep_period(idle, settings.write_timeout)
     }
 
     /// Takes the commands waiting in the inbox. Returns `false` on `Stop`.
@@ -296,10 +302,22 @@ impl EventLoop {
     }
 
     /// Echoes what `index` has for us, for one turn.
-    fn serve(&mut self, index: usize, now: Instant, drained: Drained) {
+    fn serve(&mut self, index: usize, now: Instant, mut drained: Drained) {
         let Some(Some(served)) = self.served.get_mut(index) else {
             return; // a stale event for a connection already closed
         };
+        if served.conn.preface_deadline().is_some() {
+            match served.conn.read_preface() {
+                Ok(Some(echo)) => {
+                    served.echo = echo;
+                    // The header was read to its end, not the socket to
+                    // empty: what followed it is still to be read.
+                    drained = Drained::Unknown;
+                }
+                Ok(None) => return,
+                Err(e) => return self.close(index, Outcome::Failed(e)),
+            }
+        }
         let before = (served.echo.echoed(), served.echo.is_writing());
         let mut metered = served.conn.metered();
         let mut turn = CHUNKS_PER_TURN;
@@ -342,9 +360,16 @@ impl EventLoop {
             self.ctx.settings.write_timeout,
         );
         for index in 0..self.served.len() {
-            let Some(served) = &self.served[index] else {
+            let Some(served) = &mut self.served[index] else {
                 continue;
             };
+            if let Some(deadline) = served.conn.preface_deadline() {
+                if now >= deadline {
+                    let e = served.conn.preface_timed_out();
+                    self.close(index, Outcome::Failed(e));
+                }
+                continue;
+            }
             let (limit, op) = if served.echo.is_writing() {
                 (write, Op::Write)
             } else {

@@ -28,6 +28,9 @@ fn connection_thread() -> std::thread::Builder {
 /// Starts a thread that serves `conn` until the client is done. If the OS
 /// refuses a thread, the connection is handed back untouched, so that the
 /// caller can serve it another way or close it.
+// The connection comes back by value only when the OS refuses a thread, a
+// rare path: not worth a box on every spawn.
+#[allow(clippy::result_large_err)]
 pub(crate) fn spawn(conn: Connection) -> Result<(), (Connection, io::Error)> {
     let id = conn.id();
     let ctx = Arc::clone(conn.ctx());
@@ -61,7 +64,11 @@ pub(crate) fn spawn(conn: Connection) -> Result<(), (Connection, io::Error)> {
     }
 }
 
-fn serve(conn: Connection) {
+fn serve(mut conn: Connection) {
+    let state = match read_preface(&mut conn) {
+        Ok(state) => state,
+        Err(e) => return conn.close(Outcome::Failed(e)),
+    };
     let ctx = conn.ctx();
     let timeouts = conn
         .stream
@@ -78,7 +85,7 @@ fn serve(conn: Connection) {
     }
     log::debug!("{}: connected", conn.peer);
     let mut metered = conn.metered();
-    let mut state = Echo::new();
+    let mut state = state;
     let result = match echo::echo_until_bulk(&mut state, &mut metered) {
         Ok(Progress::Done) => Ok(state.echoed()),
         Ok(Progress::Bulk) => bulk(&mut metered, ctx).map(|m| state.echoed() + m),
@@ -90,6 +97,41 @@ fn serve(conn: Connection) {
         Err(e) => Outcome::Failed(e),
     };
     conn.close(outcome);
+}
+
+/// The PROXY protocol header a balancer's connection owes, read before
+/// the echo within its deadline. The socket is non-blocking meanwhile and
+/// each wait is for what is left of the deadline, so a client dripping a
+/// byte at a time cannot stretch it. Returns the echo to start with.
+fn read_preface(conn: &mut Connection) -> io::Result<Echo> {
+    let Some(deadline) = conn.preface_deadline() else {
+        return Ok(Echo::new());
+    };
+    conn.stream.socket.set_nonblocking(true)?;
+    let echo = loop {
+        if let Some(echo) = conn.read_preface()? {
+            break echo;
+        }
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(conn.preface_timed_out());
+        }
+        wait_readable(&conn.stream.socket, left);
+    };
+    conn.stream.socket.set_nonblocking(false)?;
+    Ok(echo)
+}
+
+/// Waits until `socket` has bytes (or its end) or `wait` has passed.
+#[cfg(unix)]
+fn wait_readable(socket: &socket2::Socket, wait: std::time::Duration) {
+    use std::os::fd::AsFd;
+    crate::sys::poll::readable_within(socket.as_fd(), wait);
+}
+
+#[cfg(not(unix))]
+fn wait_readable(_: &socket2::Socket, wait: std::time::Duration) {
+    std::thread::sleep(wait.min(std::time::Duration::from_millis(10)));
 }
 
 /// `splice` (opt-in, `--splice`) is used only while at most this many

@@ -147,9 +147,9 @@ impl Connection {
     ///
     /// # Errors
     ///
-    /// The header is invalid, the client closed before it was complete, or
-    /// its address is at the per-source cap (each counted); or the stream
-    /// failed. The connection is to be closed without an echo.
+    /// The header is invalid, the client closed or reset before it was
+    /// complete, or its address is at the per-source cap (each counted). The
+    /// connection is to be closed without an echo.
     pub(crate) fn read_preface(&mut self) -> io::Result<Option<Echo>> {
         if self.preface.is_none() {
             return Ok(Some(Echo::new()));
@@ -161,7 +161,7 @@ impl Connection {
                 Ok(n) => n,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(None),
-                Err(e) => return Err(e),
+                Err(e) => return Err(self.preface_failed(e)),
             };
             if let Some(rest) = self.feed_preface(&buf[..n])? {
                 return Ok(Some(Echo::after(rest)));
@@ -201,12 +201,16 @@ impl Connection {
                 }
                 Ok(Some(rest))
             }
-            Err(e) => {
-                self.preface = None;
-                Counters::add(&self.slot.ctx.counters.proxy_refused, 1);
-                Err(e)
-            }
+            Err(e) => Err(self.preface_failed(e)),
         }
+    }
+
+    /// The PROXY protocol header will never be complete: counted, and `e`
+    /// to close the connection with.
+    fn preface_failed(&mut self, e: io::Error) -> io::Error {
+        self.preface = None;
+        Counters::add(&self.slot.ctx.counters.proxy_refused, 1);
+        e
     }
 
     /// The PROXY protocol header is complete: from now on the connection
@@ -243,12 +247,10 @@ impl Connection {
     /// The PROXY protocol header did not come in time: counted, and the
     /// error to close the connection with.
     pub(crate) fn preface_timed_out(&mut self) -> io::Error {
-        self.preface = None;
-        Counters::add(&self.slot.ctx.counters.proxy_refused, 1);
-        io::Error::new(
+        self.preface_failed(io::Error::new(
             ErrorKind::TimedOut,
             "no complete PROXY protocol header in time",
-        )
+        ))
     }
 
     /// Ends the connection: counts and logs how, and closes it.

@@ -19,6 +19,8 @@ engine_tests!(
     bad_late_and_dripping_headers_close_without_an_echo,
     connections_from_other_networks_are_echoed_as_they_are,
     health_checks_keep_the_balancers_address,
+    a_reset_in_the_header_is_closed_at_once,
+    a_silent_header_costs_no_cpu,
 );
 
 fn spawn(engine: Engine, args: &[&str]) -> (Binary, SocketAddr) {
@@ -115,12 +117,13 @@ fn headers_are_consumed_and_name_the_client(engine: Engine) {
         server.expect_line(&closed, |l| l.contains(&closed));
     }
     server.stop();
+    // Only what followed the headers counts: 32 bytes a connection, twice
+    // for each of the three headers.
+    let summary = server.summary();
     assert!(
-        server
-            .summary()
-            .contains("6 connections accepted, 6 closed"),
-        "{}",
-        server.summary()
+        summary
+            .contains("6 connections accepted, 6 closed, 0 active; 96 bytes received, 96 echoed"),
+        "{summary}"
     );
 }
 
@@ -208,6 +211,60 @@ fn health_checks_keep_the_balancers_address(engine: Engine) {
     assert!(!server.logged("PROXY protocol: client"));
     assert!(server.logged("127.0.0.1:"));
 }
+
+fn a_reset_in_the_header_is_closed_at_once(engine: Engine) {
+    // A deadline far beyond the test's: only the reset can end it in time.
+    let (mut server, addr) = spawn(
+        engine,
+        &["--proxy-protocol", "127.0.0.1", "--proxy-timeout", "600"],
+    );
+    let s = connect(addr);
+    (&s).write_all(b"PROXY TCP4 192.0.2.1 198.").unwrap();
+    thread::sleep(Duration::from_millis(50));
+    socket2::SockRef::from(&s)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(s);
+    // Closed (which the counters show after the refusal), and counted.
+    let stats = server.wait_for_stats("1 closed, 0 active");
+    assert!(stats.contains("1 without a valid PROXY header"), "{stats}");
+    server.stop();
+}
+
+/// A balancer connection waiting for the rest of its header waits without
+/// spinning, on every engine.
+#[cfg(target_os = "linux")]
+fn a_silent_header_costs_no_cpu(engine: Engine) {
+    let (mut server, addr) = spawn(
+        engine,
+        &["--proxy-protocol", "127.0.0.1", "--proxy-timeout", "60"],
+    );
+    let mut silent = connect(addr);
+    silent.write_all(b"PROXY TCP4 192.0.2.1").unwrap();
+    let mut check = connect(addr);
+    check
+        .write_all(&[v1("192.0.2.2:2"), b"up".to_vec()].concat())
+        .unwrap();
+    assert_eq!(
+        read_n(&mut check, 2),
+        b"up",
+        "the server serves others meanwhile"
+    );
+    let pid = server.child.id();
+    let before = cpu_ticks(pid);
+    let start = Instant::now();
+    thread::sleep(Duration::from_millis(1500));
+    let used = cpu_ticks(pid) - before;
+    // 10% of the wall time (ticks are 1/100 s): far above a wait (nothing),
+    // far below a spinning loop (a whole core).
+    let allowed = start.elapsed().as_millis() as u64 / 100;
+    assert!(used <= allowed, "{used} ticks in {:?}", start.elapsed());
+    drop((silent, check));
+    server.stop();
+}
+
+#[cfg(not(target_os = "linux"))]
+fn a_silent_header_costs_no_cpu(_: Engine) {}
 
 /// `--proxy-protocol unix`: clients of a Unix listener (a balancer on the
 /// same host) begin with a header too.

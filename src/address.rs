@@ -82,8 +82,10 @@ pub fn normalize(addr: SocketAddr) -> SocketAddr {
 }
 
 /// A network of IP addresses, `10.0.0.0/8` or `2001:db8::/32`; an address
-/// alone is a network of one. IPv4-mapped IPv6 addresses are judged as
-/// IPv4, as everywhere else.
+/// alone is a network of one. A client's IPv4 address is also its
+/// IPv4-mapped IPv6 one (`::ffff:10.1.2.3`), whichever way a dual-stack
+/// socket reports it: `10.0.0.0/8`, `::ffff:10.0.0.0/104` and `::/0` all
+/// contain it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Network {
     addr: IpAddr,
@@ -101,13 +103,17 @@ impl Network {
                     .unwrap_or(0);
                 u32::from(net) & mask == u32::from(ip) & mask
             }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+            (IpAddr::V6(net), ip) => {
+                let ip = match ip {
+                    IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+                    IpAddr::V6(v6) => v6,
+                };
                 let mask = u128::MAX
                     .checked_shl(128 - u32::from(self.prefix))
                     .unwrap_or(0);
                 u128::from(net) & mask == u128::from(ip) & mask
             }
-            _ => false,
+            (IpAddr::V4(_), IpAddr::V6(_)) => false,
         }
     }
 }
@@ -121,7 +127,9 @@ impl std::str::FromStr for Network {
             Some((addr, prefix)) => (addr, Some(prefix)),
             None => (s, None),
         };
-        let addr = normalize(SocketAddr::new(addr.parse().map_err(|_| usage())?, 0)).ip();
+        // As written: `::ffff:10.0.0.0/104` is an IPv6 network (which holds
+        // the IPv4 clients of 10.0.0.0/8, see `contains`).
+        let addr: IpAddr = addr.parse().map_err(|_| usage())?;
         let bits = if addr.is_ipv4() { 32 } else { 128 };
         let prefix = match prefix {
             None => bits,
@@ -164,9 +172,17 @@ mod tests {
         assert!(!net("10.0.0.0/8").contains(ip("11.0.0.1")));
         assert!(net("10.0.0.0/8").contains(ip("::ffff:10.1.1.1")), "mapped");
         assert!(
-            net("::ffff:10.0.0.0/8").contains(ip("10.1.1.1")),
+            net("::ffff:10.0.0.0/104").contains(ip("10.1.1.1")),
             "mapped network"
         );
+        assert!(!net("::ffff:10.0.0.0/104").contains(ip("11.1.1.1")));
+        assert!(net("::ffff:10.0.0.0/104").contains(ip("::ffff:10.9.9.9")));
+        assert!(
+            net("::ffff:0:0/96").contains(ip("203.0.113.1")),
+            "every IPv4 client"
+        );
+        assert!(net("::/0").contains(ip("203.0.113.1")), "::/0 is everyone");
+        assert!(!net("::ffff:0:0/96").contains(ip("2001:db8::1")));
         assert!(net("192.0.2.7").contains(ip("192.0.2.7")));
         assert!(!net("192.0.2.7").contains(ip("192.0.2.8")));
         assert!(net("0.0.0.0/0").contains(ip("203.0.113.9")));

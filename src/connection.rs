@@ -54,6 +54,10 @@ pub(crate) enum Outcome {
     TimedOut(Op),
     /// Reset, broken pipe, or another error of the stream.
     Failed(io::Error),
+    /// Turned away before its echo began (a PROXY protocol header that
+    /// was invalid or late, or a client at the per-source cap), and
+    /// counted under that reason already.
+    Refused(io::Error),
 }
 
 impl Connection {
@@ -73,7 +77,7 @@ impl Connection {
         let preface = ctx.settings.proxy.expects_header(&peer).then(|| {
             Box::new((
                 Preface::default(),
-                Instant::now() + ctx.settings.proxy.timeout,
+                crate::shutdown::deadline(ctx.settings.proxy.timeout),
             ))
         });
         Connection {
@@ -140,17 +144,17 @@ impl Connection {
     }
 
     /// Reads what has come of the PROXY protocol header, if one is owed: as
-    /// long as the socket gives bytes (a blocking socket until its read
-    /// timeout, a non-blocking one until it would block). Returns the echo
-    /// to serve the connection with, which begins with any client bytes
-    /// that came after the header; `None` while the header is incomplete.
+    /// long as the socket gives bytes (engines read it non-blocking, each
+    /// waiting for readiness its own way). Returns the echo to serve the
+    /// connection with, which begins with any client bytes that came after
+    /// the header; `None` while the header is incomplete.
     ///
     /// # Errors
     ///
-    /// The header is invalid, the client closed or reset before it was
-    /// complete, or its address is at the per-source cap (each counted). The
-    /// connection is to be closed without an echo.
-    pub(crate) fn read_preface(&mut self) -> io::Result<Option<Echo>> {
+    /// How to close the connection, without an echo: `Refused` (and
+    /// counted) for a header that is invalid or names a client at the
+    /// per-source cap; `Failed` for a client that closed or reset first.
+    pub(crate) fn read_preface(&mut self) -> Result<Option<Echo>, Outcome> {
         if self.preface.is_none() {
             return Ok(Some(Echo::new()));
         }
@@ -161,7 +165,7 @@ impl Connection {
                 Ok(n) => n,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(None),
-                Err(e) => return Err(self.preface_failed(e)),
+                Err(e) => return Err(Outcome::Failed(e)),
             };
             if let Some(rest) = self.feed_preface(&buf[..n])? {
                 return Ok(Some(Echo::after(rest)));
@@ -176,48 +180,43 @@ impl Connection {
     /// # Errors
     ///
     /// As [`read_preface`](Self::read_preface).
-    pub(crate) fn feed_preface(&mut self, bytes: &[u8]) -> io::Result<Option<Vec<u8>>> {
+    pub(crate) fn feed_preface(&mut self, bytes: &[u8]) -> Result<Option<Vec<u8>>, Outcome> {
         let Some(preface) = &mut self.preface else {
             return Ok(Some(bytes.to_vec()));
         };
-        let preface = &mut preface.0;
-        let fed = if bytes.is_empty() {
-            Err(io::Error::new(
+        if bytes.is_empty() {
+            // The client left (or the server is shutting down, or reclaimed
+            // the slot): not a refusal of ours.
+            self.preface = None;
+            return Err(Outcome::Failed(io::Error::new(
                 ErrorKind::UnexpectedEof,
                 "closed before its PROXY protocol header was complete",
-            ))
-        } else {
-            preface
-                .feed(bytes)
-                .map_err(|e| io::Error::new(ErrorKind::InvalidData, e))
-        };
-        match fed {
+            )));
+        }
+        match preface.0.feed(bytes) {
             Ok(Fed::More) => Ok(None),
             Ok(Fed::Done { source, rest }) => {
                 self.preface = None;
                 self.speaks_for(source)?;
+                // Idle from now, not from accept: the header took its time
+                // under a deadline of its own.
+                self.stream.activity.began();
                 if !rest.is_empty() {
                     self.metered().received(&rest);
                 }
                 Ok(Some(rest))
             }
-            Err(e) => Err(self.preface_failed(e)),
+            Err(invalid) => {
+                Err(self.refuse_preface(io::Error::new(ErrorKind::InvalidData, invalid)))
+            }
         }
-    }
-
-    /// The PROXY protocol header will never be complete: counted, and `e`
-    /// to close the connection with.
-    fn preface_failed(&mut self, e: io::Error) -> io::Error {
-        self.preface = None;
-        Counters::add(&self.slot.ctx.counters.proxy_refused, 1);
-        e
     }
 
     /// The PROXY protocol header is complete: from now on the connection
     /// is the client's it named (`source`), for the per-source cap and the
     /// logs; or, for a header that names none (the balancer's own health
     /// check: v1 `UNKNOWN`, v2 `LOCAL`), still the balancer's.
-    fn speaks_for(&mut self, source: Option<SocketAddr>) -> io::Result<()> {
+    fn speaks_for(&mut self, source: Option<SocketAddr>) -> Result<(), Outcome> {
         let ctx = Arc::clone(&self.slot.ctx);
         if let Some(source) = source {
             log::debug!(
@@ -234,23 +233,31 @@ impl Connection {
                 Some(slot) => self.slot.source_slot = Some(slot),
                 None => {
                     ctx.counters.count_refused(TurnedAway::PerSourceCap);
-                    return Err(io::Error::new(
+                    return Err(Outcome::Refused(io::Error::new(
                         ErrorKind::ConnectionRefused,
                         format!("{client} is at the per-source cap"),
-                    ));
+                    )));
                 }
             }
         }
         Ok(())
     }
 
-    /// The PROXY protocol header did not come in time: counted, and the
-    /// error to close the connection with.
-    pub(crate) fn preface_timed_out(&mut self) -> io::Error {
-        self.preface_failed(io::Error::new(
+    /// The PROXY protocol header did not come in time: counted, and how to
+    /// close the connection.
+    pub(crate) fn preface_timed_out(&mut self) -> Outcome {
+        self.refuse_preface(io::Error::new(
             ErrorKind::TimedOut,
             "no complete PROXY protocol header in time",
         ))
+    }
+
+    /// The PROXY protocol header will never be valid: counted, and how to
+    /// close the connection.
+    fn refuse_preface(&mut self, e: io::Error) -> Outcome {
+        self.preface = None;
+        Counters::add(&self.slot.ctx.counters.proxy_refused, 1);
+        Outcome::Refused(e)
     }
 
     /// Ends the connection: counts and logs how, and closes it.
@@ -286,7 +293,9 @@ impl Connection {
             }
             // Resets and broken pipes are the client's business; not worth
             // more than a debug line.
-            Outcome::Failed(e) => log::debug!(peer:% = peer, reason:% = e; "{peer}: {e}"),
+            Outcome::Failed(e) | Outcome::Refused(e) => {
+                log::debug!(peer:% = peer, reason:% = e; "{peer}: {e}")
+            }
         }
     }
 }

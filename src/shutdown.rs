@@ -9,13 +9,22 @@
 
 use crate::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::fmt;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How long a blocked `accept` or `recv` waits before looking at the
 /// shutdown flag on its own. Shutdown normally wakes it at once (see
 /// `StreamListener::waker`); this is the backstop for when that wake-up
 /// cannot get through.
 pub(crate) const POLL: Duration = Duration::from_secs(1);
+
+/// `after` from now, or a year from now if that is later than the clock
+/// can say (a library user's `Duration::MAX` means "no end" and must not
+/// overflow).
+pub(crate) fn deadline(after: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(after)
+        .unwrap_or_else(|| now + Duration::from_secs(365 * 24 * 3600))
+}
 
 type Waker = Box<dyn Fn() + Send + Sync>;
 

@@ -70,6 +70,12 @@ impl Activity {
         self.busy.store(true, Relaxed);
     }
 
+    /// The echo began (its PROXY protocol header just completed): idle
+    /// from now.
+    pub(crate) fn began(&self) {
+        self.last.store(now_ms(), Relaxed);
+    }
+
     /// Some bytes were written back.
     pub(crate) fn wrote(&self) {
         self.last.store(now_ms(), Relaxed);

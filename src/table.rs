@@ -153,7 +153,7 @@ impl ConnectionTable {
     /// Waits until no connection is left, at most `timeout`. Returns whether
     /// the table is empty.
     pub(crate) fn wait_until_empty(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
+        let deadline = crate::shutdown::deadline(timeout);
         let mut table = self.lock();
         while !table.live.is_empty() {
             let left = deadline.saturating_duration_since(Instant::now());

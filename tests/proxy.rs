@@ -21,6 +21,8 @@ engine_tests!(
     health_checks_keep_the_balancers_address,
     a_reset_in_the_header_is_closed_at_once,
     a_silent_header_costs_no_cpu,
+    the_idle_timeout_counts_from_the_end_of_the_header,
+    a_mapped_network_holds_its_ipv4_clients,
 );
 
 fn spawn(engine: Engine, args: &[&str]) -> (Binary, SocketAddr) {
@@ -186,7 +188,14 @@ fn bad_late_and_dripping_headers_close_without_an_echo(engine: Engine) {
     }
     assert!(closed && sent < header.len(), "the drip was never closed");
     assert!(started.elapsed() < DEADLINE);
-    server.wait_for_stats("8 without a valid PROXY header");
+    // The client that closed mid-header left of its own accord: 7 refused.
+    let stats = server.wait_for_stats("8 closed, 0 active");
+    assert!(
+        stats.contains("refused: 7 without a valid PROXY header"),
+        "{stats}"
+    );
+    // A late header is no keepalive death.
+    assert!(!stats.contains("keepalive"), "{stats}");
     server.stop();
     let summary = server.summary();
     assert!(summary.contains("0 bytes received, 0 echoed"), "{summary}");
@@ -225,9 +234,9 @@ fn a_reset_in_the_header_is_closed_at_once(engine: Engine) {
         .set_linger(Some(Duration::ZERO))
         .unwrap();
     drop(s);
-    // Closed (which the counters show after the refusal), and counted.
+    // Closed at once; the client left, which is no refusal of ours.
     let stats = server.wait_for_stats("1 closed, 0 active");
-    assert!(stats.contains("1 without a valid PROXY header"), "{stats}");
+    assert!(!stats.contains("PROXY header"), "{stats}");
     server.stop();
 }
 
@@ -265,6 +274,53 @@ fn a_silent_header_costs_no_cpu(engine: Engine) {
 
 #[cfg(not(target_os = "linux"))]
 fn a_silent_header_costs_no_cpu(_: Engine) {}
+
+/// A client whose header came late (within its own deadline) still has
+/// the whole idle timeout for its first bytes.
+fn the_idle_timeout_counts_from_the_end_of_the_header(engine: Engine) {
+    let (mut server, addr) = spawn(
+        engine,
+        &[
+            "--proxy-protocol",
+            "127.0.0.1",
+            "--proxy-timeout",
+            "10",
+            "--idle-timeout",
+            "1",
+        ],
+    );
+    let mut s = connect(addr);
+    thread::sleep(Duration::from_millis(1500));
+    s.write_all(&v1("192.0.2.4:4")).unwrap();
+    thread::sleep(Duration::from_millis(300));
+    s.write_all(b"ping").unwrap();
+    assert_eq!(read_n(&mut s, 4), b"ping");
+    server.stop();
+}
+
+/// `::ffff:127.0.0.0/104` holds the IPv4 clients of a dual-stack listener
+/// (which reports them as `::ffff:127.0.0.1`) and of an IPv4 one alike.
+fn a_mapped_network_holds_its_ipv4_clients(engine: Engine) {
+    let mut args = on_engine(
+        engine,
+        &[
+            "--bind",
+            "::",
+            "--bind",
+            "127.0.0.1",
+            "--proxy-protocol",
+            "::ffff:127.0.0.0/104",
+            "0",
+        ],
+    );
+    args.retain(|a| !a.is_empty());
+    let mut server = Binary::spawn(&args);
+    let port = server.tcp_addr().port();
+    let to = SocketAddr::from(([127, 0, 0, 1], port));
+    let sent = [v1("192.0.2.6:6"), b"mapped".to_vec()].concat();
+    assert_eq!(send_in_pieces(to, &[&sent]), b"mapped");
+    server.stop();
+}
 
 /// `--proxy-protocol unix`: clients of a Unix listener (a balancer on the
 /// same host) begin with a header too.
@@ -305,5 +361,31 @@ fn bad_networks_are_usage_errors() {
         let (status, stderr) = run_binary(&["--proxy-protocol", bad, "0"]);
         assert_eq!(status.code(), Some(2), "{bad:?}: {stderr}");
         assert!(stderr.contains("--proxy-protocol"), "{stderr}");
+    }
+    // A deadline beyond what the clock can say once crashed the accept
+    // loop; and the shutdown grace, shutdown.
+    for (option, value) in [("--proxy-timeout", "1e19"), ("--shutdown-grace", "1e19")] {
+        let (status, stderr) = run_binary(&["--proxy-protocol", "127.0.0.1", option, value, "0"]);
+        assert_eq!(status.code(), Some(2), "{option} {value}: {stderr}");
+        assert!(stderr.contains("too long"), "{stderr}");
+    }
+}
+
+/// A library user may pass any `Duration`: the longest ones mean "no end"
+/// and overflow nothing (the command line caps them at a year).
+#[test]
+fn the_longest_durations_a_library_user_can_pass_overflow_nothing() {
+    for engine in Engine::ALL {
+        let server = TestServer::start(
+            builder(engine)
+                .tcp(([127, 0, 0, 1], 0))
+                .proxy_protocol(["127.0.0.1".parse().unwrap()])
+                .proxy_protocol_timeout(Duration::MAX)
+                .shutdown_grace(Duration::MAX),
+        );
+        let sent = [v1("192.0.2.9:9"), b"long".to_vec()].concat();
+        assert_eq!(send_in_pieces(server.addr, &[&sent]), b"long", "{engine}");
+        let stats = server.stop();
+        assert_eq!(stats.bytes_echoed, 4, "{engine}");
     }
 }

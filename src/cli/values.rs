@@ -38,13 +38,24 @@ pub(super) fn parse_max_connections(s: &str) -> Result<usize, String> {
     }
 }
 
-/// Parses a positive, finite number of seconds, such as `30` or `0.5`.
+/// The longest time any option takes: a year. Longer means "never" in
+/// practice, and a deadline that far must still be a time the clock can
+/// say (`--proxy-timeout 1e19` once overflowed it).
+const MAX_SECS: f64 = 365.0 * 24.0 * 3600.0;
+
+/// Parses a positive, finite number of seconds, such as `30` or `0.5`, at
+/// most a year.
 pub(super) fn parse_secs(s: &str) -> Result<Duration, String> {
     let secs: f64 = s
         .parse()
         .map_err(|_| format!("`{s}` is not a number of seconds"))?;
     if secs.is_nan() || secs <= 0.0 {
         return Err("must be more than 0 seconds".to_owned());
+    }
+    if secs > MAX_SECS {
+        return Err(format!(
+            "{s} seconds is too long (at most {MAX_SECS} seconds, a year)"
+        ));
     }
     Duration::try_from_secs_f64(secs).map_err(|_| format!("{s} seconds is too long"))
 }
@@ -191,6 +202,12 @@ mod tests {
         assert_eq!(parse_secs("0.25"), Ok(Duration::from_millis(250)));
         assert!(parse_secs("inf").is_err());
         assert!(parse_secs("1e300").is_err());
+        assert!(
+            parse_secs("1e19").is_err(),
+            "a deadline the clock cannot say"
+        );
+        assert_eq!(parse_secs("31536000"), Ok(Duration::from_secs(31_536_000)));
+        assert!(parse_secs("31536000.5").is_err());
         assert!(parse_secs("").is_err());
     }
 }

@@ -310,12 +310,14 @@ impl EventLoop {
             match served.conn.read_preface() {
                 Ok(Some(echo)) => {
                     served.echo = echo;
+                    // Idle (and write) time counts from here, not accept.
+                    served.since = now;
                     // The header was read to its end, not the socket to
                     // empty: what followed it is still to be read.
                     drained = Drained::Unknown;
                 }
                 Ok(None) => return,
-                Err(e) => return self.close(index, Outcome::Failed(e)),
+                Err(outcome) => return self.close(index, outcome),
             }
         }
         let before = (served.echo.echoed(), served.echo.is_writing());
@@ -365,8 +367,8 @@ impl EventLoop {
             };
             if let Some(deadline) = served.conn.preface_deadline() {
                 if now >= deadline {
-                    let e = served.conn.preface_timed_out();
-                    self.close(index, Outcome::Failed(e));
+                    let outcome = served.conn.preface_timed_out();
+                    self.close(index, outcome);
                 }
                 continue;
             }

@@ -67,7 +67,7 @@ pub(crate) fn spawn(conn: Connection) -> Result<(), (Connection, io::Error)> {
 fn serve(mut conn: Connection) {
     let state = match read_preface(&mut conn) {
         Ok(state) => state,
-        Err(e) => return conn.close(Outcome::Failed(e)),
+        Err(outcome) => return conn.close(outcome),
     };
     let ctx = conn.ctx();
     let timeouts = conn
@@ -103,11 +103,17 @@ fn serve(mut conn: Connection) {
 /// the echo within its deadline. The socket is non-blocking meanwhile and
 /// each wait is for what is left of the deadline, so a client dripping a
 /// byte at a time cannot stretch it. Returns the echo to start with.
-fn read_preface(conn: &mut Connection) -> io::Result<Echo> {
+fn read_preface(conn: &mut Connection) -> Result<Echo, Outcome> {
     let Some(deadline) = conn.preface_deadline() else {
         return Ok(Echo::new());
     };
-    conn.stream.socket.set_nonblocking(true)?;
+    let blocking = |conn: &Connection, on: bool| {
+        conn.stream
+            .socket
+            .set_nonblocking(!on)
+            .map_err(Outcome::Failed)
+    };
+    blocking(conn, false)?;
     let echo = loop {
         if let Some(echo) = conn.read_preface()? {
             break echo;
@@ -118,7 +124,7 @@ fn read_preface(conn: &mut Connection) -> io::Result<Echo> {
         }
         wait_readable(&conn.stream.socket, left);
     };
-    conn.stream.socket.set_nonblocking(false)?;
+    blocking(conn, true)?;
     Ok(echo)
 }
 

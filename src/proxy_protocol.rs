@@ -192,10 +192,8 @@ fn check_partial_v1(partial: &[u8]) -> Result<(), Invalid> {
     let known = if complete {
         family == b"TCP4" || family == b"TCP6" || family.starts_with(b"UNKNOWN")
     } else {
-        could_be(b"TCP4")
-            || could_be(b"TCP6")
-            || could_be(b"UNKNOWN")
-            || family.starts_with(b"UNKNOWN")
+        // `UNKNOWN` and anything after it (before a space) is one too.
+        could_be(b"TCP4") || could_be(b"TCP6") || could_be(b"UNKNOWN")
     };
     if known {
         Ok(())
@@ -544,6 +542,22 @@ mod tests {
         // A family judged once it is complete (followed by a space), not
         // only as a prefix of one.
         assert_eq!(header("PROXY TCP"), Ok(Parsed::Incomplete));
+        assert_eq!(header("PROXY UNK"), Ok(Parsed::Incomplete));
+        assert_eq!(header("PROXY UNKNOWNX"), Ok(Parsed::Incomplete));
+        assert_eq!(header("PROXY UNKNOWN 1"), Ok(Parsed::Incomplete));
+        assert_eq!(header("PROXY UNKNOWX"), Err(Invalid::Malformed));
+        // Ports of up to five digits (zeros allowed), never six.
+        assert_eq!(
+            header("PROXY TCP4 192.0.2.1 192.0.2.2 00001 2\r\n"),
+            Ok(Parsed::Header {
+                len: 40,
+                source: Some("192.0.2.1:1".parse().unwrap())
+            })
+        );
+        assert_eq!(
+            header("PROXY TCP4 192.0.2.1 192.0.2.2 000001 2\r\n"),
+            Err(Invalid::Malformed)
+        );
         assert_eq!(header("PROXY TCP 1.2"), Err(Invalid::Malformed));
         assert_eq!(header("PROXY TCP4 1.2"), Ok(Parsed::Incomplete));
         assert_eq!(header("PROXY TCP5"), Err(Invalid::Malformed));

@@ -1,7 +1,7 @@
 //! Clients nobody here wrote: OpenBSD netcat, socat, Python's `socket`
 //! module and curl's telnet, driven against the real binary over TCP, UDP
 //! and a Unix socket. Each must get exactly its bytes back and exit on its
-//! own. A client that is not installed is skipped with a message (`.ci/run`
+//! own. And HAProxy in front of it, speaking the PROXY protocol. A client that is not installed is skipped with a message (`.ci/run`
 //! installs them from Debian packages).
 #![cfg(unix)]
 
@@ -185,4 +185,108 @@ fn curls_telnet_for_a_line_of_text() {
         b"a line for curl\n",
     );
     assert_eq!(out, b"a line for curl\n");
+}
+
+/// HAProxy in TCP mode in front of the binary, sending a PROXY protocol
+/// header (v2, then v1) before the client's bytes: the echo comes back
+/// through it, and the server's log names the client (this test's socket,
+/// as HAProxy saw it), not HAProxy's own connection.
+#[test]
+fn haproxy_in_front_sends_the_proxy_protocol() {
+    if !installed("haproxy", "-v") {
+        eprintln!("skipped: haproxy is not installed");
+        return;
+    }
+    let mut server = Binary::spawn(&["--proxy-protocol", "127.0.0.1", "-v", "0"]);
+    let echo = server.tcp_addr();
+    for send_proxy in ["send-proxy-v2", "send-proxy"] {
+        let haproxy = Haproxy::start(echo, send_proxy);
+        let client = connect(haproxy.addr);
+        let me = client.local_addr().unwrap();
+        let data = format!("through haproxy, {send_proxy}\n").into_bytes();
+        assert_eq!(round_trip(client, data.clone()), data, "{send_proxy}");
+        // The header named this socket's address: the server took it for
+        // the peer, and the connection's end is logged under it.
+        let named = format!("PROXY protocol: client {me}");
+        let line = server.expect_line(&named, |l| l.contains(&named));
+        assert!(
+            !line.starts_with(&format!("{me}:")),
+            "the balancer's connection is the one the header arrived on: {line}"
+        );
+        let closed = format!("{me}: closed after echoing {} bytes", data.len());
+        server.expect_line(&closed, |l| l.contains(&closed));
+    }
+    server.stop();
+    // Every header HAProxy sent was taken (the connection counts vary: the
+    // readiness checks in `Haproxy::start` may reach the server too).
+    let summary = server.summary();
+    assert!(
+        !summary.contains("without a valid PROXY header"),
+        "{summary}"
+    );
+}
+
+/// HAProxy in the foreground on a free 127.0.0.1 port, forwarding to
+/// `server` with `send_proxy`; killed when dropped.
+struct Haproxy {
+    child: std::process::Child,
+    addr: std::net::SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Haproxy {
+    fn start(server: std::net::SocketAddr, send_proxy: &str) -> Haproxy {
+        let dir = tempfile::tempdir().unwrap();
+        // A port that was free a moment ago (HAProxy binds it itself).
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let config = dir.path().join("haproxy.cfg");
+        std::fs::write(
+            &config,
+            format!(
+                "global\n  maxconn 64\n\
+                 defaults\n  mode tcp\n  timeout connect 5s\n  \
+                 timeout client 30s\n  timeout server 30s\n\
+                 frontend in\n  bind {addr}\n  default_backend echo\n\
+                 backend echo\n  server echo {server} {send_proxy}\n"
+            ),
+        )
+        .unwrap();
+        let log = dir.path().join("haproxy.log");
+        let child = Command::new("haproxy")
+            .arg("-db") // the foreground, no daemon: its pid is ours to kill
+            .arg("-f")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start haproxy");
+        let mut haproxy = Haproxy {
+            child,
+            addr,
+            _dir: dir,
+        };
+        // Listening once a connection is accepted (this probe connection
+        // reaches the server as an empty one: no bytes, so no header).
+        let start = Instant::now();
+        while std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_err() {
+            let exited = haproxy.child.try_wait().unwrap();
+            if exited.is_some() || start.elapsed() > DEADLINE {
+                let said = std::fs::read_to_string(&log).unwrap_or_default();
+                panic!("haproxy did not listen on {addr} ({exited:?}): {said}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        haproxy
+    }
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

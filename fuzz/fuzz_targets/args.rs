@@ -1,16 +1,20 @@
 //! Command-line parsing. The input is split on NUL bytes into arguments.
 //! Properties: parsing never panics, and whatever parses renders back to a
-//! canonical command line that parses to the same options.
+//! canonical command line that parses to the same options (the server's,
+//! or the `probe` command's).
 #![no_main]
 
 use clap::{Parser, ValueEnum};
-use echo_server::cli::Args;
+use echo_server::cli::{Args, Command, ProbeArgs};
 use libfuzzer_sys::fuzz_target;
 use std::time::Duration;
 
 /// The canonical command line for `args`: every option spelled out as
 /// `--name=value` (so no value can pass for an option), PORT after `--`.
 fn render(args: &Args) -> Vec<String> {
+    if let Some(Command::Probe(probe)) = &args.command {
+        return render_probe(probe);
+    }
     let mut line = vec![
         "echo-server".to_owned(),
         format!("--max-connections={}", args.max_connections),
@@ -88,6 +92,31 @@ fn render(args: &Args) -> Vec<String> {
     line
 }
 
+/// The canonical `probe` command line: options as `--name=value`, the
+/// target after `--`.
+fn render_probe(probe: &ProbeArgs) -> Vec<String> {
+    let mut line = vec![
+        "echo-server".to_owned(),
+        "probe".to_owned(),
+        format!("--size={}", probe.size),
+        format!("--timeout={}", probe.timeout.as_secs_f64()),
+    ];
+    if probe.udp {
+        line.push("--udp".to_owned());
+    }
+    if let Some(path) = &probe.unix {
+        line.push(format!(
+            "--unix={}",
+            path.to_str().expect("parsed from UTF-8")
+        ));
+    }
+    if let Some(target) = &probe.target {
+        line.push("--".to_owned());
+        line.push(target.to_string());
+    }
+    line
+}
+
 /// `off` for zero (how the options spell it), else seconds.
 fn secs_or_off(d: Duration) -> String {
     if d.is_zero() {
@@ -113,6 +142,16 @@ fuzz_target!(|data: &[u8]| {
     let canonical = render(&args);
     let again = Args::try_parse_from(&canonical)
         .unwrap_or_else(|e| panic!("canonical form {canonical:?} does not parse: {e}"));
+    match (&again.command, &args.command) {
+        (Some(Command::Probe(a)), Some(Command::Probe(b))) => {
+            assert_eq!(
+                (&a.target, a.udp, &a.unix, a.size),
+                (&b.target, b.udp, &b.unix, b.size)
+            );
+            assert!(close(a.timeout, b.timeout));
+        }
+        (a, b) => assert_eq!(a, b),
+    }
     assert_eq!(again.ports, args.ports);
     assert_eq!(again.bind, args.bind);
     assert_eq!(again.udp, args.udp);

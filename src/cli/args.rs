@@ -2,6 +2,7 @@
 //! the [`ServerBuilder`] they describe.
 
 use super::logger::LogFormat;
+use super::probe::ProbeArgs;
 use super::values::{
     parse_burst, parse_bytes, parse_datagram_size, parse_host, parse_keepalive,
     parse_max_connections, parse_metrics_addr, parse_mode, parse_prefix, parse_secs,
@@ -37,9 +38,23 @@ use std::time::Duration;
         echo-server --udp 7007            # TCP and UDP on port 7007\n  \
         echo-server --bind :: 7007        # every interface, IPv4 and IPv6\n  \
         echo-server --unix /tmp/echo.sock # a Unix socket only\n  \
-        echo-server 0                     # a free port, printed at start-up"
+        echo-server 0                     # a free port, printed at start-up\n  \
+        echo-server probe 127.0.0.1:7007  # check a running server's echo",
+    // `echo-server probe ...` is a command of its own: none of the server's
+    // options go with it (so `echo-server --udp probe` is a usage error, not
+    // a server), and a requirement of the server's never applies to it.
+    // `probe` is no port, so `echo-server [OPTIONS] [PORT]...` reads as
+    // before. No `help` subcommand: `echo-server help` stays what it was
+    // (not a port: a usage error).
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true,
+    disable_help_subcommand = true
 )]
 pub struct Args {
+    /// A command other than serving (`probe`); none: serve.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// TCP ports to listen on, 0-65535 each; 0 lets the OS pick a free port.
     /// Optional with --unix or with sockets passed by systemd.
     #[arg(value_name = "PORT")]
@@ -256,6 +271,21 @@ pub struct Args {
     /// Log only warnings and errors (the listening lines are always shown).
     #[arg(short, long)]
     pub quiet: bool,
+}
+
+/// The commands besides serving.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Subcommand)]
+#[non_exhaustive]
+pub enum Command {
+    /// Check that an echo server answers (a health check).
+    ///
+    /// Sends random bytes and expects exactly them back within the timeout.
+    /// Prints one line with the round trip and exits 0; otherwise exits 1
+    /// and names the reason (a wrong reply and at which byte, a reply cut
+    /// short, a timeout, a refused connection, a name that does not
+    /// resolve). A container's HEALTHCHECK runs `echo-server probe
+    /// 127.0.0.1:7007`.
+    Probe(ProbeArgs),
 }
 
 impl Args {

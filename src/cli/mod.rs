@@ -6,19 +6,22 @@
 //!
 //! One file per concern: [`Args`] and what they build (`args.rs`), the
 //! option values' parsers (`values.rs`), start-up and serving (`serve.rs`),
+//! the `probe` command (`probe.rs`),
 //! signals (`signals.rs`), the logger (`logger.rs`), and the man page and
 //! completions (`generate.rs`).
 
 mod args;
 mod generate;
 mod logger;
+mod probe;
 mod serve;
 mod signals;
 mod values;
 
-pub use args::Args;
+pub use args::{Args, Command};
 pub use generate::{generate, Generated};
 pub use logger::LogFormat;
+pub use probe::{ProbeArgs, Target};
 pub use values::{parse_bytes, ProxySource};
 
 use clap::{CommandFactory, Parser};
@@ -48,6 +51,9 @@ where
             };
         }
     };
+    if let Some(Command::Probe(probe)) = &args.command {
+        return probe::run(probe);
+    }
     if let Some(what) = args.generate {
         return match generate(what, &mut std::io::stdout().lock()) {
             Ok(()) => ExitCode::SUCCESS,

@@ -22,6 +22,7 @@ engine_tests!(
     a_reset_in_the_header_is_closed_at_once,
     a_silent_header_costs_no_cpu,
     the_idle_timeout_counts_from_the_end_of_the_header,
+    reclaim_counts_idleness_from_the_end_of_the_header,
     a_mapped_network_holds_its_ipv4_clients,
 );
 
@@ -295,6 +296,36 @@ fn the_idle_timeout_counts_from_the_end_of_the_header(engine: Engine) {
     thread::sleep(Duration::from_millis(300));
     s.write_all(b"ping").unwrap();
     assert_eq!(read_n(&mut s, 4), b"ping");
+    server.stop();
+}
+
+/// The same for reclaim: a full server with a client waiting takes the
+/// slot of a connection idle for --reclaim-idle, counted from the end of
+/// its header, not from accept.
+fn reclaim_counts_idleness_from_the_end_of_the_header(engine: Engine) {
+    let (mut server, addr) = spawn(
+        engine,
+        &[
+            "--proxy-protocol",
+            "127.0.0.1",
+            "--proxy-timeout",
+            "10",
+            "--max-connections",
+            "1",
+            "--reclaim-idle",
+            "1",
+        ],
+    );
+    let mut late = connect(addr);
+    thread::sleep(Duration::from_millis(1500));
+    late.write_all(&v1("192.0.2.5:5")).unwrap();
+    thread::sleep(Duration::from_millis(100));
+    // A client waits for the one slot; the late one has been idle 0.1 s.
+    let waiting = connect(addr);
+    thread::sleep(Duration::from_millis(300));
+    late.write_all(b"ping").unwrap();
+    assert_eq!(read_n(&mut late, 4), b"ping", "reclaimed too early");
+    drop((late, waiting));
     server.stop();
 }
 

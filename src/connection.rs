@@ -102,6 +102,11 @@ impl Connection {
         self.slot.place(Placement::EventLoop);
     }
 
+    /// Served by an io_uring loop.
+    pub(crate) fn place_on_uring(&mut self) {
+        self.slot.place(Placement::Uring);
+    }
+
     /// The stream as the echo core sees it.
     pub(crate) fn metered(&self) -> Metered<'_> {
         let ctx = &self.slot.ctx;
@@ -157,6 +162,7 @@ impl Connection {
 enum Placement {
     Thread,
     EventLoop,
+    Uring,
 }
 
 impl Slot {
@@ -172,6 +178,7 @@ impl Slot {
         match placement {
             Placement::Thread => &counters.active_threads,
             Placement::EventLoop => &counters.active_events,
+            Placement::Uring => &counters.active_uring,
         }
     }
 }

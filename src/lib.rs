@@ -42,6 +42,9 @@
 #![warn(rust_2018_idioms, unreachable_pub)]
 
 // Layers, bottom up; a module imports only from layers below it.
+// 0. The system calls: all of the crate's unsafe code, behind safe types.
+#[allow(unsafe_code)]
+mod sys;
 // 1. The echo core and plain values: addresses, the datagram filter, rate
 //    limits, settings, budgets (within it, settings -> rate_limit ->
 //    datagram_filter -> address -> escape, and shutdown -> sync).
@@ -62,7 +65,7 @@ mod limit;
 mod stats;
 mod stream;
 mod table;
-// 3. One connection's life, and the two engines that serve connections.
+// 3. One connection's life, and the engines that serve connections.
 mod connection;
 mod engine;
 #[cfg(target_os = "linux")]

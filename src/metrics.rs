@@ -622,6 +622,7 @@ pub fn render(s: &Stats) -> String {
         &[
             ("{engine=\"threads\"}", s.active_threads),
             ("{engine=\"events\"}", s.active_events),
+            ("{engine=\"uring\"}", s.active_uring),
         ],
     );
     metric(

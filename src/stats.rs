@@ -23,6 +23,8 @@ pub struct Stats {
     pub active_threads: u64,
     /// Of the active connections, those served by an event loop.
     pub active_events: u64,
+    /// Of the active connections, those served by an io_uring loop.
+    pub active_uring: u64,
     /// Bytes read from stream clients (TCP, Unix). For every connection
     /// that ended normally, all of them were echoed.
     pub bytes_received: u64,
@@ -86,9 +88,14 @@ impl fmt::Display for Stats {
         if self.active > 0 {
             write!(
                 f,
-                " ({} on threads, {} on event loops)",
+                " ({} on threads, {} on event loops",
                 self.active_threads, self.active_events
             )?;
+            // Only when there are some: the line reads as before elsewhere.
+            if self.active_uring > 0 {
+                write!(f, ", {} on io_uring loops", self.active_uring)?;
+            }
+            f.write_str(")")?;
         }
         write!(
             f,
@@ -167,6 +174,7 @@ pub(crate) struct Counters {
     pub(crate) active: AtomicU64,
     pub(crate) active_threads: AtomicU64,
     pub(crate) active_events: AtomicU64,
+    pub(crate) active_uring: AtomicU64,
     pub(crate) bytes_received: AtomicU64,
     pub(crate) bytes_echoed: AtomicU64,
     pub(crate) idle_timeouts: AtomicU64,
@@ -214,6 +222,7 @@ impl Counters {
             active: self.active.load(Relaxed),
             active_threads: self.active_threads.load(Relaxed),
             active_events: self.active_events.load(Relaxed),
+            active_uring: self.active_uring.load(Relaxed),
             bytes_received: self.bytes_received.load(Relaxed),
             bytes_echoed: self.bytes_echoed.load(Relaxed),
             idle_timeouts: self.idle_timeouts.load(Relaxed),

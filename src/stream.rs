@@ -138,16 +138,34 @@ impl Read for Metered<'_> {
         let n = { self.stream }.read(buf)?;
         // End of file is not data: not counted, not logged.
         if n > 0 {
-            Counters::add(&self.counters.bytes_received, n as u64);
-            self.stream.activity.received();
-            if self.log_data {
-                log::info!(
-                    peer:% = self.peer, bytes = n;
-                    "{} sent {n} bytes: \"{}\"", self.peer, escape(&buf[..n])
-                );
-            }
+            self.received(&buf[..n]);
         }
         Ok(n)
+    }
+}
+
+impl Metered<'_> {
+    /// `data` has arrived: counted, the connection busy until it is
+    /// written back, logged with `--log-data`. (The uring engine receives
+    /// without `read` and calls this itself.)
+    pub(crate) fn received(&mut self, data: &[u8]) {
+        let n = data.len();
+        Counters::add(&self.counters.bytes_received, n as u64);
+        self.stream.activity.received();
+        if self.log_data {
+            log::info!(
+                peer:% = self.peer, bytes = n;
+                "{} sent {n} bytes: \"{}\"", self.peer, escape(data)
+            );
+        }
+    }
+
+    /// `n` bytes of an echo have been written back. (The uring engine sends
+    /// without `write` and calls this itself.)
+    pub(crate) fn sent(&mut self, n: usize) {
+        self.last_op = Op::Write;
+        self.stream.activity.wrote();
+        Counters::add(&self.counters.bytes_echoed, n as u64);
     }
 }
 
@@ -158,8 +176,7 @@ impl Write for Metered<'_> {
             return Err(injected);
         }
         let n = { self.stream }.write(buf)?;
-        self.stream.activity.wrote();
-        Counters::add(&self.counters.bytes_echoed, n as u64);
+        self.sent(n);
         Ok(n)
     }
 

@@ -373,7 +373,7 @@ impl EventLoop {
 /// How often an event loop checks its timeouts: often enough that a timeout
 /// fires within a quarter of itself (or 1 s) late, at most once per 10 ms;
 /// never without a timeout.
-fn sweep_period(idle: Option<Duration>, write: Option<Duration>) -> Option<Duration> {
+pub(super) fn sweep_period(idle: Option<Duration>, write: Option<Duration>) -> Option<Duration> {
     let shortest = match (idle, write) {
         (Some(a), Some(b)) => a.min(b),
         (a, b) => a.or(b)?,

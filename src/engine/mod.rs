@@ -1,11 +1,13 @@
-//! The engines: two ways to wait for a connection's next bytes, one echo
+//! The engines: three ways to wait for a connection's next bytes, one echo
 //! core. [`Engines::serve`] places each admitted connection on a thread of
-//! its own or on an event loop, by the configured [`Engine`], and never
-//! moves it afterwards.
+//! its own, on an event loop or (`Uring`) on an io_uring loop, by the
+//! configured [`Engine`], and never moves it afterwards.
 
 #[cfg(unix)]
 mod events;
 pub(crate) mod threads;
+#[cfg(all(target_os = "linux", feature = "uring"))]
+mod uring;
 
 use crate::connection::Connection;
 use crate::context::Context;
@@ -25,6 +27,9 @@ pub(crate) struct Engines {
     seats: Arc<ThreadSeats>,
     #[cfg(unix)]
     loops: Option<events::EventLoops>,
+    /// The io_uring loops, under `Uring` only.
+    #[cfg(all(target_os = "linux", feature = "uring"))]
+    uring: Option<uring::UringLoops>,
 }
 
 /// Why a connection could not be served; it has been closed.
@@ -38,17 +43,29 @@ impl Engines {
         let engine = ctx.settings.engine;
         #[cfg(unix)]
         let loops = match engine {
-            Engine::Threads => None,
+            Engine::Threads | Engine::Uring => None,
             _ => Some(events::EventLoops::start(
                 crate::settings::per_core(ctx.settings.event_loops),
                 ctx,
             )?),
+        };
+        // `--event-loops` counts these loops too. (The builder refused
+        // `Uring` where this module is not compiled.)
+        #[cfg(all(target_os = "linux", feature = "uring"))]
+        let uring = match engine {
+            Engine::Uring => Some(uring::UringLoops::start(
+                crate::settings::per_core(ctx.settings.event_loops),
+                ctx,
+            )?),
+            _ => None,
         };
         Ok(Engines {
             engine,
             seats: ThreadSeats::new(thread_seats),
             #[cfg(unix)]
             loops,
+            #[cfg(all(target_os = "linux", feature = "uring"))]
+            uring,
         })
     }
 
@@ -77,6 +94,12 @@ impl Engines {
 
     #[cfg(unix)]
     fn serve_on_event_loop(&self, conn: Connection) -> Result<(), Refused> {
+        #[cfg(all(target_os = "linux", feature = "uring"))]
+        if let Some(uring) = &self.uring {
+            return uring
+                .serve(conn)
+                .map_err(|conn| refuse(conn, io::Error::other("no uring loop is running")));
+        }
         match &self.loops {
             Some(loops) => loops
                 .serve(conn)
@@ -96,6 +119,10 @@ impl Engines {
         #[cfg(unix)]
         if let Some(loops) = &self.loops {
             loops.nudge();
+        }
+        #[cfg(all(target_os = "linux", feature = "uring"))]
+        if let Some(uring) = &self.uring {
+            uring.nudge();
         }
     }
 }

@@ -47,6 +47,8 @@ fn engine() -> impl Strategy<Value = Engine> {
     prop_oneof![
         Just(Engine::Threads),
         Just(Engine::Events),
+        #[cfg(all(target_os = "linux", feature = "uring"))]
+        Just(Engine::Uring),
         Just(Engine::Auto),
     ]
 }

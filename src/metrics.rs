@@ -839,12 +839,14 @@ mod tests {
         let text = render(&Stats {
             accepted: 7,
             active_events: 2,
+            active_uring: 5,
             rate_limited: 3,
             udp_total_rate_limited: 4,
             ..Stats::default()
         });
         assert!(text.contains("echo_server_connections_accepted_total 7\n"));
         assert!(text.contains("echo_server_active_connections{engine=\"events\"} 2\n"));
+        assert!(text.contains("echo_server_active_connections{engine=\"uring\"} 5\n"));
         assert!(text.contains("echo_server_refused_total{reason=\"rate_limited\"} 3\n"));
         assert!(text.contains("echo_server_refused_total{reason=\"total_rate_limited\"} 4\n"));
         for line in text.lines().filter(|l| !l.starts_with('#')) {

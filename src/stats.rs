@@ -258,6 +258,18 @@ mod tests {
             bytes_echoed: 10,
             ..Stats::default()
         };
+        let on_uring = Stats {
+            accepted: 2,
+            active: 2,
+            active_events: 1,
+            active_uring: 1,
+            ..Stats::default()
+        };
+        assert_eq!(
+            on_uring.to_string(),
+            "2 connections accepted, 0 closed, 2 active (0 on threads, 1 on event loops, \
+             1 on io_uring loops); 0 bytes received, 0 echoed"
+        );
         assert_eq!(
             quiet.to_string(),
             "3 connections accepted, 3 closed, 0 active; 10 bytes received, 10 echoed"

@@ -739,4 +739,59 @@ mod tests {
         assert!(lp.starved.is_empty());
         assert_eq!(ctx.counters.bytes_echoed.load(Relaxed), 45);
     }
+
+    fn accepted(ctx: &Arc<Context>) -> (Connection, std::net::TcpStream) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let (socket, peer) = listener.accept().unwrap();
+        let permit = ctx.limit.acquire(&ctx.shutdown, || {}).unwrap();
+        let conn = Connection::admit(Socket::from(socket), Peer::Ip(peer), ctx, permit, None);
+        (conn, client)
+    }
+
+    /// Stopping the loops (the server's last step) cancels the receive
+    /// every idle connection has in flight, waits for it, and closes the
+    /// connection: the gauge and the table are empty, the client sees the
+    /// close, and it does not take the cancellation wait.
+    #[test]
+    fn stopping_cancels_what_is_in_flight_and_closes_every_connection() {
+        let ctx = context();
+        let loops = UringLoops::start(1, &ctx).unwrap();
+        let (conn, mut client) = accepted(&ctx);
+        assert!(loops.serve(conn).is_ok());
+        client.write_all(b"ping").unwrap();
+        let mut back = [0u8; 4];
+        client.read_exact(&mut back).unwrap();
+        assert_eq!(ctx.counters.active_uring.load(Relaxed), 1);
+        let started = Instant::now();
+        drop(loops);
+        assert!(started.elapsed() < STOP_WAIT, "{:?}", started.elapsed());
+        assert_eq!(ctx.counters.active.load(Relaxed), 0);
+        assert_eq!(ctx.counters.active_uring.load(Relaxed), 0);
+        assert_eq!(ctx.limit.in_use(), 0, "the slot is freed");
+        assert_eq!(client.read(&mut back).unwrap(), 0, "closed");
+    }
+
+    /// A loop that is no longer running gives a connection handed to it
+    /// back, for the server to refuse and count, and its load is as before.
+    #[test]
+    fn a_loop_that_has_stopped_gives_the_connection_back() {
+        let ctx = context();
+        let mut loops = UringLoops::start(1, &ctx).unwrap();
+        for l in &mut loops.loops {
+            l.inbox.send(Command::Stop).unwrap();
+            let _ = l.waker.wake();
+            l.thread.take().unwrap().join().unwrap();
+        }
+        let (conn, _client) = accepted(&ctx);
+        let Err(back) = loops.serve(conn) else {
+            panic!("a stopped loop took a connection");
+        };
+        assert_eq!(loops.loops[0].load.load(Relaxed), 0);
+        drop(back);
+        assert_eq!(ctx.limit.in_use(), 0, "the slot is freed");
+    }
 }

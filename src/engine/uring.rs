@@ -253,7 +253,7 @@ impl UringLoop {
         }
     }
 
-    fn run(&mut self) {
+    fn run(mut self) {
         if let Err(e) = self.ring.watch_wake() {
             log::error!("uring loop: cannot watch its inbox: {e}");
         }
@@ -284,6 +284,15 @@ impl UringLoop {
             }
         }
         self.stop();
+        // Connections the kernel did not let go of within the wait: the
+        // ring goes first (its drop cancels and waits for everything, or
+        // leaks the memory), and only then are their sockets closed, as the
+        // event loops close theirs.
+        let left: Vec<Served> = self.served.drain(..).flatten().collect();
+        self.load.fetch_sub(left.len(), Relaxed);
+        let UringLoop { ring, .. } = self;
+        drop(ring);
+        drop(left);
     }
 
     /// Submits what is queued, waits for completions (at most `timeout`),
@@ -586,13 +595,6 @@ impl UringLoop {
         let deadline = Instant::now() + STOP_WAIT;
         while self.served.iter().any(Option::is_some) && Instant::now() < deadline {
             self.turn(Some(Duration::from_millis(50)));
-        }
-        // Whatever the kernel still holds after that, `Ring::drop` cancels
-        // and waits for (or leaks its memory); the sockets close with the
-        // connections, as the event loops' do.
-        for served in self.served.iter_mut().filter_map(Option::take) {
-            self.load.fetch_sub(1, Relaxed);
-            drop(served);
         }
     }
 }

@@ -139,6 +139,9 @@ impl Ring {
         let Some((ring, setup)) = built else {
             return Err(last);
         };
+        // Everything that can fail is made before the buffers are
+        // registered: once they are, only `Ring::drop` frees them.
+        let wake = Arc::new(File::from(eventfd()?));
         let buffers = Buffers::new(count, size)?;
         // SAFETY: `buffers.entries` is a page-aligned allocation of `count`
         // ring entries, which lives until `Drop` has unregistered it (or is
@@ -151,7 +154,6 @@ impl Ring {
                 0,
             )?;
         }
-        let wake = Arc::new(File::from(eventfd()?));
         let wake_pad = NonNull::from(Box::leak(Box::new(0u64)));
         let mut ring = Ring {
             ring,

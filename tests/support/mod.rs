@@ -109,7 +109,7 @@ pub fn on_engine<'a>(engine: Engine, args: &[&'a str]) -> Vec<&'a str> {
 }
 
 /// Turns each listed `fn name(engine: Engine)` into one test per engine:
-/// `threads::name`, `events::name` (Unix), `uring::name` (Linux) and
+/// `threads::name`, `events::name` (Unix), `uring::name` (Linux, feature `uring`) and
 /// `auto::name`.
 #[macro_export]
 macro_rules! engine_tests {
@@ -121,7 +121,9 @@ macro_rules! engine_tests {
         mod events {
             $( #[test] fn $name() { super::$name(echo_server::Engine::Events) } )*
         }
-        #[cfg(target_os = "linux")]
+        // The package's features apply to its tests: without `uring`
+        // (`--no-default-features`) there is no such engine to test.
+        #[cfg(all(target_os = "linux", feature = "uring"))]
         mod uring {
             $( #[test] fn $name() { super::$name(echo_server::Engine::Uring) } )*
         }

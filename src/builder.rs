@@ -371,7 +371,9 @@ impl ServerBuilder {
     /// How connections are served: a thread each, event loops, or threads
     /// first and event loops for the rest (the default). See [`Engine`].
     /// [`Engine::Events`] needs a Unix system; elsewhere `Auto` serves
-    /// every connection on a thread.
+    /// every connection on a thread. [`Engine::Uring`] needs Linux, the
+    /// `uring` feature and a kernel that lets this process use io_uring:
+    /// [`build`](Self::build) says why not.
     pub fn engine(mut self, engine: Engine) -> Self {
         self.settings.engine = engine;
         self
@@ -476,6 +478,9 @@ impl ServerBuilder {
         if self.settings.engine == Engine::Events {
             return Err(invalid("the events engine needs a Unix system"));
         }
+        if self.settings.engine == Engine::Uring {
+            uring_available()?;
+        }
         let (max_connections, thread_seats) = self.thread_plan();
         let mut listeners: Vec<Listener> = Vec::with_capacity(self.bindings.len());
         let mut udp_settings = self.settings.udp.clone();
@@ -548,7 +553,7 @@ impl ServerBuilder {
         let only_threads = self.settings.engine == Engine::Threads || !cfg!(unix);
         match self.settings.engine {
             _ if only_threads => (self.clamped(threads, budget), self.max_connections),
-            Engine::Events => (self.max_connections, 0),
+            Engine::Events | Engine::Uring => (self.max_connections, 0),
             _ => (
                 self.max_connections,
                 self.settings.thread_connections.min(threads),
@@ -575,6 +580,41 @@ impl ServerBuilder {
         );
         serving
     }
+}
+
+/// Whether `--engine uring` can run here: io_uring is tried at start-up, so
+/// a refusal fails the server at once, with the reason, rather than every
+/// connection later.
+fn uring_available() -> io::Result<()> {
+    #[cfg(all(target_os = "linux", feature = "uring"))]
+    {
+        crate::sys::uring::probe().map_err(|e| {
+            let why = match e.raw_os_error() {
+                Some(libc::ENOSYS) => "this kernel has no io_uring".to_owned(),
+                Some(libc::EPERM) => {
+                    let sysctl = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
+                        .ok()
+                        .and_then(|v| v.trim().parse::<u8>().ok())
+                        .filter(|&v| v > 0);
+                    match sysctl {
+                        Some(v) => format!("io_uring is disabled (kernel.io_uring_disabled = {v})"),
+                        None => "io_uring is not permitted to this process (a seccomp filter, \
+                                 such as a container runtime's, or kernel.io_uring_disabled)"
+                            .to_owned(),
+                    }
+                }
+                _ => "io_uring could not be set up".to_owned(),
+            };
+            io::Error::new(
+                e.kind(),
+                format!("the uring engine cannot run: {why} ({e}); use --engine events"),
+            )
+        })
+    }
+    #[cfg(not(all(target_os = "linux", feature = "uring")))]
+    Err(invalid(
+        "the uring engine needs Linux and the `uring` feature of echo-server",
+    ))
 }
 
 /// The connection limit within the descriptors left once the listeners are
@@ -731,5 +771,41 @@ mod tests {
             2 * 3 + 18
         );
         assert_eq!(descriptors_reserved(&settings(Engine::Auto, 5)), 2 * 5 + 18);
+    }
+}
+
+#[cfg(all(test, target_os = "linux", feature = "uring"))]
+mod uring_tests {
+    use super::*;
+    use crate::sys::uring::tests::with_setup_failing;
+
+    /// Where io_uring is refused, `--engine uring` fails at start-up (the
+    /// CLI exits 1 with this error) and names why; the other engines do not
+    /// care.
+    #[test]
+    fn a_refused_io_uring_fails_the_uring_engine_with_the_reason() {
+        let build = |engine| {
+            Server::builder()
+                .tcp(([127, 0, 0, 1], 0))
+                .engine(engine)
+                .build()
+        };
+        for (errno, why) in [
+            (libc::EPERM, "io_uring"),
+            (libc::ENOSYS, "this kernel has no io_uring"),
+        ] {
+            let e = with_setup_failing(errno, || build(Engine::Uring)).unwrap_err();
+            let message = e.to_string();
+            assert!(
+                message.starts_with("the uring engine cannot run: ") && message.contains(why),
+                "{message}"
+            );
+            assert!(message.contains("--engine events"), "{message}");
+            assert!(with_setup_failing(errno, || build(Engine::Events)).is_ok());
+        }
+        assert!(
+            build(Engine::Uring).is_ok(),
+            "io_uring works on this machine"
+        );
     }
 }

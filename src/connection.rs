@@ -124,6 +124,12 @@ impl Connection {
         self.slot.place(Placement::EventLoop);
     }
 
+    /// Served by an io_uring loop.
+    #[cfg(all(target_os = "linux", feature = "uring"))]
+    pub(crate) fn place_on_uring(&mut self) {
+        self.slot.place(Placement::Uring);
+    }
+
     /// The stream as the echo core sees it.
     pub(crate) fn metered(&self) -> Metered<'_> {
         let ctx = &self.slot.ctx;
@@ -304,6 +310,9 @@ impl Connection {
 enum Placement {
     Thread,
     EventLoop,
+    /// (Never constructed without the uring engine; the gauge is kept.)
+    #[cfg_attr(not(all(target_os = "linux", feature = "uring")), allow(dead_code))]
+    Uring,
 }
 
 impl Slot {
@@ -319,6 +328,7 @@ impl Slot {
         match placement {
             Placement::Thread => &counters.active_threads,
             Placement::EventLoop => &counters.active_events,
+            Placement::Uring => &counters.active_uring,
         }
     }
 }

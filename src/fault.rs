@@ -276,7 +276,13 @@ pub(crate) mod tests {
 
     #[test]
     fn a_send_failing_mid_echo_closes_only_that_connection() {
-        for engine in [Engine::Threads, Engine::Events] {
+        let engines = [
+            Engine::Threads,
+            Engine::Events,
+            #[cfg(all(target_os = "linux", feature = "uring"))]
+            Engine::Uring,
+        ];
+        for engine in engines {
             let s = start(engine);
             let mut other = connect(s.addr);
             let mut victim = connect(s.addr);

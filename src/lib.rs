@@ -85,7 +85,7 @@ mod limit;
 mod stats;
 mod stream;
 mod table;
-// 3. One connection's life, and the two engines that serve connections.
+// 3. One connection's life, and the engines that serve connections.
 mod connection;
 mod engine;
 #[cfg(target_os = "linux")]

@@ -784,6 +784,7 @@ echo_server_connections_closed_total 2
 # TYPE echo_server_active_connections gauge
 echo_server_active_connections{engine=\"threads\"} 4
 echo_server_active_connections{engine=\"events\"} 5
+echo_server_active_connections{engine=\"uring\"} 25
 # HELP echo_server_bytes_received_total Bytes read from stream clients.
 # TYPE echo_server_bytes_received_total counter
 echo_server_bytes_received_total 6

@@ -21,6 +21,13 @@ pub enum Engine {
     /// context switch per message, and as many connections as there are
     /// file descriptors. Unix only.
     Events,
+    /// A few loops (one per core by default) on io_uring, each with its own
+    /// ring: receives complete into buffers the kernel picks from a ring of
+    /// provided buffers (an idle connection holds none), and each echo is
+    /// sent from the buffer it arrived in. Linux only (with the `uring`
+    /// feature, on by default); the server fails to build where io_uring is
+    /// refused (an old kernel, `kernel.io_uring_disabled`, seccomp).
+    Uring,
     /// Threads for the first connections, event loops for the rest: a new
     /// connection gets its own thread while fewer than the threshold are on
     /// threads, otherwise it goes to the least busy event loop. A connection
@@ -32,13 +39,14 @@ pub enum Engine {
 
 impl Engine {
     /// Every engine, for tests and help texts.
-    pub const ALL: [Engine; 3] = [Engine::Threads, Engine::Events, Engine::Auto];
+    pub const ALL: [Engine; 4] = [Engine::Threads, Engine::Events, Engine::Uring, Engine::Auto];
 
     /// The name used on the command line.
     pub fn name(self) -> &'static str {
         match self {
             Engine::Threads => "threads",
             Engine::Events => "events",
+            Engine::Uring => "uring",
             Engine::Auto => "auto",
         }
     }
@@ -57,7 +65,7 @@ impl FromStr for Engine {
         Engine::ALL
             .into_iter()
             .find(|e| e.name() == s)
-            .ok_or_else(|| format!("`{s}` is not an engine (threads, events or auto)"))
+            .ok_or_else(|| format!("`{s}` is not an engine (threads, events, uring or auto)"))
     }
 }
 

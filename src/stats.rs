@@ -68,6 +68,7 @@ macro_rules! counters {
         const COUNTERS: [Counter; COUNTED] = [ $(
             Counter {
                 kind: counters!(@kind $kind),
+                told_at_zero: counters!(@told_at_zero $kind),
                 group: Group::$group,
                 summary: $summary,
                 sample: counters!(@sample $( $family $( $label $value )? )?),
@@ -101,6 +102,9 @@ macro_rules! counters {
     };
     (@kind counter) => { Kind::Counter };
     (@kind gauge) => { Kind::Gauge };
+    (@kind gauge_if_used) => { Kind::Gauge };
+    (@told_at_zero gauge_if_used) => { false };
+    (@told_at_zero $kind:ident) => { true };
     (@sample) => { None };
     (@sample $family:ident) => { Some((Metric::$family, "")) };
     (@sample $family:ident $label:ident $value:literal) => {
@@ -137,6 +141,9 @@ counters! {
         active_threads: gauge, Engines "{} on threads", active_connections{engine="threads"};
         /// Of the active connections, those served by an event loop.
         active_events: gauge, Engines "{} on event loops", active_connections{engine="events"};
+        /// Of the active connections, those served by an io_uring loop
+        /// (Linux, `--engine uring`). Told in the summary only when some are.
+        active_uring: gauge_if_used, Engines "{} on io_uring loops", active_connections{engine="uring"};
         /// Bytes read from stream clients (TCP, Unix). For every connection
         /// that ended normally, all of them were echoed.
         bytes_received: counter, Bytes "{} bytes received", bytes_received_total;
@@ -218,6 +225,9 @@ impl Kind {
 pub(crate) struct Counter {
     #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
     pub(crate) kind: Kind,
+    /// Whether the summary tells it at 0 (when its group is told at all):
+    /// not an engine few servers run (`gauge_if_used` in the table).
+    told_at_zero: bool,
     group: Group,
     /// Its part of the summary line, `{}` standing for its value.
     summary: &'static str,
@@ -276,10 +286,10 @@ impl Group {
     /// `stats`. The engines go with `active` (even at 0 each: a connection
     /// listed, not placed yet), not with their own values, which a
     /// snapshot may catch lagging the total.
-    fn shows(self, n: u64, stats: &Stats) -> bool {
+    fn shows(self, counter: &Counter, n: u64, stats: &Stats) -> bool {
         match self {
             Group::Connections | Group::Bytes => true,
-            Group::Engines => stats.active > 0,
+            Group::Engines => stats.active > 0 && (n > 0 || counter.told_at_zero),
             _ => n > 0,
         }
     }
@@ -303,7 +313,7 @@ impl fmt::Display for Stats {
             let (open, close) = group.frame();
             let mut told = false;
             for (counter, n) in self.counters() {
-                if counter.group != group || !group.shows(n, self) {
+                if counter.group != group || !group.shows(counter, n, self) {
                     continue;
                 }
                 f.write_str(if told { ", " } else { open })?;
@@ -399,6 +409,7 @@ pub(crate) mod tests {
             active: 3,
             active_threads: 4,
             active_events: 5,
+            active_uring: 25,
             bytes_received: 6,
             bytes_echoed: 7,
             idle_timeouts: 8,
@@ -488,7 +499,8 @@ pub(crate) mod tests {
     fn the_summary_line_is_what_it_always_was() {
         assert_eq!(
             every_counter().to_string(),
-            "1 connections accepted, 2 closed, 3 active (4 on threads, 5 on event loops); \
+            "1 connections accepted, 2 closed, 3 active (4 on threads, 5 on event loops, 25 on io_uring \
+             loops); \
              6 bytes received, 7 echoed; 17 datagrams echoed; the connection limit was \
              reached 12 times (clients waited); closed early: 8 idle timeouts, 9 write \
              timeouts, 10 idle reclaimed for waiting clients, 11 vanished (keepalive); \

@@ -151,18 +151,28 @@ impl Read for Metered<'_> {
 }
 
 impl Metered<'_> {
-    /// Counts (and with `--log-data` logs) bytes received from the client:
-    /// what every read does, and what follows a PROXY protocol header.
-    pub(crate) fn received(&self, bytes: &[u8]) {
-        let n = bytes.len();
+    /// `data` has arrived: counted, the connection busy until it is
+    /// written back, logged with `--log-data`. What every read does; the
+    /// uring engine (which receives without `read`) and the bytes after a
+    /// PROXY protocol header call it themselves.
+    pub(crate) fn received(&mut self, data: &[u8]) {
+        let n = data.len();
         Counters::add(&self.counters.bytes_received, n as u64);
         self.stream.activity.received();
         if self.log_data {
             log::info!(
                 peer:% = self.peer, bytes = n;
-                "{} sent {n} bytes: \"{}\"", self.peer, escape(bytes)
+                "{} sent {n} bytes: \"{}\"", self.peer, escape(data)
             );
         }
+    }
+
+    /// `n` bytes of an echo have been written back. (The uring engine sends
+    /// without `write` and calls this itself.)
+    pub(crate) fn sent(&mut self, n: usize) {
+        self.last_op = Op::Write;
+        self.stream.activity.wrote();
+        Counters::add(&self.counters.bytes_echoed, n as u64);
     }
 }
 
@@ -173,8 +183,7 @@ impl Write for Metered<'_> {
             return Err(injected);
         }
         let n = { self.stream }.write(buf)?;
-        self.stream.activity.wrote();
-        Counters::add(&self.counters.bytes_echoed, n as u64);
+        self.sent(n);
         Ok(n)
     }
 

@@ -333,14 +333,21 @@ fn connections_are_served_on_their_engine_and_shutdown_drains_all(engine: Engine
     }
     let stats = server.handle.stats();
     let expected = match engine {
-        Engine::Threads => (5, 0),
-        Engine::Events => (0, 5),
+        Engine::Threads => (5, 0, 0),
+        Engine::Events => (0, 5, 0),
+        Engine::Uring => (0, 0, 5),
         _ => (
             AUTO_THREAD_CONNECTIONS as u64,
             5 - AUTO_THREAD_CONNECTIONS as u64,
+            0,
         ),
     };
-    assert_eq!((stats.active_threads, stats.active_events), expected);
+    let placed = (
+        stats.active_threads,
+        stats.active_events,
+        stats.active_uring,
+    );
+    assert_eq!(placed, expected);
     assert_eq!(stats.active, 5);
     for (i, c) in clients.iter_mut().enumerate() {
         c.write_all(format!("bye {i}").as_bytes()).unwrap();
@@ -352,8 +359,13 @@ fn connections_are_served_on_their_engine_and_shutdown_drains_all(engine: Engine
     });
     let stats = server.stop();
     assert_eq!(
-        (stats.active, stats.active_threads, stats.active_events),
-        (0, 0, 0)
+        (
+            stats.active,
+            stats.active_threads,
+            stats.active_events,
+            stats.active_uring
+        ),
+        (0, 0, 0, 0)
     );
     for (i, mut c) in clients.into_iter().enumerate() {
         let mut rest = Vec::new();

@@ -2,8 +2,8 @@
 //! started once per process and shared by every input) driven by a script of
 //! client actions over up to four concurrent connections.
 //!
-//! Input: `[engine][action]*`. The engine byte picks threads, events, or auto
-//! with one thread connection (`% 3`). Each action byte names a connection
+//! Input: `[engine][action]*`. The engine byte picks threads, events, uring
+//! (io_uring loops), or auto with one thread connection (`% 4`). Each action byte names a connection
 //! slot (high nibble `% 4`) and an action (low nibble `% 13`), followed by its
 //! argument bytes (missing ones read as 0):
 //!
@@ -86,12 +86,13 @@ fn start(name: &'static str, engine: Engine) -> Target {
     }
 }
 
-fn targets() -> &'static [Target; 3] {
-    static TARGETS: OnceLock<[Target; 3]> = OnceLock::new();
+fn targets() -> &'static [Target; 4] {
+    static TARGETS: OnceLock<[Target; 4]> = OnceLock::new();
     TARGETS.get_or_init(|| {
         [
             start("threads", Engine::Threads),
             start("events", Engine::Events),
+            start("uring", Engine::Uring),
             start("auto", Engine::Auto),
         ]
     })
@@ -302,9 +303,15 @@ impl Run {
         let s = self.target.handle.stats();
         match self.target.engine {
             Engine::Events => assert_eq!(
-                s.active_threads,
-                0,
-                "{}: a connection on a thread under the events engine: {s:?}",
+                (s.active_threads, s.active_uring),
+                (0, 0),
+                "{}: a connection on a thread or io_uring under the events engine: {s:?}",
+                self.at()
+            ),
+            Engine::Uring => assert_eq!(
+                (s.active_threads, s.active_events),
+                (0, 0),
+                "{}: a connection on a thread or event loop under the uring engine: {s:?}",
                 self.at()
             ),
             Engine::Threads => assert_eq!(
@@ -370,6 +377,7 @@ fn settle(run: &Run, before: &Stats) {
             && s.active == before.active
             && s.active_threads == 0
             && s.active_events == 0
+            && s.active_uring == 0
         {
             break s;
         }
@@ -421,7 +429,7 @@ fuzz_target!(|data: &[u8]| {
     let Some((&engine, script)) = data.split_first() else {
         return;
     };
-    let target = &targets()[usize::from(engine % 3)];
+    let target = &targets()[usize::from(engine % 4)];
     let before = target.handle.stats();
     assert_eq!(
         before.active, 0,

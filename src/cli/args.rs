@@ -103,8 +103,11 @@ pub struct Args {
 
     /// How connections are served: `threads` (a thread each: lowest latency
     /// for a few connections), `events` (event loops, one per core: many
-    /// busy connections, up to the descriptor limit), or `auto` (threads for
-    /// the first --thread-connections, event loops for the rest).
+    /// busy connections, up to the descriptor limit), `uring` (io_uring loops,
+    /// one per core, Linux: receives into kernel-picked buffers, echoes sent
+    /// without a copy; exits 1 at start-up if io_uring is refused), or
+    /// `auto` (threads for the first --thread-connections, event loops for
+    /// the rest).
     #[arg(long, value_name = "ENGINE", default_value = "auto", value_parser = str::parse::<Engine>)]
     pub engine: Engine,
 

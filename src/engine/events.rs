@@ -246,14 +246,7 @@ impl EventLoop {
     }
 
     fn tick(&self) -> Option<Duration> {
-        let settings = &self.ctx.settings;
-        // A PROXY protocol header's deadline is checked on the same tick.
-        let header = settings.proxy.is_on().then_some(settings.proxy.timeout);
-        let idle = match (settings.idle_timeout, header) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        sweep_period(idle, settings.write_timeout)
+        super::sweep_tick(&self.ctx.settings)
     }
 
     /// Takes the commands waiting in the inbox. Returns `false` on `Stop`.
@@ -397,17 +390,6 @@ impl EventLoop {
     }
 }
 
-/// How often an event loop checks its timeouts: often enough that a timeout
-/// fires within a quarter of itself (or 1 s) late, at most once per 10 ms;
-/// never without a timeout.
-fn sweep_period(idle: Option<Duration>, write: Option<Duration>) -> Option<Duration> {
-    let shortest = match (idle, write) {
-        (Some(a), Some(b)) => a.min(b),
-        (a, b) => a.or(b)?,
-    };
-    Some((shortest / 4).clamp(Duration::from_millis(10), Duration::from_secs(1)))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -481,18 +463,5 @@ mod tests {
         assert_eq!(loops.loops[0].load.load(Relaxed), 0);
         drop(back);
         assert_eq!(ctx.limit.in_use(), 0, "the slot is freed");
-    }
-
-    #[test]
-    fn timeouts_are_checked_at_a_quarter_of_the_shortest() {
-        let ms = Duration::from_millis;
-        assert_eq!(sweep_period(None, None), None);
-        assert_eq!(sweep_period(Some(ms(2000)), None), Some(ms(500)));
-        assert_eq!(sweep_period(None, Some(ms(400))), Some(ms(100)));
-        assert_eq!(sweep_period(Some(ms(800)), Some(ms(2000))), Some(ms(200)));
-        assert_eq!(sweep_period(Some(ms(2000)), Some(ms(800))), Some(ms(200)));
-        // Bounded both ways.
-        assert_eq!(sweep_period(Some(ms(20)), None), Some(ms(10)));
-        assert_eq!(sweep_period(Some(ms(60_000)), None), Some(ms(1000)));
     }
 }

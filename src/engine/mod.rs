@@ -1,11 +1,13 @@
-//! The engines: two ways to wait for a connection's next bytes, one echo
+//! The engines: three ways to wait for a connection's next bytes, one echo
 //! core. [`Engines::serve`] places each admitted connection on a thread of
-//! its own or on an event loop, by the configured [`Engine`], and never
-//! moves it afterwards.
+//! its own, on an event loop or (`Uring`) on an io_uring loop, by the
+//! configured [`Engine`], and never moves it afterwards.
 
 #[cfg(unix)]
 mod events;
 pub(crate) mod threads;
+#[cfg(all(target_os = "linux", feature = "uring"))]
+mod uring;
 
 use crate::connection::Connection;
 use crate::context::Context;
@@ -25,6 +27,9 @@ pub(crate) struct Engines {
     seats: Arc<ThreadSeats>,
     #[cfg(unix)]
     loops: Option<events::EventLoops>,
+    /// The io_uring loops, under `Uring` only.
+    #[cfg(all(target_os = "linux", feature = "uring"))]
+    uring: Option<uring::UringLoops>,
 }
 
 /// Why a connection could not be served; it has been closed.
@@ -38,17 +43,29 @@ impl Engines {
         let engine = ctx.settings.engine;
         #[cfg(unix)]
         let loops = match engine {
-            Engine::Threads => None,
+            Engine::Threads | Engine::Uring => None,
             _ => Some(events::EventLoops::start(
                 crate::settings::per_core(ctx.settings.event_loops),
                 ctx,
             )?),
+        };
+        // `--event-loops` counts these loops too. (The builder refused
+        // `Uring` where this module is not compiled.)
+        #[cfg(all(target_os = "linux", feature = "uring"))]
+        let uring = match engine {
+            Engine::Uring => Some(uring::UringLoops::start(
+                crate::settings::per_core(ctx.settings.event_loops),
+                ctx,
+            )?),
+            _ => None,
         };
         Ok(Engines {
             engine,
             seats: ThreadSeats::new(thread_seats),
             #[cfg(unix)]
             loops,
+            #[cfg(all(target_os = "linux", feature = "uring"))]
+            uring,
         })
     }
 
@@ -77,6 +94,12 @@ impl Engines {
 
     #[cfg(unix)]
     fn serve_on_event_loop(&self, conn: Connection) -> Result<(), Refused> {
+        #[cfg(all(target_os = "linux", feature = "uring"))]
+        if let Some(uring) = &self.uring {
+            return uring
+                .serve(conn)
+                .map_err(|conn| refuse(conn, io::Error::other("no uring loop is running")));
+        }
         match &self.loops {
             Some(loops) => loops
                 .serve(conn)
@@ -96,6 +119,10 @@ impl Engines {
         #[cfg(unix)]
         if let Some(loops) = &self.loops {
             loops.nudge();
+        }
+        #[cfg(all(target_os = "linux", feature = "uring"))]
+        if let Some(uring) = &self.uring {
+            uring.nudge();
         }
     }
 }
@@ -126,4 +153,51 @@ fn refuse(conn: Connection, e: io::Error) -> Refused {
     Counters::add(&conn.ctx().counters.thread_refused, 1);
     drop(conn);
     Refused(e)
+}
+
+/// How often a loop (events or uring) checks its deadlines: the idle and
+/// write timeouts and a PROXY protocol header's.
+pub(crate) fn sweep_tick(settings: &crate::settings::Settings) -> Option<std::time::Duration> {
+    let header = settings.proxy.is_on().then_some(settings.proxy.timeout);
+    let idle = match (settings.idle_timeout, header) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    sweep_period(idle, settings.write_timeout)
+}
+
+/// How often an event loop checks its timeouts: often enough that a timeout
+/// fires within a quarter of itself (or 1 s) late, at most once per 10 ms;
+/// never without a timeout.
+fn sweep_period(
+    idle: Option<std::time::Duration>,
+    write: Option<std::time::Duration>,
+) -> Option<std::time::Duration> {
+    let shortest = match (idle, write) {
+        (Some(a), Some(b)) => a.min(b),
+        (a, b) => a.or(b)?,
+    };
+    Some((shortest / 4).clamp(
+        std::time::Duration::from_millis(10),
+        std::time::Duration::from_secs(1),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn timeouts_are_checked_at_a_quarter_of_the_shortest() {
+        let ms = Duration::from_millis;
+        assert_eq!(sweep_period(None, None), None);
+        assert_eq!(sweep_period(Some(ms(2000)), None), Some(ms(500)));
+        assert_eq!(sweep_period(None, Some(ms(400))), Some(ms(100)));
+        assert_eq!(sweep_period(Some(ms(800)), Some(ms(2000))), Some(ms(200)));
+        assert_eq!(sweep_period(Some(ms(2000)), Some(ms(800))), Some(ms(200)));
+        // Bounded both ways.
+        assert_eq!(sweep_period(Some(ms(20)), None), Some(ms(10)));
+        assert_eq!(sweep_period(Some(ms(60_000)), None), Some(ms(1000)));
+    }
 }

@@ -26,5 +26,7 @@ pub(crate) mod socket;
 pub(crate) mod sockopt;
 #[cfg(all(test, target_os = "linux"))]
 pub(crate) mod thread;
+#[cfg(all(target_os = "linux", feature = "uring"))]
+pub(crate) mod uring;
 #[cfg(unix)]
 pub(crate) mod user;

@@ -44,11 +44,14 @@ struct Running {
 /// Any engine; under `auto`, so few connections on threads that most cases
 /// have connections on both engines at once.
 fn engine() -> impl Strategy<Value = Engine> {
-    prop_oneof![
-        Just(Engine::Threads),
-        Just(Engine::Events),
-        Just(Engine::Auto),
-    ]
+    let engines = [
+        Engine::Threads,
+        Engine::Events,
+        #[cfg(all(target_os = "linux", feature = "uring"))]
+        Engine::Uring,
+        Engine::Auto,
+    ];
+    proptest::sample::select(engines.to_vec())
 }
 
 fn start(max_connections: usize, engine: Engine) -> Running {

@@ -95,6 +95,7 @@ pub fn on_engine<'a>(engine: Engine, args: &[&'a str]) -> Vec<&'a str> {
     let flags: &'static [&'static str] = match engine {
         Engine::Threads => &["--engine", "threads"],
         Engine::Events => &["--engine", "events", "--event-loops", "2"],
+        Engine::Uring => &["--engine", "uring", "--event-loops", "2"],
         _ => &[
             "--engine",
             "auto",
@@ -108,7 +109,8 @@ pub fn on_engine<'a>(engine: Engine, args: &[&'a str]) -> Vec<&'a str> {
 }
 
 /// Turns each listed `fn name(engine: Engine)` into one test per engine:
-/// `threads::name`, `events::name` (Unix) and `auto::name`.
+/// `threads::name`, `events::name` (Unix), `uring::name` (Linux, feature `uring`) and
+/// `auto::name`.
 #[macro_export]
 macro_rules! engine_tests {
     ($($name:ident),* $(,)?) => {
@@ -118,6 +120,12 @@ macro_rules! engine_tests {
         #[cfg(unix)]
         mod events {
             $( #[test] fn $name() { super::$name(echo_server::Engine::Events) } )*
+        }
+        // The package's features apply to its tests: without `uring`
+        // (`--no-default-features`) there is no such engine to test.
+        #[cfg(all(target_os = "linux", feature = "uring"))]
+        mod uring {
+            $( #[test] fn $name() { super::$name(echo_server::Engine::Uring) } )*
         }
         mod auto {
             $( #[test] fn $name() { super::$name(echo_server::Engine::Auto) } )*

@@ -21,9 +21,9 @@ pub(crate) const POLL: Duration = Duration::from_secs(1);
 /// can say (a library user's `Duration::MAX` means "no end" and must not
 /// overflow).
 pub(crate) fn deadline(after: Duration) -> Instant {
+    const YEAR: Duration = Duration::from_secs(31_536_000);
     let now = Instant::now();
-    now.checked_add(after)
-        .unwrap_or_else(|| now + Duration::from_secs(365 * 24 * 3600))
+    now.checked_add(after).unwrap_or_else(|| now + YEAR)
 }
 
 type Waker = Box<dyn Fn() + Send + Sync>;

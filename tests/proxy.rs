@@ -414,8 +414,15 @@ fn the_longest_durations_a_library_user_can_pass_overflow_nothing() {
                 .proxy_protocol_timeout(Duration::MAX)
                 .shutdown_grace(Duration::MAX),
         );
-        let sent = [v1("192.0.2.9:9"), b"long".to_vec()].concat();
-        assert_eq!(send_in_pieces(server.addr, &[&sent]), b"long", "{engine}");
+        // In two pieces, so that the deadline is looked at in between.
+        let header = v1("192.0.2.9:9");
+        let (first, rest) = header.split_at(10);
+        let mut s = connect(server.addr);
+        s.write_all(first).unwrap();
+        thread::sleep(Duration::from_millis(300));
+        s.write_all(&[rest, b"long"].concat()).unwrap();
+        s.shutdown(Shutdown::Write).unwrap();
+        assert_eq!(read_until_closed(&mut s), b"long", "{engine}");
         let stats = server.stop();
         assert_eq!(stats.bytes_echoed, 4, "{engine}");
     }

@@ -16,8 +16,8 @@ results.json without running anything). Only 127.0.0.0/8 is used; every
 run is bounded in time (echo-bench ends by itself; this script kills what
 overstays).
 
-Our server is three rows, one per engine (`ours-threads`, `ours-events`,
-`ours-auto`, run with `--engine ENGINE`), or a single `ours` row when
+Our server is a row per engine (`ours-threads`, `ours-events`,
+`ours-uring` where the binary has it, `ours-auto`, run with `--engine ENGINE`), or a single `ours` row when
 `echo-server --help` does not mention `--engine`. In the UDP scenarios
 (the engine does not matter there) it is one row, `ours`
 (`echo-server -q --udp --udp-rate 0 --udp-total-rate 0 PORT`), plus
@@ -98,7 +98,7 @@ PEERS = OUT / "peers"            # where build.sh puts the binaries
 PEERS_STAMP = PEERS / ".built"   # written after a build.sh run that compiled everything it could
 OURS_BIN = ROOT / "target/release/echo-server"
 BENCH_BIN = ROOT / "bench/target/release/echo-bench"
-ENGINES = ["threads", "events", "auto"]
+ENGINES = ["threads", "events", "uring", "auto"]
 PEER_NAMES = ["tokio", "epoll-c", "uring-c", "go-echo", "seed-c", "socat"]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -180,8 +180,10 @@ def our_rows(extra):
     if "--engine" not in help_text:
         log("note: echo-server --help does not mention --engine; one `ours` row without it")
         return {"ours": lambda p, _b: [*base, *extra, str(p)]}
+    # `uring` only where the binary has it (Linux, feature `uring`).
+    engines = [e for e in ENGINES if e != "uring" or "uring" in help_text]
     return {f"ours-{e}": (lambda e: lambda p, _b: [*base, "--engine", e, *extra, str(p)])(e)
-            for e in ENGINES}
+            for e in engines}
 
 
 def server_table(args):

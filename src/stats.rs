@@ -171,6 +171,13 @@ counters! {
         /// closed without an echo: their header was malformed, too long, or
         /// not complete in time.
         proxy_refused: counter, Refused "{} without a valid PROXY header", refused_total{reason="proxy_header"};
+        /// Connections to a TLS listener closed without an echo because their
+        /// handshake failed: a plaintext client, or (mutual TLS) no or a bad
+        /// client certificate.
+        tls_handshake_failed: counter, Refused "{} failed TLS handshakes", refused_total{reason="tls_handshake"};
+        /// Connections to a TLS listener closed without an echo because their
+        /// handshake was not done within `--tls-handshake-timeout`.
+        tls_handshake_timeouts: counter, Refused "{} TLS handshakes timed out", refused_total{reason="tls_handshake_timeout"};
         /// Connections reset at once because the process was out of file
         /// descriptors (the spare descriptor was used to accept and close them).
         fd_exhausted: counter, Refused "{} reset for lack of file descriptors", refused_total{reason="no_file_descriptor"};

@@ -313,6 +313,19 @@ impl EventLoop {
                 Err(outcome) => return self.close(index, outcome),
             }
         }
+        if served.conn.handshake_deadline().is_some() {
+            match served.conn.handshake() {
+                // Idle (and write) time counts from here.
+                Ok(true) => served.since = now,
+                Ok(false) => return,
+                Err(outcome) => return self.close(index, outcome),
+            }
+        }
+        if served.conn.is_tls() {
+            // A short read of plaintext says nothing of the socket: rustls
+            // may hold more records, or have read only some of the queue.
+            drained = Drained::Unknown;
+        }
         let before = (served.echo.echoed(), served.echo.is_writing());
         let mut metered = served.conn.metered();
         let mut turn = CHUNKS_PER_TURN;
@@ -361,6 +374,13 @@ impl EventLoop {
             if let Some(deadline) = served.conn.preface_deadline() {
                 if now >= deadline {
                     let outcome = served.conn.preface_timed_out();
+                    self.close(index, outcome);
+                }
+                continue;
+            }
+            if let Some(deadline) = served.conn.handshake_deadline() {
+                if now >= deadline {
+                    let outcome = served.conn.handshake_timed_out();
                     self.close(index, outcome);
                 }
                 continue;

@@ -1,0 +1,1 @@
+//! TLS through the binary.

@@ -332,11 +332,34 @@ fn mutual_tls_accepts_a_client_certificate_and_refuses_none() {
     assert_eq!(with, "OK 03E9", "{:#?}", server.seen);
     let without = client(&pki, "echo", port, 50_000, None);
     assert!(without.starts_with("ERR"), "no certificate, yet: {without}");
-    // The server's own certificate is no client's.
-    let wrong = client(&pki, "echo", port, 10, Some(("server.pem", "server.key")));
+    // A certificate of another CA is refused too.
+    pki.openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        "stranger.key",
+        "-out",
+        "stranger.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=stranger",
+    ]);
+    let wrong = client(
+        &pki,
+        "echo",
+        port,
+        10,
+        Some(("stranger.pem", "stranger.key")),
+    );
     assert!(
         wrong.starts_with("ERR"),
-        "a server certificate, yet: {wrong}"
+        "another CA's certificate, yet: {wrong}"
     );
     server.wait_for_stats("2 failed TLS handshakes");
     server.stop();
@@ -389,8 +412,11 @@ fn sighup_reloads_the_certificate_and_keeps_it_when_the_new_one_is_bad() {
 #[test]
 fn tls_and_plain_ports_serve_side_by_side() {
     let Some(pki) = Pki::make() else { return };
-    let (mut server, port) = spawn(Engine::Auto, &pki, &["0"]);
-    let plain = server.tcp_addr();
+    let (server, port) = spawn(Engine::Auto, &pki, &["0"]);
+    let mut server = server;
+    // Both lines are printed at start-up; the TLS one was waited for.
+    let line = server.line_containing("listening on tcp ");
+    let plain: std::net::SocketAddr = line["listening on tcp ".len()..].parse().unwrap();
     assert_eq!(
         round_trip(connect(plain), b"in the clear".to_vec()),
         b"in the clear"

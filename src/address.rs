@@ -20,6 +20,8 @@ pub enum ListenAddr {
     Udp(SocketAddr),
     /// A Unix stream socket at this path.
     Unix(PathBuf),
+    /// A TCP listener whose clients speak TLS (feature `tls`).
+    Tls(SocketAddr),
 }
 
 impl fmt::Display for ListenAddr {
@@ -28,6 +30,7 @@ impl fmt::Display for ListenAddr {
             ListenAddr::Tcp(addr) => write!(f, "tcp {addr}"),
             ListenAddr::Udp(addr) => write!(f, "udp {addr}"),
             ListenAddr::Unix(path) => write!(f, "unix {}", path.display()),
+            ListenAddr::Tls(addr) => write!(f, "tls {addr}"),
         }
     }
 }

@@ -61,6 +61,9 @@ pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// dripping client is ever closed by this.
 pub const DEFAULT_PROXY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long a TLS handshake may take, from accept, by default.
+pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Builds a [`Server`]: add listeners, set limits, then [`build`](Self::build)
 /// binds every socket.
 ///
@@ -87,6 +90,10 @@ pub struct ServerBuilder {
     /// Permissions of the Unix sockets this builder binds; the umask's when
     /// `None`.
     unix_mode: Option<u32>,
+    /// The TLS certificate files, read by `build` when a TLS listener is
+    /// configured.
+    #[cfg(feature = "tls")]
+    tls_files: crate::tls_config::TlsFiles,
     settings: Settings,
 }
 
@@ -95,6 +102,8 @@ pub struct ServerBuilder {
 #[derive(Debug)]
 enum Binding {
     Tcp(SocketAddr),
+    #[cfg(feature = "tls")]
+    Tls(SocketAddr),
     TcpListener(TcpListener),
     Udp(SocketAddr),
     UdpSocket(UdpSocket),
@@ -111,6 +120,8 @@ impl Default for ServerBuilder {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             backlog: DEFAULT_BACKLOG,
             unix_mode: None,
+            #[cfg(feature = "tls")]
+            tls_files: crate::tls_config::TlsFiles::default(),
             settings: Settings {
                 idle_timeout: None,
                 write_timeout: Some(DEFAULT_WRITE_TIMEOUT),
@@ -140,6 +151,9 @@ impl Default for ServerBuilder {
                     unix: false,
                     timeout: DEFAULT_PROXY_TIMEOUT,
                 },
+                tls_handshake_timeout: DEFAULT_TLS_HANDSHAKE_TIMEOUT,
+                #[cfg(feature = "tls")]
+                tls: None,
             },
         }
     }
@@ -317,6 +331,51 @@ impl ServerBuilder {
         self
     }
 
+    /// Listens for TLS over TCP on `addr` (feature `tls`): each client's
+    /// handshake comes first (within
+    /// [`tls_handshake_timeout`](Self::tls_handshake_timeout)), then the
+    /// plaintext it sends is echoed, encrypted; its `close_notify` is its
+    /// half-close. Needs [`tls_cert`](Self::tls_cert) and
+    /// [`tls_key`](Self::tls_key). Port 0 lets the OS pick one.
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, addr: impl Into<SocketAddr>) -> Self {
+        self.bindings.push(Binding::Tls(addr.into()));
+        self
+    }
+
+    /// The TLS certificate chain, a PEM file, the server's own certificate
+    /// first. Read by [`build`](Self::build), and again on
+    /// [`ServerHandle::reload_tls`](crate::ServerHandle::reload_tls).
+    #[cfg(feature = "tls")]
+    pub fn tls_cert(mut self, file: impl Into<PathBuf>) -> Self {
+        self.tls_files.cert = Some(file.into());
+        self
+    }
+
+    /// The TLS private key, a PEM file (PKCS#8, PKCS#1 or SEC1).
+    #[cfg(feature = "tls")]
+    pub fn tls_key(mut self, file: impl Into<PathBuf>) -> Self {
+        self.tls_files.key = Some(file.into());
+        self
+    }
+
+    /// Mutual TLS: every TLS client must present a certificate signed by a
+    /// CA of this PEM file, or its handshake fails. `None` (the default):
+    /// no client certificate is asked for.
+    #[cfg(feature = "tls")]
+    pub fn tls_client_ca(mut self, file: Option<PathBuf>) -> Self {
+        self.tls_files.client_ca = file;
+        self
+    }
+
+    /// How long a TLS client has, from accept, to finish its handshake; a
+    /// silent or slow one is then closed (and counted). Default
+    /// [`DEFAULT_TLS_HANDSHAKE_TIMEOUT`].
+    pub fn tls_handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.tls_handshake_timeout = timeout;
+        self
+    }
+
     /// How long a PROXY protocol header may take to arrive in full.
     /// Default [`DEFAULT_PROXY_TIMEOUT`].
     pub fn proxy_protocol_timeout(mut self, timeout: Duration) -> Self {
@@ -434,7 +493,8 @@ impl ServerBuilder {
     /// `InvalidInput` for a configuration that cannot serve (no listener, a
     /// limit of 0 connections, a zero idle timeout), or the OS error from
     /// binding, with the address added.
-    pub fn build(self) -> io::Result<Server> {
+    #[cfg_attr(not(feature = "tls"), allow(unused_mut))]
+    pub fn build(mut self) -> io::Result<Server> {
         if self.bindings.is_empty() {
             return Err(invalid("no listener configured"));
         }
@@ -480,6 +540,16 @@ impl ServerBuilder {
         }
         if self.settings.engine == Engine::Uring {
             uring_available()?;
+        }
+        #[cfg(feature = "tls")]
+        if self.bindings.iter().any(|b| matches!(b, Binding::Tls(_))) {
+            if self.settings.tls_handshake_timeout.is_zero() {
+                return Err(invalid("the TLS handshake timeout must be more than zero"));
+            }
+            // Read before anything is bound: a bad file leaves nothing bound.
+            self.settings.tls = Some(std::sync::Arc::new(crate::tls_config::TlsConfig::load(
+                self.tls_files.clone(),
+            )?));
         }
         let (max_connections, thread_seats) = self.thread_plan();
         let mut listeners: Vec<Listener> = Vec::with_capacity(self.bindings.len());
@@ -698,6 +768,12 @@ fn bind(
     Ok(match binding {
         Binding::Tcp(addr) => Listener::Stream(
             listener::bind_tcp(addr, backlog).map_err(context(ListenAddr::Tcp(addr)))?,
+        ),
+        #[cfg(feature = "tls")]
+        Binding::Tls(addr) => Listener::Stream(
+            listener::bind_tcp(addr, backlog)
+                .map_err(context(ListenAddr::Tls(addr)))?
+                .into_tls(),
         ),
         Binding::TcpListener(l) => Listener::Stream(StreamListener::from_socket(Socket::from(l))?),
         Binding::Udp(addr) => Listener::Datagram(

@@ -31,6 +31,10 @@ pub(crate) struct Connection {
     /// when it must be complete. Boxed: most connections owe none, and a
     /// `Connection` is moved between threads by value.
     preface: Option<Box<(Preface, Instant)>>,
+    /// A TLS listener's connection: its session (and, until the handshake
+    /// is done, its deadline). Boxed for the same reason.
+    #[cfg(feature = "tls")]
+    tls: Option<Box<crate::tls::Session>>,
     slot: Slot,
 }
 
@@ -84,6 +88,8 @@ impl Connection {
             stream,
             peer,
             preface,
+            #[cfg(feature = "tls")]
+            tls: None,
             slot: Slot {
                 id,
                 ctx: Arc::clone(ctx),
@@ -131,7 +137,7 @@ impl Connection {
     }
 
     /// The stream as the echo core sees it.
-    pub(crate) fn metered(&self) -> Metered<'_> {
+    pub(crate) fn metered(&mut self) -> Metered<'_> {
         let ctx = &self.slot.ctx;
         Metered {
             stream: &self.stream,
@@ -140,7 +146,102 @@ impl Connection {
             log_data: ctx.settings.log_data,
             peer: &self.peer,
             last_op: Op::Read,
+            #[cfg(feature = "tls")]
+            tls: self.tls.as_mut().map(|session| &mut session.tls),
         }
+    }
+
+    /// A TLS listener's connection: it owes a handshake (within
+    /// `--tls-handshake-timeout` of now) and is served over TLS after it,
+    /// with the server's certificate of the moment.
+    ///
+    /// # Errors
+    ///
+    /// `Failed` if rustls cannot start a session with the configuration.
+    #[cfg(feature = "tls")]
+    pub(crate) fn start_tls(&mut self) -> Result<(), Outcome> {
+        let settings = &self.slot.ctx.settings;
+        let Some(config) = &settings.tls else {
+            return Err(Outcome::Failed(io::Error::other("no TLS configuration")));
+        };
+        let tls = rustls::ServerConnection::new(config.current())
+            .map_err(|e| Outcome::Failed(io::Error::other(e)))?;
+        self.tls = Some(Box::new(crate::tls::Session {
+            tls,
+            handshake_deadline: Some(crate::shutdown::deadline(settings.tls_handshake_timeout)),
+        }));
+        Ok(())
+    }
+
+    /// Whether it is served over TLS (its engine cannot look at the
+    /// socket's bytes, only at the plaintext).
+    pub(crate) fn is_tls(&self) -> bool {
+        #[cfg(feature = "tls")]
+        return self.tls.is_some();
+        #[cfg(not(feature = "tls"))]
+        false
+    }
+
+    /// When the TLS handshake it still owes must be done; `None` once it
+    /// is (or for a plain connection).
+    pub(crate) fn handshake_deadline(&self) -> Option<Instant> {
+        #[cfg(feature = "tls")]
+        return self.tls.as_ref().and_then(|s| s.handshake_deadline);
+        #[cfg(not(feature = "tls"))]
+        None
+    }
+
+    /// Drives the TLS handshake it owes as far as the socket allows:
+    /// `Ok(true)` once done (at once for a plain connection), `Ok(false)`
+    /// while it waits for the socket (engines wait for readiness, or block
+    /// with a timeout, each their own way).
+    ///
+    /// # Errors
+    ///
+    /// How to close the connection: `Refused` (and counted) for a client
+    /// that does not speak TLS as required (plaintext, no or a bad client
+    /// certificate); `Failed` for one that closed or reset first.
+    pub(crate) fn handshake(&mut self) -> Result<bool, Outcome> {
+        #[cfg(feature = "tls")]
+        if let Some(session) = &mut self.tls {
+            if session.handshake_deadline.is_none() {
+                return Ok(true);
+            }
+            let mut io = crate::tls::TlsIo {
+                socket: &*self.stream,
+                tls: &mut session.tls,
+            };
+            return match io.handshake() {
+                Ok(done) => {
+                    if done {
+                        session.handshake_deadline = None;
+                        // Idle from now: the handshake had its own deadline.
+                        self.stream.activity.began();
+                        log::debug!(peer:% = self.peer; "{}: TLS handshake done", self.peer);
+                    }
+                    Ok(done)
+                }
+                Err(crate::tls::HandshakeError::Io(e)) => Err(Outcome::Failed(e)),
+                Err(crate::tls::HandshakeError::Refused(e)) => {
+                    Counters::add(&self.slot.ctx.counters.tls_handshake_failed, 1);
+                    Err(Outcome::Refused(io::Error::new(
+                        ErrorKind::InvalidData,
+                        format!("TLS handshake failed: {e}"),
+                    )))
+                }
+            };
+        }
+        Ok(true)
+    }
+
+    /// The TLS handshake was not done in time: counted, and how to close
+    /// the connection.
+    pub(crate) fn handshake_timed_out(&mut self) -> Outcome {
+        Counters::add(&self.slot.ctx.counters.tls_handshake_timeouts, 1);
+        Outcome::Refused(io::Error::new(
+            ErrorKind::TimedOut,
+            "no TLS handshake in time",
+        ))
     }
 
     /// When the PROXY protocol header it still owes must be complete;
@@ -207,6 +308,16 @@ impl Connection {
                 // Idle from now, not from accept: the header took its time
                 // under a deadline of its own.
                 self.stream.activity.began();
+                #[cfg(feature = "tls")]
+                if let Some(session) = &mut self.tls {
+                    // The first bytes of the TLS handshake, not the
+                    // client's data: rustls takes them.
+                    if let Err(e) = feed_tls(&mut session.tls, &rest) {
+                        Counters::add(&self.slot.ctx.counters.tls_handshake_failed, 1);
+                        return Err(Outcome::Refused(e));
+                    }
+                    return Ok(Some(Vec::new()));
+                }
                 if !rest.is_empty() {
                     self.metered().received(&rest);
                 }
@@ -267,7 +378,18 @@ impl Connection {
     }
 
     /// Ends the connection: counts and logs how, and closes it.
-    pub(crate) fn close(self, outcome: Outcome) {
+    #[cfg_attr(not(feature = "tls"), allow(unused_mut))]
+    pub(crate) fn close(mut self, outcome: Outcome) {
+        #[cfg(feature = "tls")]
+        if let (Outcome::Finished(_), Some(session)) = (&outcome, &mut self.tls) {
+            // The echo is complete: said in TLS too, with our close_notify,
+            // before the FIN.
+            crate::tls::TlsIo {
+                socket: &*self.stream,
+                tls: &mut session.tls,
+            }
+            .close_notify();
+        }
         let ctx = &self.slot.ctx;
         let peer = &self.peer;
         match outcome {
@@ -304,6 +426,20 @@ impl Connection {
             }
         }
     }
+}
+
+/// Bytes of a TLS handshake that came in the read that ended a PROXY
+/// protocol header, given to rustls.
+#[cfg(feature = "tls")]
+fn feed_tls(tls: &mut rustls::ServerConnection, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        if tls.read_tls(&mut bytes)? == 0 {
+            break;
+        }
+        tls.process_new_packets()
+            .map_err(|e| io::Error::new(ErrorKind::InvalidData, e))?;
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

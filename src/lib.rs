@@ -18,6 +18,8 @@
 //!   the logger, the man page and completions). Needs `metrics`.
 //! - `metrics` (default): `echo_server::metrics`, the Prometheus endpoint and probes
 //!   (httparse).
+//! - `tls` (default): TLS listeners (`ServerBuilder::tls`), mutual TLS and
+//!   certificate reload, on rustls with its `ring` provider.
 //! - `scripted`: `echo_server::scripted`, the scripted in-memory stream the fuzz
 //!   targets drive the echo core with.
 //!
@@ -79,6 +81,12 @@ mod settings;
 mod shutdown;
 mod sync;
 mod thread_budget;
+// TLS (feature `tls`): the Read + Write adapter over rustls, and the
+// certificates it serves with (read at start-up, re-read on reload).
+#[cfg(feature = "tls")]
+mod tls;
+#[cfg(feature = "tls")]
+mod tls_config;
 // 2. Shared state: counters, limits, the stream type, the connection table.
 mod context;
 mod limit;
@@ -118,7 +126,7 @@ pub use address::{ListenAddr, Network};
 pub use builder::{
     ServerBuilder, DEFAULT_BACKLOG, DEFAULT_KEEPALIVE, DEFAULT_MAX_CONNECTIONS,
     DEFAULT_PROXY_TIMEOUT, DEFAULT_RECLAIM_IDLE, DEFAULT_SHUTDOWN_GRACE,
-    DEFAULT_THREAD_CONNECTIONS, DEFAULT_WRITE_TIMEOUT,
+    DEFAULT_THREAD_CONNECTIONS, DEFAULT_TLS_HANDSHAKE_TIMEOUT, DEFAULT_WRITE_TIMEOUT,
 };
 pub use echo::{
     echo, echo_until_bulk, echo_with_buffer, Echo, Progress, Status, DEFAULT_BUFFER_SIZE,

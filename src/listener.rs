@@ -124,6 +124,15 @@ impl StreamListener {
         })
     }
 
+    /// This TCP listener's clients speak TLS.
+    #[cfg(feature = "tls")]
+    pub(crate) fn into_tls(mut self) -> StreamListener {
+        if let ListenAddr::Tcp(addr) = self.addr {
+            self.addr = ListenAddr::Tls(addr);
+        }
+        self
+    }
+
     /// A Unix socket at a path this server created, removed when the
     /// listener is dropped.
     #[cfg(unix)]
@@ -142,7 +151,9 @@ impl StreamListener {
     /// so `accept` returns and the loop sees the shutdown flag.
     pub(crate) fn waker(&self) -> impl Fn() + Send + Sync + 'static {
         let target: Option<SockAddr> = match &self.addr {
-            ListenAddr::Tcp(addr) => Some(crate::address::connectable(*addr).into()),
+            ListenAddr::Tcp(addr) | ListenAddr::Tls(addr) => {
+                Some(crate::address::connectable(*addr).into())
+            }
             ListenAddr::Unix(path) => SockAddr::unix(path).ok(),
             ListenAddr::Udp(_) => None,
         };
@@ -248,7 +259,16 @@ impl StreamListener {
                     let _ = socket.set_tcp_keepalive(&keepalive(idle));
                 }
             }
-            let conn = Connection::admit(socket, peer.clone(), ctx, permit, source_slot);
+            #[cfg_attr(not(feature = "tls"), allow(unused_mut))]
+            let mut conn = Connection::admit(socket, peer.clone(), ctx, permit, source_slot);
+            #[cfg(feature = "tls")]
+            if matches!(self.addr, ListenAddr::Tls(_)) {
+                if let Err(outcome) = conn.start_tls() {
+                    log::warn!("{}: cannot start TLS for {peer}", self.addr);
+                    conn.close(outcome);
+                    continue;
+                }
+            }
             if let Err(Refused(e)) = engines.serve(conn) {
                 log::warn!(
                     "{}: no thread for connection from {peer}, closed it: {e}",

@@ -148,6 +148,35 @@ fn join_all(threads: Vec<thread::JoinHandle<()>>) {
 }
 
 impl ServerHandle {
+    /// Whether the server has TLS listeners (whose certificates
+    /// [`reload_tls`](Self::reload_tls) re-reads).
+    pub fn has_tls(&self) -> bool {
+        #[cfg(feature = "tls")]
+        return self.ctx.settings.tls.is_some();
+        #[cfg(not(feature = "tls"))]
+        false
+    }
+
+    /// Re-reads the TLS certificate chain, key and client CA from their
+    /// files (feature `tls`): connections accepted from now on get the new
+    /// ones, those open go on with theirs.
+    ///
+    /// # Errors
+    ///
+    /// `NotFound` when the server has no TLS listener; otherwise the file
+    /// that could not be read or used and why, and the configuration in
+    /// force stays.
+    #[cfg(feature = "tls")]
+    pub fn reload_tls(&self) -> io::Result<()> {
+        match &self.ctx.settings.tls {
+            Some(config) => config.reload(),
+            None => Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                "the server has no TLS listener",
+            )),
+        }
+    }
+
     /// Asks the server to stop. Returns at once; [`Server::run`] returns once
     /// the server has drained. Calling it again does nothing.
     pub fn shutdown(&self) {

@@ -98,6 +98,11 @@ pub(crate) struct Settings {
     pub(crate) reserved_descriptors: usize,
     pub(crate) udp: UdpSettings,
     pub(crate) proxy: ProxySettings,
+    /// How long a TLS handshake may take, from accept.
+    pub(crate) tls_handshake_timeout: Duration,
+    /// The certificates of the TLS listeners, when there are any.
+    #[cfg(feature = "tls")]
+    pub(crate) tls: Option<std::sync::Arc<crate::tls_config::TlsConfig>>,
 }
 
 /// Which connections must begin with a PROXY protocol header (those of a

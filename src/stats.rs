@@ -171,6 +171,13 @@ counters! {
         /// closed without an echo: their header was malformed, too long, or
         /// not complete in time.
         proxy_refused: counter, Refused "{} without a valid PROXY header", refused_total{reason="proxy_header"};
+        /// Connections to a TLS listener closed without an echo because their
+        /// handshake failed: a plaintext client, or (mutual TLS) no or a bad
+        /// client certificate.
+        tls_handshake_failed: counter, Refused "{} failed TLS handshakes", refused_total{reason="tls_handshake"};
+        /// Connections to a TLS listener closed without an echo because their
+        /// handshake was not done within `--tls-handshake-timeout`.
+        tls_handshake_timeouts: counter, Refused "{} TLS handshakes timed out", refused_total{reason="tls_handshake_timeout"};
         /// Connections reset at once because the process was out of file
         /// descriptors (the spare descriptor was used to accept and close them).
         fd_exhausted: counter, Refused "{} reset for lack of file descriptors", refused_total{reason="no_file_descriptor"};
@@ -420,6 +427,8 @@ pub(crate) mod tests {
             refused_per_source: 13,
             thread_refused: 14,
             proxy_refused: 24,
+            tls_handshake_failed: 27,
+            tls_handshake_timeouts: 28,
             fd_exhausted: 15,
             accept_errors: 16,
             datagrams_echoed: 17,
@@ -505,7 +514,7 @@ pub(crate) mod tests {
              reached 12 times (clients waited); closed early: 8 idle timeouts, 9 write \
              timeouts, 10 idle reclaimed for waiting clients, 11 vanished (keepalive); \
              refused: 13 at the per-source cap, 14 for lack of threads, 24 without a valid \
-             PROXY header, 15 reset for lack \
+             PROXY header, 27 failed TLS handshakes, 28 TLS handshakes timed out, 15 reset for lack \
              of file descriptors, 16 accept errors; datagrams not answered: 18 from \
              privileged ports, 19 from invalid sources, 20 rate limited, 21 over the \
              server-wide rate, 22 too large, 23 dropped by the kernel"

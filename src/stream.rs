@@ -136,12 +136,19 @@ pub(crate) struct Metered<'a> {
     pub(crate) log_data: bool,
     pub(crate) peer: &'a Peer,
     pub(crate) last_op: Op,
+    /// A TLS connection's session, once its handshake is done: the bytes
+    /// read and written (and counted, and logged) are then the plaintext.
+    #[cfg(feature = "tls")]
+    pub(crate) tls: Option<&'a mut rustls::ServerConnection>,
 }
 
 impl Read for Metered<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         self.last_op = Op::Read;
-        let n = { self.stream }.read(buf)?;
+        let n = match self.tls_io() {
+            Some(mut tls) => tls.read(buf)?,
+            None => { self.stream }.read(buf)?,
+        };
         // End of file is not data: not counted, not logged.
         if n > 0 {
             self.received(&buf[..n]);
@@ -151,6 +158,31 @@ impl Read for Metered<'_> {
 }
 
 impl Metered<'_> {
+    /// The TLS view of the stream, for a TLS connection.
+    #[cfg(feature = "tls")]
+    fn tls_io(&mut self) -> Option<crate::tls::TlsIo<'_, &Stream>> {
+        let stream = self.stream;
+        self.tls.as_deref_mut().map(|tls| crate::tls::TlsIo {
+            socket: stream,
+            tls,
+        })
+    }
+
+    /// No TLS in this build.
+    #[cfg(not(feature = "tls"))]
+    fn tls_io(&mut self) -> Option<NoTls> {
+        None
+    }
+
+    /// Whether the bytes are TLS records (never to be spliced: the echo is
+    /// of the plaintext).
+    pub(crate) fn is_tls(&self) -> bool {
+        #[cfg(feature = "tls")]
+        return self.tls.is_some();
+        #[cfg(not(feature = "tls"))]
+        false
+    }
+
     /// `data` has arrived: counted, the connection busy until it is
     /// written back, logged with `--log-data`. What every read does; the
     /// uring engine (which receives without `read`) and the bytes after a
@@ -182,16 +214,49 @@ impl Write for Metered<'_> {
         if let Some(injected) = self.faults.take(crate::fault::Point::Send) {
             return Err(injected);
         }
-        let n = { self.stream }.write(buf)?;
+        let n = match self.tls_io() {
+            Some(mut tls) => tls.write(buf)?,
+            None => { self.stream }.write(buf)?,
+        };
         self.sent(n);
         Ok(n)
     }
 
     /// The echo core flushes once a chunk is written back in full (a socket
     /// has nothing to flush): from here the connection is idle.
+    /// Over TLS, the records of the chunk go out first (`WouldBlock` if the
+    /// socket is full: the flush stays owed).
     fn flush(&mut self) -> io::Result<()> {
+        if self.is_tls() {
+            self.last_op = Op::Write;
+        }
+        if let Some(mut tls) = self.tls_io() {
+            tls.flush()?;
+        }
         self.stream.activity.caught_up();
         Ok(())
+    }
+}
+
+/// Stands for the TLS view in a build without TLS: never made.
+#[cfg(not(feature = "tls"))]
+enum NoTls {}
+
+#[cfg(not(feature = "tls"))]
+impl Read for NoTls {
+    fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+        match *self {}
+    }
+}
+
+#[cfg(not(feature = "tls"))]
+impl Write for NoTls {
+    fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+        match *self {}
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match *self {}
     }
 }
 

@@ -172,6 +172,31 @@ pub struct Args {
     #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_secs)]
     pub proxy_timeout: Duration,
 
+    /// TLS ports: each --bind address listens for TLS on each, and echoes
+    /// the decrypted bytes (a client's close_notify is its half-close).
+    /// Needs --tls-cert and --tls-key. May be given several times; the
+    /// PORT arguments may then be left out. SIGHUP re-reads the
+    /// certificate files.
+    #[arg(long = "tls", value_name = "PORT")]
+    pub tls: Vec<u16>,
+
+    /// The TLS certificate chain, a PEM file, the server's own first.
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The TLS private key, a PEM file (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Mutual TLS: require of every TLS client a certificate signed by a CA
+    /// of this PEM file [default: no client certificate asked for]
+    #[arg(long, value_name = "FILE")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// How long a TLS client has, from accept, to finish its handshake.
+    #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_secs)]
+    pub tls_handshake_timeout: Duration,
+
     /// Log every chunk or datagram received, with the client's address, as
     /// escaped text (control bytes and non-ASCII shown as \xNN).
     #[arg(long)]
@@ -373,9 +398,20 @@ impl Args {
             }))
             .proxy_protocol_unix(self.proxy_protocol.contains(&ProxySource::Unix))
             .proxy_protocol_timeout(self.proxy_timeout)
+            .tls_handshake_timeout(self.tls_handshake_timeout)
             .backlog(self.backlog)
             .shutdown_grace(self.shutdown_grace);
-        let ips = if self.ports.is_empty() {
+        #[cfg(feature = "tls")]
+        {
+            if let Some(cert) = &self.tls_cert {
+                builder = builder.tls_cert(cert);
+            }
+            if let Some(key) = &self.tls_key {
+                builder = builder.tls_key(key);
+            }
+            builder = builder.tls_client_ca(self.tls_client_ca.clone());
+        }
+        let ips = if self.ports.is_empty() && self.tls.is_empty() {
             Vec::new()
         } else {
             self.bind_addrs()?
@@ -386,6 +422,10 @@ impl Args {
                 if self.udp {
                     builder = builder.udp(SocketAddr::new(ip, port));
                 }
+            }
+            #[cfg(feature = "tls")]
+            for &port in &self.tls {
+                builder = builder.tls(SocketAddr::new(ip, port));
             }
         }
         #[cfg(unix)]

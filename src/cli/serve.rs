@@ -7,16 +7,31 @@ use crate::address::ListenAddr;
 use std::sync::Arc;
 
 pub(super) fn serve(args: &Args) -> Result<(), Failure> {
-    // Before anything is bound: see `SignalTarget`.
+    if !args.tls.is_empty() {
+        if !cfg!(feature = "tls") {
+            return Err(Failure::Usage(
+                "--tls: this echo-server was built without TLS (the `tls` feature)",
+            ));
+        }
+        if args.tls_cert.is_none() || args.tls_key.is_none() {
+            return Err(Failure::Usage(
+                "--tls needs --tls-cert FILE and --tls-key FILE",
+            ));
+        }
+    }
+    // Before anything is bound: see `SignalTarget`. With TLS listeners,
+    // SIGHUP re-reads their certificates instead of stopping.
     let signals = Arc::new(SignalTarget::default());
-    signals.install()?;
+    signals.install(!args.tls.is_empty())?;
     #[cfg(unix)]
     let inherited = crate::activation::systemd_sockets()?;
     #[cfg(not(unix))]
     let inherited: Vec<std::convert::Infallible> = Vec::new();
-    if args.ports.is_empty() && args.unix.is_empty() && inherited.is_empty() {
+    if args.ports.is_empty() && args.tls.is_empty() && args.unix.is_empty() && inherited.is_empty()
+    {
         return Err(Failure::Usage(
-            "a PORT is required, unless --unix PATH is given or systemd passes sockets",
+            "a PORT is required, unless --tls PORT or --unix PATH is given or systemd passes \
+             sockets",
         ));
     }
     raise_fd_limit();
@@ -39,7 +54,9 @@ pub(super) fn serve(args: &Args) -> Result<(), Failure> {
         eprintln!("listening on {addr}");
     }
     let local_only = server.listen_addrs().all(|a| match a {
-        ListenAddr::Tcp(addr) | ListenAddr::Udp(addr) => addr.ip().is_loopback(),
+        ListenAddr::Tcp(addr) | ListenAddr::Udp(addr) | ListenAddr::Tls(addr) => {
+            addr.ip().is_loopback()
+        }
         _ => true,
     });
     if !args.ports.is_empty() && local_only {

@@ -1,5 +1,12 @@
 //! Signals: SIGINT/SIGTERM stop the server (a second one exits at once),
-//! SIGUSR1 logs the counters.
+//! SIGUSR1 logs the counters. SIGHUP re-reads the TLS certificates when the
+//! server has TLS listeners (the convention of servers with files to
+//! reload), and stops it like SIGTERM otherwise (what a hang-up meant
+//! before TLS, and still means for a server started from a terminal).
+//!
+//! ctrlc takes SIGINT; SIGTERM, SIGHUP and SIGUSR1 are read by one
+//! signal-hook thread, so that the handlers only write to a pipe and
+//! SIGHUP can mean something else than stop.
 
 use crate::server::ServerHandle;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -50,7 +57,22 @@ impl SignalTarget {
         true
     }
 
-    pub(super) fn install(self: &Arc<Self>) -> std::io::Result<()> {
+    /// A SIGHUP with TLS listeners: the certificate files are read again;
+    /// one that fails to load leaves the certificate in force, and says why.
+    pub(super) fn reload(&self) {
+        #[cfg(feature = "tls")]
+        match self.server() {
+            Some(handle) => match handle.reload_tls() {
+                Ok(()) => log::info!("SIGHUP: TLS certificates reloaded"),
+                Err(e) => log::error!("SIGHUP: {e}; the TLS certificates in force stay"),
+            },
+            None => log::info!("SIGHUP: nothing to reload before the server is running"),
+        }
+    }
+
+    /// `reload_on_hup`: the server has TLS listeners, whose certificates
+    /// SIGHUP re-reads; else it stops the server.
+    pub(super) fn install(self: &Arc<Self>, reload_on_hup: bool) -> std::io::Result<()> {
         let target = Arc::clone(self);
         ctrlc::set_handler(move || {
             if !target.stop() {
@@ -59,36 +81,51 @@ impl SignalTarget {
             }
         })
         .map_err(|e| std::io::Error::other(format!("cannot install signal handler: {e}")))?;
-        log_stats_on_sigusr1(self);
+        read_other_signals(self, reload_on_hup);
         Ok(())
     }
 }
 
 /// SIGUSR1 logs the counters and changes nothing else (xinetd's
-/// convention). The signal handler only wakes a thread, which logs.
+/// convention); SIGTERM stops; SIGHUP reloads or stops (`reload_on_hup`).
+/// The signal handler only wakes a thread, which acts.
 #[cfg(unix)]
-fn log_stats_on_sigusr1(target: &Arc<SignalTarget>) {
-    let signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGUSR1]);
+fn read_other_signals(target: &Arc<SignalTarget>, reload_on_hup: bool) {
+    use signal_hook::consts::{SIGHUP, SIGTERM, SIGUSR1};
+    let signals = signal_hook::iterator::Signals::new([SIGUSR1, SIGTERM, SIGHUP]);
     let target = Arc::clone(target);
     let started = signals.and_then(|mut signals| {
         std::thread::Builder::new()
-            .name("echo-sigusr1".to_owned())
+            .name("echo-signals".to_owned())
             .spawn(move || {
-                for _ in signals.forever() {
-                    // Before the server exists there is nothing to log.
-                    if let Some(handle) = target.server() {
-                        log::info!("stats: {}", handle.stats());
+                for signal in signals.forever() {
+                    match signal {
+                        SIGHUP if reload_on_hup => target.reload(),
+                        SIGHUP | SIGTERM => {
+                            if !target.stop() {
+                                log::warn!("second signal: exiting at once");
+                                std::process::exit(130);
+                            }
+                        }
+                        // Before the server exists there is nothing to log.
+                        _ => {
+                            if let Some(handle) = target.server() {
+                                log::info!("stats: {}", handle.stats());
+                            }
+                        }
                     }
                 }
             })
     });
     if let Err(e) = started {
-        log::warn!("SIGUSR1 will not log the counters: {e}");
+        // Without the thread, SIGTERM and SIGHUP keep their default action
+        // (the process ends): not a clean stop, but a stop.
+        log::warn!("SIGTERM, SIGHUP and SIGUSR1 will not be handled: {e}");
     }
 }
 
 #[cfg(not(unix))]
-fn log_stats_on_sigusr1(_: &Arc<SignalTarget>) {}
+fn read_other_signals(_: &Arc<SignalTarget>, _: bool) {}
 
 #[cfg(test)]
 mod tests {

@@ -91,6 +91,10 @@ impl EventLoops {
 
     /// Hands `conn` to the loop with the fewest connections. Gives it back
     /// if no loop can take it.
+    // The connection comes back by value only when no loop can take it, a
+    // rare path (the TLS session pointer took `Connection` past the lint's
+    // size): not worth a box on every hand-over.
+    #[allow(clippy::result_large_err)]
     pub(crate) fn serve(&self, mut conn: Connection) -> Result<(), Connection> {
         let Some(target) = self.loops.iter().min_by_key(|l| l.load.load(Relaxed)) else {
             return Err(conn);
@@ -313,6 +317,19 @@ impl EventLoop {
                 Err(outcome) => return self.close(index, outcome),
             }
         }
+        if served.conn.handshake_deadline().is_some() {
+            match served.conn.handshake() {
+                // Idle (and write) time counts from here.
+                Ok(true) => served.since = now,
+                Ok(false) => return,
+                Err(outcome) => return self.close(index, outcome),
+            }
+        }
+        if served.conn.is_tls() {
+            // A short read of plaintext says nothing of the socket: rustls
+            // may hold more records, or have read only some of the queue.
+            drained = Drained::Unknown;
+        }
         let before = (served.echo.echoed(), served.echo.is_writing());
         let mut metered = served.conn.metered();
         let mut turn = CHUNKS_PER_TURN;
@@ -361,6 +378,13 @@ impl EventLoop {
             if let Some(deadline) = served.conn.preface_deadline() {
                 if now >= deadline {
                     let outcome = served.conn.preface_timed_out();
+                    self.close(index, outcome);
+                }
+                continue;
+            }
+            if let Some(deadline) = served.conn.handshake_deadline() {
+                if now >= deadline {
+                    let outcome = served.conn.handshake_timed_out();
                     self.close(index, outcome);
                 }
                 continue;

@@ -42,8 +42,16 @@ impl Engines {
     pub(crate) fn start(ctx: &Arc<Context>, thread_seats: usize) -> io::Result<Engines> {
         let engine = ctx.settings.engine;
         #[cfg(unix)]
+        // TLS connections are never put on uring loops (they receive into
+        // the ring's buffers, with no `read` for rustls to decrypt through):
+        // under `Uring`, event loops serve the TLS listeners' connections.
+        #[cfg(feature = "tls")]
+        let tls = ctx.settings.tls.is_some();
+        #[cfg(not(feature = "tls"))]
+        let tls = false;
         let loops = match engine {
-            Engine::Threads | Engine::Uring => None,
+            Engine::Threads => None,
+            Engine::Uring if !tls => None,
             _ => Some(events::EventLoops::start(
                 crate::settings::per_core(ctx.settings.event_loops),
                 ctx,
@@ -95,7 +103,7 @@ impl Engines {
     #[cfg(unix)]
     fn serve_on_event_loop(&self, conn: Connection) -> Result<(), Refused> {
         #[cfg(all(target_os = "linux", feature = "uring"))]
-        if let Some(uring) = &self.uring {
+        if let (Some(uring), false) = (&self.uring, conn.is_tls()) {
             return uring
                 .serve(conn)
                 .map_err(|conn| refuse(conn, io::Error::other("no uring loop is running")));
@@ -156,9 +164,15 @@ fn refuse(conn: Connection, e: io::Error) -> Refused {
 }
 
 /// How often a loop (events or uring) checks its deadlines: the idle and
-/// write timeouts and a PROXY protocol header's.
+/// write timeouts, a PROXY protocol header's and a TLS handshake's.
 pub(crate) fn sweep_tick(settings: &crate::settings::Settings) -> Option<std::time::Duration> {
     let header = settings.proxy.is_on().then_some(settings.proxy.timeout);
+    #[cfg(feature = "tls")]
+    let header = match (header, settings.tls.is_some()) {
+        (Some(h), true) => Some(h.min(settings.tls_handshake_timeout)),
+        (None, true) => Some(settings.tls_handshake_timeout),
+        (h, false) => h,
+    };
     let idle = match (settings.idle_timeout, header) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),

@@ -65,11 +65,14 @@ pub(crate) fn spawn(conn: Connection) -> Result<(), (Connection, io::Error)> {
 }
 
 fn serve(mut conn: Connection) {
-    let state = match read_preface(&mut conn) {
+    let state = match read_preface(&mut conn).and_then(|state| {
+        handshake(&mut conn)?;
+        Ok(state)
+    }) {
         Ok(state) => state,
         Err(outcome) => return conn.close(outcome),
     };
-    let ctx = conn.ctx();
+    let ctx = Arc::clone(conn.ctx());
     let timeouts = conn
         .stream
         .socket
@@ -88,7 +91,7 @@ fn serve(mut conn: Connection) {
     let mut state = state;
     let result = match echo::echo_until_bulk(&mut state, &mut metered) {
         Ok(Progress::Done) => Ok(state.echoed()),
-        Ok(Progress::Bulk) => bulk(&mut metered, ctx).map(|m| state.echoed() + m),
+        Ok(Progress::Bulk) => bulk(&mut metered, &ctx).map(|m| state.echoed() + m),
         Err(e) => Err(e),
     };
     let outcome = match result {
@@ -128,6 +131,30 @@ fn read_preface(conn: &mut Connection) -> Result<Echo, Outcome> {
     Ok(echo)
 }
 
+/// The TLS handshake a TLS listener's connection owes, within its
+/// deadline: blocking, each wait (read or write) bounded by what is left of
+/// the deadline, which is checked after every one, so a client dripping a
+/// byte at a time cannot stretch it by more than one wait.
+fn handshake(conn: &mut Connection) -> Result<(), Outcome> {
+    let Some(deadline) = conn.handshake_deadline() else {
+        return Ok(());
+    };
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(conn.handshake_timed_out());
+        }
+        let socket = &conn.stream.socket;
+        socket
+            .set_read_timeout(Some(left))
+            .and_then(|()| socket.set_write_timeout(Some(left)))
+            .map_err(Outcome::Failed)?;
+        if conn.handshake()? {
+            return Ok(());
+        }
+    }
+}
+
 /// Waits until `socket` has bytes (or its end) or `wait` has passed.
 #[cfg(unix)]
 fn wait_readable(socket: &socket2::Socket, wait: std::time::Duration) {
@@ -154,6 +181,7 @@ fn bulk(metered: &mut Metered<'_>, ctx: &Context) -> io::Result<u64> {
     #[cfg(target_os = "linux")]
     if ctx.settings.splice
         && !ctx.settings.log_data
+        && !metered.is_tls()
         && ctx
             .counters
             .active

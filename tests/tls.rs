@@ -1,0 +1,444 @@
+//! TLS through the real binary (`--tls PORT`), under every engine: the
+//! echo is of the decrypted bytes, byte for byte up to several MiB; the
+//! client's close_notify is its half-close (everything comes back, then
+//! the server's close_notify); mutual TLS; SIGHUP re-reads the
+//! certificate; a plaintext client, a client without a certificate and a
+//! silent one are closed and counted; TLS and plain ports side by side.
+//!
+//! The certificates are made by `openssl` in a temporary directory and the
+//! client is Python's `ssl` module (over memory BIOs, so that it can send
+//! its close_notify and go on reading); each test is skipped, with a
+//! message, where either is missing.
+
+mod support;
+
+use echo_server::Engine;
+use std::io::Write;
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+use support::*;
+
+engine_tests!(
+    megabytes_come_back_exact_and_close_notify_is_the_half_close,
+    a_plaintext_client_is_closed_and_counted,
+    a_silent_client_is_closed_after_the_handshake_timeout,
+);
+
+/// The client: handshake, then (`echo N`) N random bytes sent while the
+/// echo is read, close_notify, the rest read until the server's
+/// close_notify; prints `OK <serial>` when every byte came back, in order.
+/// (`hello`) handshake only, then prints `OK <serial>`. Every wait is
+/// bounded (20 s).
+const CLIENT: &str = r#"
+import os, queue, socket, ssl, sys, threading
+mode, port, n, ca = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+ctx = ssl.create_default_context(cafile=ca)
+if len(sys.argv) > 6:
+    ctx.load_cert_chain(sys.argv[5], sys.argv[6])
+sock = socket.create_connection(("127.0.0.1", port), timeout=20)
+inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+obj = ctx.wrap_bio(inc, out, server_hostname="localhost")
+q = queue.Queue()
+def reader():
+    try:
+        while True:
+            d = sock.recv(65536)
+            q.put(d)
+            if not d:
+                return
+    except OSError as e:
+        q.put(e)
+threading.Thread(target=reader, daemon=True).start()
+def feed(block):
+    try:
+        d = q.get(timeout=20) if block else q.get_nowait()
+    except queue.Empty:
+        if block:
+            print("ERR timeout"); sys.exit(1)
+        return False
+    if isinstance(d, Exception):
+        print("ERR", d); sys.exit(1)
+    if d:
+        inc.write(d)
+    else:
+        inc.write_eof()
+    return True
+def flush():
+    d = out.read()
+    if d:
+        sock.sendall(d)
+got = bytearray()
+def drain():
+    while True:
+        try:
+            b = obj.read(65536)
+        except ssl.SSLWantReadError:
+            return False
+        except ssl.SSLZeroReturnError:
+            return True
+        if not b:
+            return True
+        got.extend(b)
+try:
+    while True:
+        try:
+            obj.do_handshake()
+            break
+        except ssl.SSLWantReadError:
+            flush()
+            feed(True)
+    flush()
+    serial = obj.getpeercert()["serialNumber"]
+    if mode == "hello":
+        print("OK", serial); sys.exit(0)
+    data = os.urandom(n)
+    for i in range(0, n, 16384):
+        obj.write(data[i:i + 16384])
+        flush()
+        while feed(False):
+            drain()
+    try:
+        obj.unwrap()
+    except ssl.SSLWantReadError:
+        pass
+    flush()
+    done = drain()
+    while not done:
+        feed(True)
+        done = drain()
+    if bytes(got) != data:
+        print("ERR echo of", len(got), "bytes, not", n); sys.exit(1)
+    print("OK", serial)
+except ssl.SSLError as e:
+    print("ERR", e); sys.exit(1)
+"#;
+
+/// A CA, two server certificates it signed (serials 1001 and 2002), and a
+/// client certificate, in a temporary directory.
+struct Pki {
+    dir: tempfile::TempDir,
+}
+
+impl Pki {
+    /// `None` (with a message) without openssl or python3.
+    fn make() -> Option<Pki> {
+        for tool in ["openssl", "python3"] {
+            if Command::new(tool).arg("--version").output().is_err()
+                && Command::new(tool).arg("version").output().is_err()
+            {
+                eprintln!("skipped: no {tool} on this machine");
+                return None;
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki { dir };
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        pki.openssl(
+            &[
+                &["req", "-x509"],
+                &ec[..],
+                &[
+                    "-keyout",
+                    "ca.key",
+                    "-out",
+                    "ca.pem",
+                    "-days",
+                    "2",
+                    "-subj",
+                    "/CN=echo test CA",
+                ],
+            ]
+            .concat(),
+        );
+        std::fs::write(
+            pki.path("server.ext"),
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+        )
+        .unwrap();
+        std::fs::write(pki.path("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
+        for (name, serial, ext, cn) in [
+            ("server", "1001", "server.ext", "/CN=localhost"),
+            ("server2", "2002", "server.ext", "/CN=localhost"),
+            ("client", "3003", "client.ext", "/CN=echo test client"),
+        ] {
+            let (key, csr, pem) = (
+                format!("{name}.key"),
+                format!("{name}.csr"),
+                format!("{name}.pem"),
+            );
+            pki.openssl(
+                &[
+                    &["req"],
+                    &ec[..],
+                    &["-keyout", &key, "-out", &csr, "-subj", cn],
+                ]
+                .concat(),
+            );
+            pki.openssl(&[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-set_serial",
+                serial,
+                "-days",
+                "2",
+                "-extfile",
+                ext,
+                "-out",
+                &pem,
+            ]);
+        }
+        Some(pki)
+    }
+
+    fn openssl(&self, args: &[&str]) {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(self.dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn arg(&self, name: &str) -> String {
+        self.path(name).to_str().unwrap().to_owned()
+    }
+}
+
+/// Runs the Python client; its output line (`OK <serial>` or `ERR ...`).
+fn client(pki: &Pki, mode: &str, port: u16, n: usize, cert: Option<(&str, &str)>) -> String {
+    let mut command = Command::new("python3");
+    command.args([
+        "-c",
+        CLIENT,
+        mode,
+        &port.to_string(),
+        &n.to_string(),
+        &pki.arg("ca.pem"),
+    ]);
+    if let Some((cert, key)) = cert {
+        command.args([pki.arg(cert), pki.arg(key)]);
+    }
+    let out = command.output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// The server on a TLS port (and `extra` arguments); its TLS port.
+fn spawn(engine: Engine, pki: &Pki, extra: &[&str]) -> (Binary, u16) {
+    let (cert, key) = (pki.arg("server.pem"), pki.arg("server.key"));
+    let mut args = vec!["--tls", "0", "--tls-cert", &cert, "--tls-key", &key];
+    args.extend_from_slice(extra);
+    let mut server = Binary::spawn(&on_engine(engine, &args));
+    let addr: std::net::SocketAddr = server.listening("tls").parse().unwrap();
+    (server, addr.port())
+}
+
+fn megabytes_come_back_exact_and_close_notify_is_the_half_close(engine: Engine) {
+    let Some(pki) = Pki::make() else { return };
+    let (mut server, port) = spawn(engine, &pki, &[]);
+    // Several at once, to mix engines under `auto` and share loops.
+    let clients: Vec<String> = std::thread::scope(|s| {
+        let pki = &pki;
+        let running: Vec<_> = [4 << 20, 1, 100_000]
+            .into_iter()
+            .map(|n| s.spawn(move || client(pki, "echo", port, n, None)))
+            .collect();
+        running.into_iter().map(|c| c.join().unwrap()).collect()
+    });
+    for line in &clients {
+        assert_eq!(line, "OK 03E9", "{:#?}", server.seen);
+    }
+    server.stop();
+    let summary = server.summary();
+    let total = (4 << 20) + 1 + 100_000;
+    assert!(
+        summary.contains(&format!("{total} bytes received, {total} echoed")),
+        "{summary}"
+    );
+}
+
+fn a_plaintext_client_is_closed_and_counted(engine: Engine) {
+    let Some(pki) = Pki::make() else { return };
+    let (mut server, port) = spawn(engine, &pki, &[]);
+    let mut plain = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    plain.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+    let mut answer = Vec::new();
+    plain
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let _ = std::io::Read::read_to_end(&mut plain, &mut answer);
+    assert!(
+        !answer.windows(3).any(|w| w == b"GET"),
+        "echoed in the clear: {answer:?}"
+    );
+    server.wait_for_stats("1 failed TLS handshakes");
+    // The port still serves TLS.
+    assert_eq!(client(&pki, "echo", port, 1000, None), "OK 03E9");
+    server.stop();
+}
+
+fn a_silent_client_is_closed_after_the_handshake_timeout(engine: Engine) {
+    let Some(pki) = Pki::make() else { return };
+    let (mut server, port) = spawn(engine, &pki, &["--tls-handshake-timeout", "1"]);
+    let started = std::time::Instant::now();
+    let mut silent = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    assert!(
+        is_closed(&mut silent, Duration::from_secs(10)),
+        "still open"
+    );
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900),
+        "closed after {waited:?}"
+    );
+    assert!(waited < Duration::from_secs(4), "closed after {waited:?}");
+    server.wait_for_stats("1 TLS handshakes timed out");
+    server.stop();
+}
+
+#[test]
+fn mutual_tls_accepts_a_client_certificate_and_refuses_none() {
+    let Some(pki) = Pki::make() else { return };
+    let ca = pki.arg("ca.pem");
+    let (mut server, port) = spawn(Engine::Auto, &pki, &["--tls-client-ca", &ca]);
+    let with = client(
+        &pki,
+        "echo",
+        port,
+        50_000,
+        Some(("client.pem", "client.key")),
+    );
+    assert_eq!(with, "OK 03E9", "{:#?}", server.seen);
+    let without = client(&pki, "echo", port, 50_000, None);
+    assert!(without.starts_with("ERR"), "no certificate, yet: {without}");
+    // A certificate of another CA is refused too.
+    pki.openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        "stranger.key",
+        "-out",
+        "stranger.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=stranger",
+    ]);
+    let wrong = client(
+        &pki,
+        "echo",
+        port,
+        10,
+        Some(("stranger.pem", "stranger.key")),
+    );
+    assert!(
+        wrong.starts_with("ERR"),
+        "another CA's certificate, yet: {wrong}"
+    );
+    server.wait_for_stats("2 failed TLS handshakes");
+    server.stop();
+    assert!(server
+        .summary()
+        .contains("50000 bytes received, 50000 echoed"));
+}
+
+#[test]
+fn sighup_reloads_the_certificate_and_keeps_it_when_the_new_one_is_bad() {
+    let Some(pki) = Pki::make() else { return };
+    let (live_cert, live_key) = (pki.path("live.pem"), pki.path("live.key"));
+    let copy = |from: &str, to: &Path| std::fs::copy(pki.path(from), to).unwrap();
+    copy("server.pem", &live_cert);
+    copy("server.key", &live_key);
+    let (cert, key) = (pki.arg("live.pem"), pki.arg("live.key"));
+    let mut server = Binary::spawn(&["--tls", "0", "--tls-cert", &cert, "--tls-key", &key]);
+    let port: u16 = server
+        .listening("tls")
+        .parse::<std::net::SocketAddr>()
+        .unwrap()
+        .port();
+    assert_eq!(client(&pki, "hello", port, 0, None), "OK 03E9");
+    copy("server2.pem", &live_cert);
+    copy("server2.key", &live_key);
+    server.signal(libc::SIGHUP);
+    server.expect_line("the reload", |l| l.contains("TLS certificates reloaded"));
+    assert_eq!(
+        client(&pki, "hello", port, 0, None),
+        "OK 07D2",
+        "the new certificate"
+    );
+    std::fs::write(&live_cert, "not a certificate\n").unwrap();
+    server.signal(libc::SIGHUP);
+    let why = server.expect_line("the failed reload", |l| {
+        l.contains("SIGHUP:") && l.contains("stay")
+    });
+    assert!(
+        why.contains(&cert) && why.contains("no PEM certificate"),
+        "{why}"
+    );
+    assert_eq!(
+        client(&pki, "hello", port, 0, None),
+        "OK 07D2",
+        "the one in force"
+    );
+    server.stop();
+}
+
+#[test]
+fn tls_and_plain_ports_serve_side_by_side() {
+    let Some(pki) = Pki::make() else { return };
+    let (server, port) = spawn(Engine::Auto, &pki, &["0"]);
+    let mut server = server;
+    // Both lines are printed at start-up; the TLS one was waited for.
+    let line = server.line_containing("listening on tcp ");
+    let plain: std::net::SocketAddr = line["listening on tcp ".len()..].parse().unwrap();
+    assert_eq!(
+        round_trip(connect(plain), b"in the clear".to_vec()),
+        b"in the clear"
+    );
+    assert_eq!(client(&pki, "echo", port, 70_000, None), "OK 03E9");
+    server.stop();
+    assert!(
+        server.summary().contains("70012 bytes received"),
+        "{}",
+        server.summary()
+    );
+}
+
+#[test]
+fn bad_certificate_files_stop_start_up_naming_the_file() {
+    let Some(pki) = Pki::make() else { return };
+    let missing = pki.arg("missing.pem");
+    let key = pki.arg("server.key");
+    let (status, stderr) = run_binary(&["--tls", "0", "--tls-cert", &missing, "--tls-key", &key]);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(&missing), "{stderr}");
+    let (status, stderr) = run_binary(&["--tls", "0", "--tls-cert", &pki.arg("server.pem")]);
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--tls-key"), "{stderr}");
+}

@@ -24,13 +24,15 @@ engine_tests!(
     megabytes_come_back_exact_and_close_notify_is_the_half_close,
     a_plaintext_client_is_closed_and_counted,
     a_silent_client_is_closed_after_the_handshake_timeout,
+    behind_a_balancer_the_proxy_header_comes_before_the_handshake,
 );
 
 /// The client: handshake, then (`echo N`) N random bytes sent while the
 /// echo is read, close_notify, the rest read until the server's
 /// close_notify; prints `OK <serial>` when every byte came back, in order.
-/// (`hello`) handshake only, then prints `OK <serial>`. Every wait is
-/// bounded (20 s).
+/// (`hello`) handshake only, then prints `OK <serial>`. (`proxy`) sends a
+/// PROXY protocol v1 header for 192.0.2.10:4321 in the clear first, then
+/// as `echo`. Every wait is bounded (20 s).
 const CLIENT: &str = r#"
 import os, queue, socket, ssl, sys, threading
 mode, port, n, ca = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
@@ -38,6 +40,9 @@ ctx = ssl.create_default_context(cafile=ca)
 if len(sys.argv) > 6:
     ctx.load_cert_chain(sys.argv[5], sys.argv[6])
 sock = socket.create_connection(("127.0.0.1", port), timeout=20)
+if mode == "proxy":
+    sock.sendall(b"PROXY TCP4 192.0.2.10 198.51.100.1 4321 7\r\n")
+    mode = "echo"
 inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
 obj = ctx.wrap_bio(inc, out, server_hostname="localhost")
 q = queue.Queue()
@@ -314,6 +319,26 @@ fn a_silent_client_is_closed_after_the_handshake_timeout(engine: Engine) {
     );
     assert!(waited < Duration::from_secs(4), "closed after {waited:?}");
     server.wait_for_stats("1 TLS handshakes timed out");
+    server.stop();
+}
+
+/// A balancer in front of a TLS port: its PROXY protocol header comes in
+/// the clear before the client's handshake, names the client, and the
+/// decrypted bytes are echoed exact.
+fn behind_a_balancer_the_proxy_header_comes_before_the_handshake(engine: Engine) {
+    let Some(pki) = Pki::make() else { return };
+    let (mut server, port) = spawn(engine, &pki, &["--proxy-protocol", "127.0.0.1", "-v"]);
+    assert!(client(&pki, "proxy", port, 100_000, None).starts_with("OK"));
+    server.expect_line("the client", |l| {
+        l.contains("PROXY protocol: client 192.0.2.10:4321")
+    });
+    // Without the header, the handshake is taken for a bad header.
+    assert!(client(&pki, "hello", port, 0, None).starts_with("ERR"));
+    let stats = server.wait_for_stats("1 without a valid PROXY header");
+    assert!(
+        stats.contains("100000 bytes received, 100000 echoed"),
+        "{stats}"
+    );
     server.stop();
 }
 

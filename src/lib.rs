@@ -1,13 +1,15 @@
 //! A thread-per-connection echo server (RFC 862) that is hard to knock over.
 //!
 //! Every byte a client sends comes back, in order, over TCP (IPv4, IPv6,
-//! dual-stack), Unix sockets and UDP. One verified echo core, [`Echo`] (and
+//! dual-stack; plain, TLS, or behind a load balancer's PROXY protocol
+//! header), Unix sockets and UDP. One verified echo core, [`Echo`] (and
 //! the blocking [`echo`] on top of it), copies any `Read + Write` back onto
 //! itself and never touches a socket, so that the property tests and fuzz
 //! targets exercise exactly the code that serves real clients. It is served
 //! by a thread per connection at the heart (small-stack threads, the first
 //! connections under the default `auto` engine, every one under `threads`)
-//! and by event loops for the rest. Around it sit a
+//! and by event loops (epoll, or io_uring with `--engine uring`) for the
+//! rest. Around it sit a
 //! connection limit that applies backpressure instead of refusing clients,
 //! idle timeouts, counters, and a shutdown that lets connections finish what
 //! they have read.
@@ -20,6 +22,8 @@
 //!   (httparse).
 //! - `tls` (default): TLS listeners (`ServerBuilder::tls`), mutual TLS and
 //!   certificate reload, on rustls with its `ring` provider.
+//! - `uring` (default): the io_uring engine, `Engine::Uring` (Linux), on
+//!   the io-uring crate.
 //! - `scripted`: `echo_server::scripted`, the scripted in-memory stream the fuzz
 //!   targets drive the echo core with.
 //!

@@ -643,3 +643,31 @@ fn max_threads_caps_the_thread_engine_and_says_so() {
     );
     server.stop();
 }
+
+/// `--generate` into a full disk: exit 1, naming what could not be written.
+#[cfg(target_os = "linux")]
+#[test]
+fn generate_into_a_full_disk_says_what_it_could_not_write() {
+    for (what, named) in [
+        ("man", "the man page output"),
+        ("bash", "the bash completion output"),
+        ("zsh", "the zsh completion output"),
+        ("fish", "the fish completion output"),
+    ] {
+        let full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .expect("/dev/full");
+        let out = Binary::command()
+            .args(["--generate", what])
+            .stdout(full)
+            .output()
+            .expect("run echo-server");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{what}: {stderr}");
+        assert!(
+            stderr.contains(&format!("cannot write {named}")),
+            "{what}: {stderr}"
+        );
+    }
+}

@@ -42,8 +42,11 @@ pub fn generate(what: Generated, out: &mut dyn std::io::Write) -> std::io::Resul
         Generated::Zsh => clap_complete::Shell::Zsh,
         Generated::Fish => clap_complete::Shell::Fish,
     };
-    clap_complete::generate(shell, &mut command, "echo-server", out);
-    Ok(())
+    // Into memory first: clap_complete panics when its writer fails (a
+    // full disk, a closed pipe), and a write error must be an exit status.
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut command, "echo-server", &mut script);
+    out.write_all(&script)
 }
 
 #[cfg(test)]

@@ -1,7 +1,10 @@
 //! Datagrams in batches (`recvmmsg(2)`, `sendmmsg(2)`) with their control
 //! messages (`cmsg(3)`): each datagram's source, the address it arrived at
 //! (`IP_PKTINFO`, `IPV6_PKTINFO`) and the socket's drop count
-//! (`SO_RXQ_OVFL`), and replies sent from a chosen address.
+//! (`SO_RXQ_OVFL`), and replies sent from a chosen address, consecutive
+//! replies of one size to one source merged into one `UDP_SEGMENT` (GSO)
+//! message. (`UDP_GRO` on receive is parsed but not enabled: a merged
+//! receive needs 64 KiB slots and splitting before judging.)
 
 use socket2::Socket;
 use std::io;

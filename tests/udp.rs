@@ -735,13 +735,13 @@ fn interleaved_sources_and_mixed_sizes_are_never_merged_across() {
         d.1.clear();
     }
     let got = bursts(&clients, &sent, 24);
-    for who in 0..2 {
+    for (who, got) in got.iter().enumerate() {
         let want: Vec<Vec<u8>> = sent
             .iter()
             .filter(|d| d.0 == who)
             .map(|d| d.1.clone())
             .collect();
-        assert_eq!(got[who], want, "client {who}");
+        assert_eq!(*got, want, "client {who}");
     }
     let stats = server.stop();
     assert_eq!(stats.datagrams_echoed, sent.len() as u64);

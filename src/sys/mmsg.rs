@@ -3,8 +3,8 @@
 //! (`IP_PKTINFO`, `IPV6_PKTINFO`) and the socket's drop count
 //! (`SO_RXQ_OVFL`), and replies sent from a chosen address, consecutive
 //! replies of one size to one source merged into one `UDP_SEGMENT` (GSO)
-//! message. (`UDP_GRO` on receive is parsed but not enabled: a merged
-//! receive needs 64 KiB slots and splitting before judging.)
+//! message; and a buffer the kernel filled with several datagrams
+//! (`UDP_GRO`) split back into them.
 
 use socket2::Socket;
 use std::io;
@@ -54,9 +54,9 @@ enum Arrival {
 struct ControlData {
     arrival: Option<Arrival>,
     drops: Option<u32>,
-    /// A segment size: `UDP_SEGMENT` as [`build_control`] writes it (read
-    /// back by the tests), or `UDP_GRO` from the kernel, were it enabled.
-    #[cfg_attr(not(test), allow(dead_code))]
+    /// A segment size: `UDP_GRO` from the kernel (a buffer holding several
+    /// datagrams of that size), or `UDP_SEGMENT` as [`build_control`]
+    /// writes it (read back by the tests).
     segment: Option<u16>,
 }
 
@@ -92,6 +92,9 @@ pub(crate) struct MmsgBatch {
     send_iovs: Vec<libc::iovec>,
     send_controls: Vec<Control>,
     send_msgs: Vec<libc::mmsghdr>,
+    /// The datagrams of the last receive: buffer, offset into `bufs`,
+    /// length. More than the buffers filled when the kernel merged some.
+    parts: Vec<(usize, usize, usize)>,
     /// How the last replies were grouped into messages.
     runs: Vec<Run>,
     /// Merge replies with `UDP_SEGMENT`: until the kernel says it cannot.
@@ -128,6 +131,7 @@ impl MmsgBatch {
             send_iovs: vec![iov; batch],
             send_controls: vec![Control([0; 128]); batch],
             send_msgs: (0..batch).map(|_| zeroed_msg()).collect(),
+            parts: Vec::with_capacity(batch),
             runs: Vec::with_capacity(batch),
             gso: true,
             gso_worked: false,
@@ -138,8 +142,9 @@ impl MmsgBatch {
     }
 
     /// Waits for a datagram (the socket's read timeout bounds the wait),
-    /// then takes every one already queued, up to `batch`, in one
-    /// `recvmmsg(2)` (retried on `EINTR`). Returns how many.
+    /// then takes every one already queued, up to `batch` buffers, in one
+    /// `recvmmsg(2)` (retried on `EINTR`). Returns how many datagrams:
+    /// more than `batch` when the kernel merged some (GRO).
     pub(crate) fn recv(&mut self, socket: &Socket) -> io::Result<usize> {
         self.received = 0;
         for i in 0..self.batch {
@@ -171,7 +176,8 @@ impl MmsgBatch {
             };
             if n >= 0 {
                 self.received = n as usize;
-                return Ok(self.received);
+                self.split();
+                return Ok(self.parts.len());
             }
             let e = io::Error::last_os_error();
             if e.kind() != io::ErrorKind::Interrupted {
@@ -180,15 +186,37 @@ impl MmsgBatch {
         }
     }
 
+    /// Lists the datagrams of the last `recvmmsg`: one per buffer, or,
+    /// where the kernel merged several (GRO, with a `UDP_GRO` message
+    /// giving their size), one per segment of that size, the last
+    /// possibly shorter, so each is judged and answered as itself.
+    fn split(&mut self) {
+        self.parts.clear();
+        for slot in 0..self.received {
+            let len = (self.msgs[slot].msg_len as usize).min(self.size);
+            let start = slot * self.size;
+            match self.control(slot).0.segment.map(usize::from) {
+                Some(segment) if segment > 0 && len > segment => {
+                    let mut at = 0;
+                    while at < len {
+                        let part = segment.min(len - at);
+                        self.parts.push((slot, start + at, part));
+                        at += part;
+                    }
+                }
+                _ => self.parts.push((slot, start, len)),
+            }
+        }
+    }
+
     /// The `i`th datagram of the last [`recv`](Self::recv).
     pub(crate) fn received(&self, i: usize) -> Received<'_> {
-        debug_assert!(i < self.received);
-        let len = (self.msgs[i].msg_len as usize).min(self.size);
-        let hdr = &self.msgs[i].msg_hdr;
-        let (control, control_truncated) = self.control(i);
+        let (slot, start, len) = self.parts[i];
+        let hdr = &self.msgs[slot].msg_hdr;
+        let (control, control_truncated) = self.control(slot);
         Received {
-            data: &self.bufs[i * self.size..i * self.size + len],
-            source: socket_addr(&self.names[i], hdr.msg_namelen),
+            data: &self.bufs[start..start + len],
+            source: socket_addr(&self.names[slot], hdr.msg_namelen),
             drops: control.drops,
             control_truncated,
             arrival: control.arrival.map(|a| match a {
@@ -230,6 +258,18 @@ impl MmsgBatch {
         reply: impl Fn(usize) -> (usize, &'a [u8]),
         mut failed: impl FnMut(usize, io::Error),
     ) -> (u64, u64) {
+        // Merged receives (GRO) give more datagrams than buffers.
+        if self.send_iovs.len() < count {
+            let iov = libc::iovec {
+                iov_base: ptr::null_mut(),
+                iov_len: 0,
+            };
+            self.send_iovs.resize(count, iov);
+            self.send_controls.resize(count, Control([0; 128]));
+            // SAFETY: all-zero bytes are a valid mmsghdr.
+            self.send_msgs
+                .resize_with(count, || unsafe { mem::zeroed::<libc::mmsghdr>() });
+        }
         for j in 0..count {
             let bytes = reply(j).1;
             self.send_iovs[j] = libc::iovec {
@@ -246,7 +286,7 @@ impl MmsgBatch {
             } = self.runs[e];
             let index = reply(first).0;
             let arrival = self.arrival(index);
-            let recv_hdr = &self.msgs[index].msg_hdr;
+            let recv_hdr = &self.msgs[self.parts[index].0].msg_hdr;
             let hdr = &mut self.send_msgs[e].msg_hdr;
             hdr.msg_name = recv_hdr.msg_name;
             hdr.msg_namelen = recv_hdr.msg_namelen;
@@ -374,9 +414,10 @@ impl MmsgBatch {
     /// Where the reply to datagram `index` goes and leaves from: two
     /// replies may share a GSO message only if both are the same.
     fn destination(&self, index: usize) -> (Option<SocketAddr>, Option<Arrival>) {
-        let hdr = &self.msgs[index].msg_hdr;
+        let slot = self.parts[index].0;
+        let hdr = &self.msgs[slot].msg_hdr;
         (
-            socket_addr(&self.names[index], hdr.msg_namelen),
+            socket_addr(&self.names[slot], hdr.msg_namelen),
             self.arrival(index),
         )
     }
@@ -384,7 +425,7 @@ impl MmsgBatch {
     /// The address the reply to datagram `index` leaves from, when chosen.
     fn arrival(&self, index: usize) -> Option<Arrival> {
         if self.pktinfo {
-            self.control(index).0.arrival
+            self.control(self.parts[index].0).0.arrival
         } else {
             None
         }
@@ -400,8 +441,9 @@ impl MmsgBatch {
         };
         // SAFETY: all-zero bytes are a valid msghdr.
         let mut hdr: libc::msghdr = unsafe { mem::zeroed() };
-        hdr.msg_name = self.msgs[index].msg_hdr.msg_name;
-        hdr.msg_namelen = self.msgs[index].msg_hdr.msg_namelen;
+        let slot = self.parts[index].0;
+        hdr.msg_name = self.msgs[slot].msg_hdr.msg_name;
+        hdr.msg_namelen = self.msgs[slot].msg_hdr.msg_namelen;
         hdr.msg_iov = &mut iov;
         hdr.msg_iovlen = 1;
         point_at_control(&mut hdr, &mut self.one_control, arrival, None);
@@ -432,6 +474,12 @@ impl MmsgBatch {
     #[cfg(test)]
     pub(crate) fn inject_gso_error(&mut self, code: i32) {
         self.gso_fault = Some(code);
+    }
+
+    /// How many buffers the last [`recv`](Self::recv) filled.
+    #[cfg(test)]
+    pub(crate) fn buffers(&self) -> usize {
+        self.received
     }
 
     /// How many messages the last [`send`](Self::send) made of its replies.

@@ -6,7 +6,14 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-/// Datagrams received (and replies sent) per system call at most.
+/// The smallest receive buffer that holds any merged (GRO) receive: the
+/// kernel merges up to one IP packet's worth, 65,535 bytes less the IP
+/// and UDP headers, so at most 65,527 bytes of datagrams (IPv6), plus the
+/// byte that shows a datagram too long.
+pub(crate) const GRO_BUFFER: usize = 65_528;
+
+/// Buffers filled per `recvmmsg` (and replies sent per system call) at
+/// most; with GRO, one buffer may hold several datagrams.
 #[cfg(target_os = "linux")]
 pub(crate) const BATCH: usize = 32;
 #[cfg(not(target_os = "linux"))]
@@ -95,8 +102,8 @@ mod linux {
         }
 
         /// Waits for a datagram (the socket's read timeout bounds the wait),
-        /// then takes every one already queued, up to [`BATCH`]. Returns how
-        /// many.
+        /// then takes every one already queued, up to [`BATCH`] buffers.
+        /// Returns how many datagrams (more, with GRO, than buffers).
         pub(crate) fn recv(&mut self, socket: &Socket) -> io::Result<usize> {
             self.0.recv(socket)
         }
@@ -132,6 +139,12 @@ mod linux {
             self.0.inject_gso_error(code);
         }
 
+        /// How many buffers the last [`recv`](Self::recv) filled.
+        #[cfg(test)]
+        pub(crate) fn buffers(&self) -> usize {
+            self.0.buffers()
+        }
+
         /// How many messages the last [`send`](Self::send) made.
         #[cfg(test)]
         pub(crate) fn messages(&self) -> usize {
@@ -146,11 +159,20 @@ mod linux {
     }
 
     /// Asks the kernel for each datagram's destination address (to reply
-    /// from it) and, always, for its drop count. Returns whether it gave
-    /// the destination.
-    pub(crate) fn enable(socket: &Socket, local: SocketAddr, pktinfo: bool) -> bool {
+    /// from it) and, always, for its drop count; with `gro`, to hand over
+    /// several same-size datagrams of one source in one buffer (split
+    /// again in [`MmsgBatch`]). Returns whether it gives the destination.
+    ///
+    /// `gro` only with buffers of at least [`GRO_BUFFER`] bytes: a merged
+    /// receive cut short would lose whole datagrams.
+    pub(crate) fn enable(socket: &Socket, local: SocketAddr, pktinfo: bool, gro: bool) -> bool {
         // Best effort: drop counts arriving or not shows whether it took.
         let _ = sockopt::set_int(socket.as_fd(), libc::SOL_SOCKET, SO_RXQ_OVFL, 1);
+        if gro {
+            // Best effort: a kernel without UDP_GRO (before 5.0) hands
+            // over one datagram per buffer, as without it.
+            let _ = sockopt::set_int(socket.as_fd(), libc::SOL_UDP, libc::UDP_GRO, 1);
+        }
         if !pktinfo {
             return false;
         }
@@ -229,7 +251,7 @@ mod portable {
         }
     }
 
-    pub(crate) fn enable(_: &Socket, _: std::net::SocketAddr, _: bool) -> bool {
+    pub(crate) fn enable(_: &Socket, _: std::net::SocketAddr, _: bool, _: bool) -> bool {
         false
     }
 }
@@ -545,6 +567,65 @@ mod tests {
         }
     }
 
+    /// A receiver with GRO gets merged replies (GSO) as one buffer and
+    /// splits it back into the datagrams, each whole and in order, the
+    /// shorter last one too: socket `b` (GRO on) sends to `a`, whose
+    /// replies leave merged.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_merged_receive_is_split_into_its_datagrams() {
+        let (a, a_addr) = server_socket();
+        let (b, b_addr) = server_socket();
+        linux::enable(&b, b_addr, false, true);
+        let mut a_batch = linux::Batch::new(2048, false);
+        let mut b_batch = linux::Batch::new(GRO_BUFFER, false);
+        let mut replies = Replies::default();
+        for sizes in [
+            vec![1000; 30],
+            [vec![1200; 20], vec![700]].concat(),
+            vec![7, 7, 0, 9],
+        ] {
+            let data: Vec<Vec<u8>> = (0..sizes.len())
+                .map(|seq| {
+                    let mut d = vec![seq as u8; sizes[seq]];
+                    d.iter_mut().enumerate().for_each(|(i, x)| *x ^= i as u8);
+                    d
+                })
+                .collect();
+            for d in &data {
+                b.send_to(d, &a_addr.into()).unwrap();
+            }
+            let mut seen = 0;
+            while seen < data.len() {
+                let n = a_batch.recv(&a).unwrap();
+                replies.clear();
+                for k in 0..n {
+                    let d = a_batch.datagram(k).data.to_vec();
+                    replies.push(k, |out| {
+                        out.extend_from_slice(&d);
+                        true
+                    });
+                }
+                a_batch.send(&a, &replies, |i, e| panic!("{i}: {e}"));
+                seen += n;
+            }
+            let (mut got, mut buffers) = (Vec::new(), 0);
+            while got.len() < data.len() {
+                let n = b_batch.recv(&b).unwrap();
+                buffers += b_batch.buffers();
+                for k in 0..n {
+                    let d = b_batch.datagram(k);
+                    assert_eq!(d.source, Some(a_addr));
+                    got.push(d.data.to_vec());
+                }
+            }
+            assert_eq!(got, data, "{sizes:?}");
+            if sizes[0] >= 700 {
+                assert!(buffers < data.len(), "merged: {buffers} buffers");
+            }
+        }
+    }
+
     /// An error that concerns one run, not the socket (here EAGAIN),
     /// re-sends that run unmerged and keeps merging.
     #[cfg(target_os = "linux")]
@@ -573,6 +654,6 @@ mod tests {
     #[test]
     fn the_portable_batch_reports_no_arrival_address() {
         let (server, addr) = server_socket();
-        assert!(!portable::enable(&server, addr, true));
+        assert!(!portable::enable(&server, addr, true, true));
     }
 }

@@ -105,6 +105,13 @@ struct Cli {
           value_parser = clap::value_parser!(u32).range(1..=1024))]
     inflight: u32,
 
+    /// Send each datagram on its own (sendmmsg) instead of a socket's
+    /// in-flight datagrams as one UDP_SEGMENT (GSO) buffer, the default
+    /// where the kernel has it (udp). With GSO, a server that enables
+    /// UDP_GRO receives them merged; without, one by one.
+    #[arg(long)]
+    no_gso: bool,
+
     /// A datagram not answered within this many milliseconds counts as
     /// lost and is replaced by a new one (udp).
     #[arg(long, value_name = "MS", default_value_t = 200,
@@ -245,6 +252,7 @@ fn main() -> ExitCode {
         idle_until_stdin: cli.idle_until_stdin,
         sockets: cli.sockets as usize,
         inflight: cli.inflight as usize,
+        gso: !cli.no_gso,
         loss_timeout: Duration::from_millis(cli.loss_timeout_ms),
         udp_addr: cli.udp_addr,
         soak: soak_load(&cli),

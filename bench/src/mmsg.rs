@@ -82,11 +82,12 @@ pub struct Sender {
 }
 
 impl Sender {
-    /// For datagrams of `size` bytes each.
-    pub fn new(size: usize) -> Self {
+    /// For datagrams of `size` bytes each; with `gso`, sent merged where
+    /// the kernel allows.
+    pub fn new(size: usize, gso: bool) -> Self {
         Sender {
             size,
-            gso: cfg!(target_os = "linux") && size > 0 && MAX_GSO_BYTES / size >= 2,
+            gso: gso && cfg!(target_os = "linux") && size > 0 && MAX_GSO_BYTES / size >= 2,
             #[cfg(target_os = "linux")]
             sys: imp::SendState::new(),
         }

@@ -1,7 +1,10 @@
 //! Datagrams in batches (`recvmmsg(2)`, `sendmmsg(2)`) with their control
 //! messages (`cmsg(3)`): each datagram's source, the address it arrived at
 //! (`IP_PKTINFO`, `IPV6_PKTINFO`) and the socket's drop count
-//! (`SO_RXQ_OVFL`), and replies sent from a chosen address.
+//! (`SO_RXQ_OVFL`), and replies sent from a chosen address, consecutive
+//! replies of one size to one source merged into one `UDP_SEGMENT` (GSO)
+//! message; and a buffer the kernel filled with several datagrams
+//! (`UDP_GRO`) split back into them.
 
 use socket2::Socket;
 use std::io;
@@ -12,6 +15,25 @@ use std::ptr;
 
 /// `SO_RXQ_OVFL` (asm-generic value; the same on x86 and Arm).
 pub(crate) const SO_RXQ_OVFL: libc::c_int = 40;
+
+/// Most datagrams the kernel cuts one `UDP_SEGMENT` message into
+/// (`UDP_MAX_SEGMENTS`: 64 before Linux 6.9, 128 since).
+const GSO_MAX_SEGMENTS: usize = 64;
+
+/// Most bytes in one `UDP_SEGMENT` message: the whole must fit in one IP
+/// packet of at most 65,535 bytes with its IP (up to 40 bytes for IPv6,
+/// more with options) and UDP headers; 64,512 leaves room for any.
+const GSO_MAX_BYTES: usize = 63 * 1024;
+
+/// Replies `first..end` sent as one message: with `segment`, a merged run
+/// the kernel cuts into datagrams of that many bytes (the last may be
+/// shorter); without, a single reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Run {
+    first: usize,
+    end: usize,
+    segment: Option<u16>,
+}
 
 /// Room for the control messages of one datagram (an `in6_pktinfo` and
 /// an `SO_RXQ_OVFL` count), aligned for `cmsghdr`.
@@ -32,6 +54,10 @@ enum Arrival {
 struct ControlData {
     arrival: Option<Arrival>,
     drops: Option<u32>,
+    /// A segment size: `UDP_GRO` from the kernel (a buffer holding several
+    /// datagrams of that size), or `UDP_SEGMENT` as [`build_control`]
+    /// writes it (read back by the tests).
+    segment: Option<u16>,
 }
 
 /// One datagram of the last [`MmsgBatch::recv`].
@@ -66,6 +92,19 @@ pub(crate) struct MmsgBatch {
     send_iovs: Vec<libc::iovec>,
     send_controls: Vec<Control>,
     send_msgs: Vec<libc::mmsghdr>,
+    /// The datagrams of the last receive: buffer, offset into `bufs`,
+    /// length. More than the buffers filled when the kernel merged some.
+    parts: Vec<(usize, usize, usize)>,
+    /// How the last replies were grouped into messages.
+    runs: Vec<Run>,
+    /// Merge replies with `UDP_SEGMENT`: until the kernel says it cannot.
+    gso: bool,
+    /// A merged run has gone through on this socket.
+    gso_worked: bool,
+    /// The control buffer of a reply sent again on its own.
+    one_control: Control,
+    #[cfg(test)]
+    gso_fault: Option<i32>,
 }
 
 impl MmsgBatch {
@@ -92,12 +131,20 @@ impl MmsgBatch {
             send_iovs: vec![iov; batch],
             send_controls: vec![Control([0; 128]); batch],
             send_msgs: (0..batch).map(|_| zeroed_msg()).collect(),
+            parts: Vec::with_capacity(batch),
+            runs: Vec::with_capacity(batch),
+            gso: true,
+            gso_worked: false,
+            one_control: Control([0; 128]),
+            #[cfg(test)]
+            gso_fault: None,
         }
     }
 
     /// Waits for a datagram (the socket's read timeout bounds the wait),
-    /// then takes every one already queued, up to `batch`, in one
-    /// `recvmmsg(2)` (retried on `EINTR`). Returns how many.
+    /// then takes every one already queued, up to `batch` buffers, in one
+    /// `recvmmsg(2)` (retried on `EINTR`). Returns how many datagrams:
+    /// more than `batch` when the kernel merged some (GRO).
     pub(crate) fn recv(&mut self, socket: &Socket) -> io::Result<usize> {
         self.received = 0;
         for i in 0..self.batch {
@@ -129,7 +176,8 @@ impl MmsgBatch {
             };
             if n >= 0 {
                 self.received = n as usize;
-                return Ok(self.received);
+                self.split();
+                return Ok(self.parts.len());
             }
             let e = io::Error::last_os_error();
             if e.kind() != io::ErrorKind::Interrupted {
@@ -138,15 +186,37 @@ impl MmsgBatch {
         }
     }
 
+    /// Lists the datagrams of the last `recvmmsg`: one per buffer, or,
+    /// where the kernel merged several (GRO, with a `UDP_GRO` message
+    /// giving their size), one per segment of that size, the last
+    /// possibly shorter, so each is judged and answered as itself.
+    fn split(&mut self) {
+        self.parts.clear();
+        for slot in 0..self.received {
+            let len = (self.msgs[slot].msg_len as usize).min(self.size);
+            let start = slot * self.size;
+            match self.control(slot).0.segment.map(usize::from) {
+                Some(segment) if segment > 0 && len > segment => {
+                    let mut at = 0;
+                    while at < len {
+                        let part = segment.min(len - at);
+                        self.parts.push((slot, start + at, part));
+                        at += part;
+                    }
+                }
+                _ => self.parts.push((slot, start, len)),
+            }
+        }
+    }
+
     /// The `i`th datagram of the last [`recv`](Self::recv).
     pub(crate) fn received(&self, i: usize) -> Received<'_> {
-        debug_assert!(i < self.received);
-        let len = (self.msgs[i].msg_len as usize).min(self.size);
-        let hdr = &self.msgs[i].msg_hdr;
-        let (control, control_truncated) = self.control(i);
+        let (slot, start, len) = self.parts[i];
+        let hdr = &self.msgs[slot].msg_hdr;
+        let (control, control_truncated) = self.control(slot);
         Received {
-            data: &self.bufs[i * self.size..i * self.size + len],
-            source: socket_addr(&self.names[i], hdr.msg_namelen),
+            data: &self.bufs[start..start + len],
+            source: socket_addr(&self.names[slot], hdr.msg_namelen),
             drops: control.drops,
             control_truncated,
             arrival: control.arrival.map(|a| match a {
@@ -174,9 +244,13 @@ impl MmsgBatch {
     /// Sends `count` replies, `reply(j)` giving the `j`th: the index of the
     /// received datagram it answers and its bytes. Each goes to the source
     /// of that datagram (from its arrival address with `pktinfo`), in as
-    /// few `sendmmsg(2)` calls as the kernel takes. Returns the replies and
-    /// bytes sent; `failed` hears of each that could not be (by the index
-    /// of the datagram it answers).
+    /// few `sendmmsg(2)` calls as the kernel takes. Consecutive replies of
+    /// one size to one source from one address go as one message with a
+    /// `UDP_SEGMENT` control message (GSO): the kernel cuts it into
+    /// datagrams of that size (the last may be shorter), one per reply, so
+    /// what arrives is what separate sends would have sent. Returns the
+    /// replies and bytes sent; `failed` hears of each that could not be
+    /// (by the index of the datagram it answers).
     pub(crate) fn send<'a>(
         &mut self,
         socket: &Socket,
@@ -184,67 +258,260 @@ impl MmsgBatch {
         reply: impl Fn(usize) -> (usize, &'a [u8]),
         mut failed: impl FnMut(usize, io::Error),
     ) -> (u64, u64) {
+        // Merged receives (GRO) give more datagrams than buffers.
+        if self.send_iovs.len() < count {
+            let iov = libc::iovec {
+                iov_base: ptr::null_mut(),
+                iov_len: 0,
+            };
+            self.send_iovs.resize(count, iov);
+            self.send_controls.resize(count, Control([0; 128]));
+            // SAFETY: all-zero bytes are a valid mmsghdr.
+            self.send_msgs
+                .resize_with(count, || unsafe { mem::zeroed::<libc::mmsghdr>() });
+        }
         for j in 0..count {
-            let (index, bytes) = reply(j);
+            let bytes = reply(j).1;
             self.send_iovs[j] = libc::iovec {
                 iov_base: bytes.as_ptr() as *mut _,
                 iov_len: bytes.len(),
             };
-            let arrival = if self.pktinfo {
-                self.control(index).0.arrival
-            } else {
-                None
-            };
-            let recv_hdr = &self.msgs[index].msg_hdr;
-            let hdr = &mut self.send_msgs[j].msg_hdr;
+        }
+        self.group(count, &reply);
+        for e in 0..self.runs.len() {
+            let Run {
+                first,
+                end,
+                segment,
+            } = self.runs[e];
+            let index = reply(first).0;
+            let arrival = self.arrival(index);
+            let recv_hdr = &self.msgs[self.parts[index].0].msg_hdr;
+            let hdr = &mut self.send_msgs[e].msg_hdr;
             hdr.msg_name = recv_hdr.msg_name;
             hdr.msg_namelen = recv_hdr.msg_namelen;
-            hdr.msg_iov = &mut self.send_iovs[j];
-            hdr.msg_iovlen = 1;
+            hdr.msg_iov = &mut self.send_iovs[first];
+            hdr.msg_iovlen = end - first;
             hdr.msg_flags = 0;
-            match arrival {
-                Some(from) => write_pktinfo(hdr, &mut self.send_controls[j], from),
-                None => {
-                    hdr.msg_control = ptr::null_mut();
-                    hdr.msg_controllen = 0;
-                }
-            }
-            self.send_msgs[j].msg_len = 0;
+            point_at_control(hdr, &mut self.send_controls[e], arrival, segment);
+            self.send_msgs[e].msg_len = 0;
         }
         let (mut sent, mut bytes) = (0u64, 0u64);
+        let runs = self.runs.len();
         let mut done = 0;
-        while done < count {
-            // SAFETY: headers `done..count` point at live buffers (the
-            // replies, borrowed for 'a, the names of the received batch,
-            // the send control buffers, all owned or borrowed here).
-            let n = unsafe {
-                libc::sendmmsg(
-                    socket.as_raw_fd(),
-                    self.send_msgs[done..].as_mut_ptr(),
-                    (count - done) as libc::c_uint,
-                    0,
-                )
+        while done < runs {
+            let n = match self.injected_gso_error(done) {
+                Some(e) => Err(e),
+                None => {
+                    // SAFETY: headers `done..runs` point at live buffers
+                    // (the replies, borrowed for 'a, the names of the
+                    // received batch, the send iovecs and control buffers,
+                    // all owned or borrowed here).
+                    let n = unsafe {
+                        libc::sendmmsg(
+                            socket.as_raw_fd(),
+                            self.send_msgs[done..].as_mut_ptr(),
+                            (runs - done) as libc::c_uint,
+                            0,
+                        )
+                    };
+                    usize::try_from(n).map_err(|_| io::Error::last_os_error())
+                }
             };
-            // At most `count - done` sent, and at least one: sendmmsg
+            // At most `runs - done` sent, and at least one: sendmmsg
             // reports an error of a later message on the next call.
-            let Ok(n) = usize::try_from(n) else {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
+            let n = match n {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    let Run {
+                        first,
+                        end,
+                        segment,
+                    } = self.runs[done];
+                    if segment.is_some() {
+                        // A merged run failed as a whole: whatever the
+                        // reason, each of its replies is tried on its own,
+                        // so each fails or not as it would have unmerged.
+                        if gso_unsupported(&e, self.gso_worked) {
+                            self.gso = false;
+                        }
+                        for j in first..end {
+                            let (index, data) = reply(j);
+                            match self.send_one(socket, index, data) {
+                                Ok(len) => {
+                                    sent += 1;
+                                    bytes += len as u64;
+                                }
+                                Err(e) => failed(index, e),
+                            }
+                        }
+                    } else {
+                        // The first reply left failed (say, an unreachable
+                        // source): skip it, send the rest.
+                        failed(reply(first).0, e);
+                    }
+                    done += 1;
                     continue;
                 }
-                // The first reply left failed (say, an unreachable
-                // source): skip it, send the rest.
-                failed(reply(done).0, e);
-                done += 1;
-                continue;
             };
-            for m in &self.send_msgs[done..done + n] {
-                sent += 1;
+            for (m, run) in self.send_msgs[done..done + n]
+                .iter()
+                .zip(&self.runs[done..])
+            {
+                sent += (run.end - run.first) as u64;
                 bytes += u64::from(m.msg_len);
+                self.gso_worked |= run.segment.is_some();
             }
             done += n.max(1);
         }
         (sent, bytes)
+    }
+
+    /// Splits replies `0..count` into [`Run`]s: each as long as GSO allows
+    /// (one destination, one source address, one size but for a shorter
+    /// last one, within the kernel's limits), or a single reply.
+    fn group<'a>(&mut self, count: usize, reply: &impl Fn(usize) -> (usize, &'a [u8])) {
+        self.runs.clear();
+        let mut j = 0;
+        while j < count {
+            let first = j;
+            let (index, data) = reply(j);
+            let size = data.len();
+            let mut total = size;
+            j += 1;
+            // A datagram of 0 bytes cannot be a segment; one that fills
+            // the limit alone has nothing to share it with.
+            if self.gso && size > 0 && size < GSO_MAX_BYTES {
+                let to = self.destination(index);
+                while j < count && j - first < GSO_MAX_SEGMENTS {
+                    let (next, data) = reply(j);
+                    let len = data.len();
+                    if len == 0
+                        || len > size
+                        || total + len > GSO_MAX_BYTES
+                        || self.destination(next) != to
+                    {
+                        break;
+                    }
+                    total += len;
+                    j += 1;
+                    if len < size {
+                        // Only the last segment may be shorter.
+                        break;
+                    }
+                }
+            }
+            let segment = (j - first > 1).then_some(size as u16);
+            self.runs.push(Run {
+                first,
+                end: j,
+                segment,
+            });
+        }
+    }
+
+    /// Where the reply to datagram `index` goes and leaves from: two
+    /// replies may share a GSO message only if both are the same.
+    fn destination(&self, index: usize) -> (Option<SocketAddr>, Option<Arrival>) {
+        let slot = self.parts[index].0;
+        let hdr = &self.msgs[slot].msg_hdr;
+        (
+            socket_addr(&self.names[slot], hdr.msg_namelen),
+            self.arrival(index),
+        )
+    }
+
+    /// The address the reply to datagram `index` leaves from, when chosen.
+    fn arrival(&self, index: usize) -> Option<Arrival> {
+        if self.pktinfo {
+            self.control(self.parts[index].0).0.arrival
+        } else {
+            None
+        }
+    }
+
+    /// One reply on its own, with `sendmsg(2)`: a merged run the kernel
+    /// refused, sent again datagram by datagram.
+    fn send_one(&mut self, socket: &Socket, index: usize, data: &[u8]) -> io::Result<usize> {
+        let arrival = self.arrival(index);
+        let mut iov = libc::iovec {
+            iov_base: data.as_ptr() as *mut _,
+            iov_len: data.len(),
+        };
+        // SAFETY: all-zero bytes are a valid msghdr.
+        let mut hdr: libc::msghdr = unsafe { mem::zeroed() };
+        let slot = self.parts[index].0;
+        hdr.msg_name = self.msgs[slot].msg_hdr.msg_name;
+        hdr.msg_namelen = self.msgs[slot].msg_hdr.msg_namelen;
+        hdr.msg_iov = &mut iov;
+        hdr.msg_iovlen = 1;
+        point_at_control(&mut hdr, &mut self.one_control, arrival, None);
+        loop {
+            // SAFETY: `hdr` points at `iov` (over `data`), the datagram's
+            // source name and `one_control`, all alive for the call.
+            let n = unsafe { libc::sendmsg(socket.as_raw_fd(), &hdr, 0) };
+            match usize::try_from(n) {
+                Ok(n) => return Ok(n),
+                Err(_) => {
+                    let e = io::Error::last_os_error();
+                    if e.kind() != io::ErrorKind::Interrupted {
+                        return Err(e);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether replies may still be merged with `UDP_SEGMENT`.
+    #[cfg(test)]
+    pub(crate) fn gso(&self) -> bool {
+        self.gso
+    }
+
+    /// The next merged run sent fails with the OS error `code` instead of
+    /// reaching the kernel: the fallback path, testable where GSO works.
+    #[cfg(test)]
+    pub(crate) fn inject_gso_error(&mut self, code: i32) {
+        self.gso_fault = Some(code);
+    }
+
+    /// How many buffers the last [`recv`](Self::recv) filled.
+    #[cfg(test)]
+    pub(crate) fn buffers(&self) -> usize {
+        self.received
+    }
+
+    /// How many messages the last [`send`](Self::send) made of its replies.
+    #[cfg(test)]
+    pub(crate) fn messages(&self) -> usize {
+        self.runs.len()
+    }
+
+    #[cfg(test)]
+    fn injected_gso_error(&mut self, run: usize) -> Option<io::Error> {
+        self.runs[run].segment?;
+        self.gso_fault.take().map(io::Error::from_raw_os_error)
+    }
+
+    #[cfg(not(test))]
+    #[inline(always)]
+    fn injected_gso_error(&mut self, _: usize) -> Option<io::Error> {
+        None
+    }
+}
+
+/// Whether an error sending a merged run says GSO cannot work on this
+/// socket (so merging stops for good) rather than something about this
+/// run: `EIO` (the device has no checksum offload), `ENOPROTOOPT` or
+/// `EOPNOTSUPP` (a kernel without `UDP_SEGMENT`), and `EINVAL` until a
+/// merged run has gone through once (afterwards it means this run, say a
+/// segment longer than the path MTU, not the socket).
+fn gso_unsupported(e: &io::Error, worked: bool) -> bool {
+    match e.raw_os_error() {
+        Some(libc::EIO | libc::ENOPROTOOPT | libc::EOPNOTSUPP) => true,
+        Some(libc::EINVAL) => !worked,
+        _ => false,
     }
 }
 
@@ -328,6 +595,15 @@ fn parse_control(buf: &[u8]) -> ControlData {
                     out.drops = Some(drops);
                 }
             }
+            (libc::SOL_UDP, libc::UDP_SEGMENT) => {
+                out.segment = read_plain::<u16>(payload).or(out.segment);
+            }
+            (libc::SOL_UDP, libc::UDP_GRO) => {
+                // An int, though a segment never exceeds 65,535 bytes.
+                if let Some(size) = read_plain::<libc::c_int>(payload) {
+                    out.segment = u16::try_from(size).ok().or(out.segment);
+                }
+            }
             _ => {}
         }
         // The last message needs no padding after it: past the end
@@ -337,59 +613,102 @@ fn parse_control(buf: &[u8]) -> ControlData {
     out
 }
 
-/// Points `hdr` at one `IP_PKTINFO`/`IPV6_PKTINFO` message in `control`
-/// saying which address to send from. `control` must outlive the use of
-/// `hdr` (both are [`MmsgBatch`]'s own).
-fn write_pktinfo(hdr: &mut libc::msghdr, control: &mut Control, from: Arrival) {
-    let (level, kind, size) = match from {
-        Arrival::V4(_) => (
-            libc::IPPROTO_IP,
-            libc::IP_PKTINFO,
-            size_of::<libc::in_pktinfo>(),
-        ),
-        Arrival::V6(..) => (
-            libc::IPPROTO_IPV6,
-            libc::IPV6_PKTINFO,
-            size_of::<libc::in6_pktinfo>(),
-        ),
-    };
+/// Points `hdr` at `control`, filled by [`build_control`], or at no
+/// control data when there is none to send. `control` must outlive the
+/// use of `hdr` (both are [`MmsgBatch`]'s own, or the caller's).
+fn point_at_control(
+    hdr: &mut libc::msghdr,
+    control: &mut Control,
+    from: Option<Arrival>,
+    segment: Option<u16>,
+) {
+    let len = build_control(control, from, segment);
+    if len == 0 {
+        hdr.msg_control = ptr::null_mut();
+        hdr.msg_controllen = 0;
+    } else {
+        hdr.msg_control = control.0.as_mut_ptr().cast();
+        hdr.msg_controllen = len as _;
+    }
+}
+
+/// Writes the control messages of one reply into `control`: an
+/// `IP_PKTINFO`/`IPV6_PKTINFO` saying which address to send from, and a
+/// `UDP_SEGMENT` with the segment size of a merged run. Returns the bytes
+/// used (`msg_controllen`), 0 for none. Safe code: every write is a
+/// bounds-checked copy into the 128-byte buffer (at most 64 are used).
+fn build_control(control: &mut Control, from: Option<Arrival>, segment: Option<u16>) -> usize {
     control.0 = [0; 128];
-    hdr.msg_control = control.0.as_mut_ptr().cast();
-    // SAFETY: CMSG_SPACE is arithmetic on its argument.
-    hdr.msg_controllen = unsafe { libc::CMSG_SPACE(size as u32) } as _;
-    // SAFETY: `hdr` points at `control`, 128 bytes aligned for `cmsghdr`,
-    // room for one header and an in6_pktinfo (CMSG_SPACE(20) is 40 bytes):
-    // CMSG_FIRSTHDR gives its start, and every write below stays inside it.
-    unsafe {
-        let cmsg = libc::CMSG_FIRSTHDR(hdr);
-        (*cmsg).cmsg_level = level;
-        (*cmsg).cmsg_type = kind;
-        (*cmsg).cmsg_len = libc::CMSG_LEN(size as u32) as _;
-        match from {
-            Arrival::V4(addr) => ptr::write_unaligned(
-                libc::CMSG_DATA(cmsg).cast(),
-                libc::in_pktinfo {
+    let mut at = 0;
+    if let Some(from) = from {
+        at += match from {
+            Arrival::V4(addr) => {
+                let info = libc::in_pktinfo {
                     ipi_ifindex: 0,
                     ipi_spec_dst: libc::in_addr {
                         s_addr: u32::from_ne_bytes(addr),
                     },
                     ipi_addr: libc::in_addr { s_addr: 0 },
-                },
-            ),
-            Arrival::V6(addr, ifindex) => {
-                // All-zero bytes are a valid in6_addr.
-                let mut ipi6_addr: libc::in6_addr = mem::zeroed();
-                ipi6_addr.s6_addr = addr;
-                ptr::write_unaligned(
-                    libc::CMSG_DATA(cmsg).cast(),
-                    libc::in6_pktinfo {
-                        ipi6_addr,
-                        ipi6_ifindex: ifindex,
-                    },
-                );
+                };
+                write_cmsg(
+                    &mut control.0[at..],
+                    libc::IPPROTO_IP,
+                    libc::IP_PKTINFO,
+                    info,
+                )
             }
-        }
+            Arrival::V6(addr, ifindex) => {
+                let info = libc::in6_pktinfo {
+                    ipi6_addr: in6_addr(addr),
+                    ipi6_ifindex: ifindex,
+                };
+                write_cmsg(
+                    &mut control.0[at..],
+                    libc::IPPROTO_IPV6,
+                    libc::IPV6_PKTINFO,
+                    info,
+                )
+            }
+        };
     }
+    if let Some(size) = segment {
+        at += write_cmsg(&mut control.0[at..], libc::SOL_UDP, libc::UDP_SEGMENT, size);
+    }
+    at
+}
+
+/// An `in6_addr` of these bytes.
+fn in6_addr(bytes: [u8; 16]) -> libc::in6_addr {
+    // SAFETY: all-zero bytes are a valid in6_addr (plain bytes).
+    let mut addr: libc::in6_addr = unsafe { mem::zeroed() };
+    addr.s6_addr = bytes;
+    addr
+}
+
+/// Writes one control message (header, `payload`, padding) at the start
+/// of `buf`; returns its `CMSG_SPACE`. Panics if `buf` is too short, which
+/// the fixed sizes above rule out.
+fn write_cmsg<T: Copy>(buf: &mut [u8], level: libc::c_int, kind: libc::c_int, payload: T) -> usize {
+    let data_offset = cmsg_align(size_of::<libc::cmsghdr>());
+    let len = data_offset + size_of::<T>();
+    let space = cmsg_align(len);
+    assert!(buf.len() >= space, "control buffer too short");
+    // SAFETY: all-zero bytes are a valid cmsghdr (integers).
+    let mut header: libc::cmsghdr = unsafe { mem::zeroed() };
+    header.cmsg_level = level;
+    header.cmsg_type = kind;
+    header.cmsg_len = len as _;
+    write_plain(&mut buf[..data_offset], header);
+    write_plain(&mut buf[data_offset..len], payload);
+    space
+}
+
+/// Copies the bytes of a plain C value to the start of `bytes`.
+fn write_plain<T: Copy>(bytes: &mut [u8], value: T) {
+    assert!(bytes.len() >= size_of::<T>());
+    // SAFETY: `bytes` has room for `size_of::<T>()` bytes, written
+    // without alignment.
+    unsafe { ptr::write_unaligned(bytes.as_mut_ptr().cast::<T>(), value) }
 }
 
 /// The control-message parser on crafted buffers: what the kernel
@@ -452,6 +771,7 @@ mod control_tests {
         let want = ControlData {
             arrival: Some(Arrival::V4(V4)),
             drops: Some(42),
+            segment: None,
         };
         assert_eq!(parse_control(&both), want);
         assert_eq!(parse_control(&[ovfl, ip].concat()), want);
@@ -469,6 +789,62 @@ mod control_tests {
             Some(Arrival::V6(V6, 5))
         );
         assert_eq!(parse_control(&[]), ControlData::default());
+    }
+
+    /// What `build_control` writes, `parse_control` reads back: each
+    /// message aligned, its length honest, nothing past the length given.
+    #[test]
+    fn built_control_messages_parse_back() {
+        let mut control = Control([0xff; 128]);
+        assert_eq!(build_control(&mut control, None, None), 0);
+        let header = cmsg_align(size_of::<libc::cmsghdr>());
+        let cases = [
+            (Some(Arrival::V4(V4)), None),
+            (Some(Arrival::V6(V6, 9)), None),
+            (None, Some(1000)),
+            (Some(Arrival::V4(V4)), Some(1)),
+            (Some(Arrival::V6(V6, 9)), Some(u16::MAX)),
+        ];
+        for (arrival, segment) in cases {
+            let len = build_control(&mut control, arrival, segment);
+            let want = arrival.map_or(0, |a| match a {
+                Arrival::V4(_) => cmsg_align(header + size_of::<libc::in_pktinfo>()),
+                Arrival::V6(..) => cmsg_align(header + size_of::<libc::in6_pktinfo>()),
+            }) + segment.map_or(0, |_| cmsg_align(header + 2));
+            assert_eq!(len, want, "{arrival:?} {segment:?}");
+            // The kernel reads the written ipi_spec_dst, not ipi_addr:
+            // check the bytes where the parser looks for the address.
+            let parsed = parse_control(&control.0[..len]);
+            assert_eq!(parsed.segment, segment);
+            assert_eq!(parsed.drops, None);
+            assert_eq!(parsed.arrival.is_some(), arrival.is_some());
+            if let Some(Arrival::V6(..)) = arrival {
+                assert_eq!(parsed.arrival, arrival);
+            }
+        }
+        // The pktinfo for IPv4 names the source in ipi_spec_dst.
+        let len = build_control(&mut control, Some(Arrival::V4(V4)), None);
+        let info: libc::in_pktinfo = read_plain(&control.0[header..len]).unwrap();
+        assert_eq!(info.ipi_spec_dst.s_addr.to_ne_bytes(), V4);
+        assert_eq!(info.ipi_addr.s_addr, 0);
+    }
+
+    /// A `UDP_GRO` message (an int) gives the segment size; one that is
+    /// no size (negative, too large) gives none.
+    #[test]
+    fn a_gro_segment_size_is_read() {
+        let gro = |size: libc::c_int| {
+            parse_control(&cmsg(
+                libc::SOL_UDP,
+                libc::UDP_GRO,
+                &size.to_ne_bytes(),
+                None,
+            ))
+            .segment
+        };
+        assert_eq!(gro(1472), Some(1472));
+        assert_eq!(gro(-1), None);
+        assert_eq!(gro(70_000), None);
     }
 
     #[test]

@@ -6,7 +6,14 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-/// Datagrams received (and replies sent) per system call at most.
+/// The smallest receive buffer that holds any merged (GRO) receive: the
+/// kernel merges up to one IP packet's worth, 65,535 bytes less the IP
+/// and UDP headers, so at most 65,527 bytes of datagrams (IPv6), plus the
+/// byte that shows a datagram too long.
+pub(crate) const GRO_BUFFER: usize = 65_528;
+
+/// Buffers filled per `recvmmsg` (and replies sent per system call) at
+/// most; with GRO, one buffer may hold several datagrams.
 #[cfg(target_os = "linux")]
 pub(crate) const BATCH: usize = 32;
 #[cfg(not(target_os = "linux"))]
@@ -95,8 +102,8 @@ mod linux {
         }
 
         /// Waits for a datagram (the socket's read timeout bounds the wait),
-        /// then takes every one already queued, up to [`BATCH`]. Returns how
-        /// many.
+        /// then takes every one already queued, up to [`BATCH`] buffers.
+        /// Returns how many datagrams (more, with GRO, than buffers).
         pub(crate) fn recv(&mut self, socket: &Socket) -> io::Result<usize> {
             self.0.recv(socket)
         }
@@ -125,14 +132,47 @@ mod linux {
             self.0
                 .send(socket, replies.len(), |j| replies.get(j), failed)
         }
+
+        /// The next merged (GSO) run fails with the OS error `code`.
+        #[cfg(test)]
+        pub(crate) fn inject_gso_error(&mut self, code: i32) {
+            self.0.inject_gso_error(code);
+        }
+
+        /// How many buffers the last [`recv`](Self::recv) filled.
+        #[cfg(test)]
+        pub(crate) fn buffers(&self) -> usize {
+            self.0.buffers()
+        }
+
+        /// How many messages the last [`send`](Self::send) made.
+        #[cfg(test)]
+        pub(crate) fn messages(&self) -> usize {
+            self.0.messages()
+        }
+
+        /// Whether replies may still be merged with `UDP_SEGMENT`.
+        #[cfg(test)]
+        pub(crate) fn gso(&self) -> bool {
+            self.0.gso()
+        }
     }
 
     /// Asks the kernel for each datagram's destination address (to reply
-    /// from it) and, always, for its drop count. Returns whether it gave
-    /// the destination.
-    pub(crate) fn enable(socket: &Socket, local: SocketAddr, pktinfo: bool) -> bool {
+    /// from it) and, always, for its drop count; with `gro`, to hand over
+    /// several same-size datagrams of one source in one buffer (split
+    /// again in [`MmsgBatch`]). Returns whether it gives the destination.
+    ///
+    /// `gro` only with buffers of at least [`GRO_BUFFER`] bytes: a merged
+    /// receive cut short would lose whole datagrams.
+    pub(crate) fn enable(socket: &Socket, local: SocketAddr, pktinfo: bool, gro: bool) -> bool {
         // Best effort: drop counts arriving or not shows whether it took.
         let _ = sockopt::set_int(socket.as_fd(), libc::SOL_SOCKET, SO_RXQ_OVFL, 1);
+        if gro {
+            // Best effort: a kernel without UDP_GRO (before 5.0) hands
+            // over one datagram per buffer, as without it.
+            let _ = sockopt::set_int(socket.as_fd(), libc::SOL_UDP, libc::UDP_GRO, 1);
+        }
         if !pktinfo {
             return false;
         }
@@ -211,7 +251,7 @@ mod portable {
         }
     }
 
-    pub(crate) fn enable(_: &Socket, _: std::net::SocketAddr, _: bool) -> bool {
+    pub(crate) fn enable(_: &Socket, _: std::net::SocketAddr, _: bool, _: bool) -> bool {
         false
     }
 }
@@ -355,6 +395,255 @@ mod tests {
         let want: Vec<&[u8]> = vec![b"a0", b"a1", b"a2", b"a3", b"a4", b"a5", b"b1", b"b3"];
         assert_eq!(received, want);
     }
+    /// What each client got, the `(sent, bytes)` totals, and for each
+    /// send its messages and replies.
+    #[cfg(target_os = "linux")]
+    type GsoEcho = (Vec<Vec<Vec<u8>>>, (u64, u64), Vec<(usize, usize)>);
+
+    /// Echoes `data` (sent from `clients[who]`) through one `Batch` and
+    /// returns what each client receives back, in order, with the
+    /// `(sent, bytes)` totals and the messages and replies of each `send`.
+    #[cfg(target_os = "linux")]
+    fn gso_echo(
+        batch: &mut linux::Batch,
+        data: &[(usize, Vec<u8>)],
+        before_send: &mut dyn FnMut(&mut linux::Batch),
+    ) -> GsoEcho {
+        let (server, addr) = server_socket();
+        let clients: Vec<UdpSocket> = (0..2)
+            .map(|_| {
+                let c = UdpSocket::bind("127.0.0.1:0").unwrap();
+                c.set_read_timeout(Some(DEADLINE)).unwrap();
+                c
+            })
+            .collect();
+        let mut replies = Replies::default();
+        let mut totals = (0, 0);
+        let mut messages = Vec::new();
+        let mut got = vec![Vec::new(), Vec::new()];
+        let mut buf = vec![0u8; 70_000];
+        // In slices the default socket buffers hold (each datagram costs
+        // its truesize, over 2 KiB), so loopback drops nothing.
+        for chunk in data.chunks(32) {
+            for (who, d) in chunk {
+                clients[*who].send_to(d, addr).unwrap();
+            }
+            let mut seen = 0;
+            while seen < chunk.len() {
+                let n = batch.recv(&server).unwrap();
+                replies.clear();
+                for k in 0..n {
+                    let d = batch.datagram(k).data.to_vec();
+                    replies.push(k, |out| {
+                        out.extend_from_slice(&d);
+                        true
+                    });
+                }
+                before_send(batch);
+                let (sent, bytes) = batch.send(&server, &replies, |i, e| panic!("{i}: {e}"));
+                totals.0 += sent;
+                totals.1 += bytes;
+                messages.push((batch.messages(), replies.len()));
+                seen += n;
+            }
+            for (who, c) in clients.iter().enumerate() {
+                for _ in chunk.iter().filter(|d| d.0 == who) {
+                    match c.recv(&mut buf) {
+                        Ok(n) => got[who].push(buf[..n].to_vec()),
+                        Err(_) => break,
+                    }
+                }
+            }
+        }
+        // Nothing more than one reply per datagram.
+        for (who, c) in clients.iter().enumerate() {
+            c.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+            while let Ok(n) = c.recv(&mut buf) {
+                got[who].push(buf[..n].to_vec());
+            }
+        }
+        (got, totals, messages)
+    }
+
+    /// `n` datagrams from client `who`, of `size(seq)` bytes, each
+    /// starting with its sequence number.
+    #[cfg(target_os = "linux")]
+    fn numbered(who: usize, n: u32, size: impl Fn(u32) -> usize) -> Vec<(usize, Vec<u8>)> {
+        (0..n)
+            .map(|seq| {
+                let mut d = seq.to_be_bytes().to_vec();
+                d.resize(size(seq).max(4), who as u8 ^ seq as u8);
+                (who, d)
+            })
+            .collect()
+    }
+
+    #[cfg(target_os = "linux")]
+    fn expected(data: &[(usize, Vec<u8>)]) -> Vec<Vec<Vec<u8>>> {
+        let mut want = vec![Vec::new(), Vec::new()];
+        for (who, d) in data {
+            want[*who].push(d.clone());
+        }
+        want
+    }
+
+    /// Replies of one size to one source leave merged (fewer messages than
+    /// replies: GSO) and arrive as the datagrams they answer, each once,
+    /// in order; two sources interleaved and mixed sizes too.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn merged_replies_arrive_as_separate_datagrams() {
+        let mut batch = linux::Batch::new(2048, false);
+        let same = numbered(0, 200, |_| 1000);
+        let (got, totals, messages) = gso_echo(&mut batch, &same, &mut |_| {});
+        assert_eq!(got, expected(&same));
+        assert_eq!(totals, (200, 200_000));
+        assert!(batch.gso(), "GSO still on");
+        let merged: usize = messages.iter().map(|m| m.0).sum();
+        assert!(merged < 200, "merged: {messages:?}");
+        // Two sources, sizes changing every few datagrams, a shorter one
+        // closing runs, empty ones (never merged).
+        let mut mixed = Vec::new();
+        let sizes = [1000, 1000, 1000, 999, 1000, 7, 7, 0, 0, 1500, 1500, 64];
+        for (a, b) in numbered(0, 120, |s| sizes[s as usize % 12])
+            .into_iter()
+            .zip(numbered(1, 120, |s| sizes[(s as usize + 5) % 12]))
+        {
+            mixed.push(a.clone());
+            mixed.push(a);
+            mixed.push(b);
+        }
+        let (got, totals, _) = gso_echo(&mut batch, &mixed, &mut |_| {});
+        assert_eq!(got, expected(&mixed));
+        let bytes: usize = mixed.iter().map(|d| d.1.len()).sum();
+        assert_eq!(totals, (mixed.len() as u64, bytes as u64));
+    }
+
+    /// The largest datagrams are never merged past the kernel's limit
+    /// (64 KiB in all), and arrive whole. (Few at a time: the socket's
+    /// default buffer holds about two of 64 KiB.)
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_largest_datagrams_are_sent_whole() {
+        let mut batch = linux::Batch::new(65_508, false);
+        for (size, count, messages) in [
+            (65_507, 1, 1),
+            (32_768, 2, 2),
+            (32_000, 2, 1),
+            (21_000, 3, 1),
+        ] {
+            let data = numbered(0, count, |_| size);
+            let (got, totals, sends) = gso_echo(&mut batch, &data, &mut |_| {});
+            assert_eq!(got, expected(&data), "{size}");
+            assert_eq!(totals, (u64::from(count), u64::from(count) * size as u64));
+            let made: usize = sends.iter().map(|m| m.0).sum();
+            // Received in one batch, unless the kernel split the burst.
+            if sends.len() == 1 {
+                assert_eq!(made, messages, "{size} × {count}");
+            }
+        }
+    }
+
+    /// When the kernel refuses a merged run (EIO: no checksum offload;
+    /// EINVAL on first use; ENOPROTOOPT), its replies are sent one by one,
+    /// nothing lost, and merging stops for good on that socket.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_refused_merged_run_is_sent_again_unmerged() {
+        for code in [libc::EIO, libc::EINVAL, libc::ENOPROTOOPT] {
+            let mut batch = linux::Batch::new(2048, false);
+            let data = numbered(0, 200, |_| 1000);
+            let mut first = true;
+            let (got, totals, messages) = gso_echo(&mut batch, &data, &mut |b| {
+                if std::mem::take(&mut first) {
+                    b.inject_gso_error(code);
+                }
+            });
+            assert_eq!(got, expected(&data), "errno {code}");
+            assert_eq!(totals, (200, 200_000), "errno {code}");
+            assert!(!batch.gso(), "errno {code}: GSO off");
+            // After the first send, one message per reply.
+            assert!(messages[1..].iter().all(|m| m.0 == m.1), "{messages:?}");
+        }
+    }
+
+    /// A receiver with GRO gets merged replies (GSO) as one buffer and
+    /// splits it back into the datagrams, each whole and in order, the
+    /// shorter last one too: socket `b` (GRO on) sends to `a`, whose
+    /// replies leave merged.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_merged_receive_is_split_into_its_datagrams() {
+        let (a, a_addr) = server_socket();
+        let (b, b_addr) = server_socket();
+        linux::enable(&b, b_addr, false, true);
+        let mut a_batch = linux::Batch::new(2048, false);
+        let mut b_batch = linux::Batch::new(GRO_BUFFER, false);
+        let mut replies = Replies::default();
+        for sizes in [
+            vec![1000; 30],
+            [vec![1200; 20], vec![700]].concat(),
+            vec![7, 7, 0, 9],
+        ] {
+            let data: Vec<Vec<u8>> = (0..sizes.len())
+                .map(|seq| {
+                    let mut d = vec![seq as u8; sizes[seq]];
+                    d.iter_mut().enumerate().for_each(|(i, x)| *x ^= i as u8);
+                    d
+                })
+                .collect();
+            for d in &data {
+                b.send_to(d, &a_addr.into()).unwrap();
+            }
+            let mut seen = 0;
+            while seen < data.len() {
+                let n = a_batch.recv(&a).unwrap();
+                replies.clear();
+                for k in 0..n {
+                    let d = a_batch.datagram(k).data.to_vec();
+                    replies.push(k, |out| {
+                        out.extend_from_slice(&d);
+                        true
+                    });
+                }
+                a_batch.send(&a, &replies, |i, e| panic!("{i}: {e}"));
+                seen += n;
+            }
+            let (mut got, mut buffers) = (Vec::new(), 0);
+            while got.len() < data.len() {
+                let n = b_batch.recv(&b).unwrap();
+                buffers += b_batch.buffers();
+                for k in 0..n {
+                    let d = b_batch.datagram(k);
+                    assert_eq!(d.source, Some(a_addr));
+                    got.push(d.data.to_vec());
+                }
+            }
+            assert_eq!(got, data, "{sizes:?}");
+            if sizes[0] >= 700 {
+                assert!(buffers < data.len(), "merged: {buffers} buffers");
+            }
+        }
+    }
+
+    /// An error that concerns one run, not the socket (here EAGAIN),
+    /// re-sends that run unmerged and keeps merging.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_transient_error_keeps_gso_on() {
+        let mut batch = linux::Batch::new(2048, false);
+        let data = numbered(0, 100, |_| 1000);
+        let mut first = true;
+        let (got, totals, _) = gso_echo(&mut batch, &data, &mut |b| {
+            if std::mem::take(&mut first) {
+                b.inject_gso_error(libc::EAGAIN);
+            }
+        });
+        assert_eq!(got, expected(&data));
+        assert_eq!(totals, (100, 100_000));
+        assert!(batch.gso());
+    }
+
     round_trip!(
         portable_batches_keep_each_datagram_and_its_source,
         portable::Batch
@@ -365,6 +654,6 @@ mod tests {
     #[test]
     fn the_portable_batch_reports_no_arrival_address() {
         let (server, addr) = server_socket();
-        assert!(!portable::enable(&server, addr, true));
+        assert!(!portable::enable(&server, addr, true, true));
     }
 }

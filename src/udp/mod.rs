@@ -105,7 +105,10 @@ impl DatagramSocket {
             // `NonBlocking=yes`) would make that a spin.
             socket.set_nonblocking(false)?;
             socket.set_read_timeout(Some(POLL))?;
-            reply_from_arrival &= batch::enable(socket, local, local.ip().is_unspecified());
+            // GRO where the receive buffers (one byte over the largest
+            // datagram answered) hold whatever the kernel merges.
+            let gro = settings.max_datagram + 1 >= batch::GRO_BUFFER;
+            reply_from_arrival &= batch::enable(socket, local, local.ip().is_unspecified(), gro);
             let granted = size_buffers(socket, settings.buffer);
             if granted < settings.buffer {
                 short_buffer = Some(granted);

@@ -137,6 +137,8 @@ pub struct Config {
     /// datagram may go unanswered before it counts as lost.
     pub sockets: usize,
     pub inflight: usize,
+    /// `udp`: send with UDP_SEGMENT where the kernel allows.
+    pub gso: bool,
     pub loss_timeout: Duration,
     /// `soak`: the server's UDP address, if datagrams are to be part of it.
     pub udp_addr: Option<SocketAddr>,

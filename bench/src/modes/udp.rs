@@ -466,7 +466,7 @@ pub fn run(ctx: &Ctx, ids: Range<usize>) -> Outcome {
         hist: new_histogram(),
         in_window: 0,
         in_flight: 0,
-        tx: Sender::new(format.size),
+        tx: Sender::new(format.size, cfg.gso),
     };
     let scan_every =
         (cfg.loss_timeout / 8).clamp(Duration::from_millis(1), Duration::from_millis(25));

@@ -236,6 +236,9 @@ fn serve_socket(socket: &Socket, addr: &ListenAddr, reply_from_arrival: bool, ct
     // Each datagram of a batch: its source, length and verdict so far.
     let mut verdicts: Vec<Judged> = Vec::with_capacity(batch::BATCH);
     let mut truncated_controls: u64 = 0;
+    // Whether the socket may hand over merged datagrams (UDP_GRO): as
+    // `bind` decided, from the same buffer size.
+    let gro = cfg!(target_os = "linux") && settings.max_datagram + 1 >= batch::GRO_BUFFER;
     let own = match addr {
         ListenAddr::Udp(local) => Some(*local),
         _ => None,
@@ -259,13 +262,19 @@ fn serve_socket(socket: &Socket, addr: &ListenAddr, reply_from_arrival: bool, ct
         // First what needs no lock: drop counts, size, the source filter.
         for index in 0..received {
             let datagram = batch.datagram(index);
+            // With GRO on (the default buffers), a buffer may hold several
+            // datagrams, told apart only by a control message: cut short,
+            // it is not known where one ends, and answering the buffer as
+            // one datagram would send what no client sent. Not answered.
+            let unsplittable = datagram.control_truncated && gro;
             if datagram.control_truncated {
                 truncated_controls += 1;
                 if truncated_controls == 1 {
                     log::debug!(
                         "{addr}: a datagram's control messages were cut short (MSG_CTRUNC): \
                          its arrival address is ignored and the reply leaves from the \
-                         socket's own address (logged once per receive thread)"
+                         socket's own address, or with GRO on it is not answered (logged \
+                         once per receive thread)"
                     );
                 }
             }
@@ -277,7 +286,7 @@ fn serve_socket(socket: &Socket, addr: &ListenAddr, reply_from_arrival: bool, ct
                 );
                 drops_seen = total;
             }
-            verdicts.push(datagram.source.map(|source| {
+            verdicts.push(datagram.source.filter(|_| !unsplittable).map(|source| {
                 let len = datagram.data.len();
                 let verdict = if len > settings.max_datagram {
                     Err(Refusal::TooLarge)

@@ -81,7 +81,7 @@ fn server_config(files: &TlsFiles) -> io::Result<Arc<ServerConfig>> {
         ));
     };
     let chain = certificates(cert_file, "certificate chain")?;
-    let key = PrivateKeyDer::from_pem_file(key_file)
+    let key = PrivateKeyDer::from_pem_slice(&read_pem(key_file, "private key")?)
         .map_err(|e| file_error(key_file, "private key", e))?;
     // rustls 0.23.48 deprecates the ring provider for want of post-quantum
     // key exchange, which only its aws-lc-rs provider has; that one needs
@@ -109,21 +109,63 @@ fn server_config(files: &TlsFiles) -> io::Result<Arc<ServerConfig>> {
     };
     let config = builder
         .with_single_cert(chain, key)
-        // A key that does not match the certificate, or one rustls cannot use.
-        .map_err(|e| file_error(key_file, "private key", e))?;
+        // A key that does not match the certificate, a certificate rustls
+        // cannot read, a chain out of order: either file may be at fault.
+        .map_err(|e| {
+            io::Error::new(
+                ErrorKind::InvalidData,
+                format!(
+                    "cannot use the TLS certificate chain {} with the private key {}: {e}",
+                    cert_file.display(),
+                    key_file.display()
+                ),
+            )
+        })?;
     Ok(Arc::new(config))
 }
 
 /// Every certificate of a PEM file: at least one.
 fn certificates(file: &Path, what: &str) -> io::Result<Vec<CertificateDer<'static>>> {
-    let certs = CertificateDer::pem_file_iter(file)
-        .map_err(|e| file_error(file, what, e))?
+    let certs = CertificateDer::pem_slice_iter(&read_pem(file, what)?)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| file_error(file, what, e))?;
     if certs.is_empty() {
         return Err(file_error(file, what, "no PEM certificate in it"));
     }
     Ok(certs)
+}
+
+/// The largest PEM file read: chains and keys are a few KiB; a bigger file
+/// is a mistake, and reading it whole would balloon the server at a reload.
+const MAX_PEM: u64 = 1 << 20;
+
+/// A PEM file's bytes, at most [`MAX_PEM`]. Only a regular file: opened
+/// without blocking and refused otherwise, because a FIFO in its place
+/// would block the one thread that handles the signals (SIGTERM included)
+/// while it reloads.
+fn read_pem(file: &Path, what: &str) -> io::Result<Vec<u8>> {
+    use std::io::Read as _;
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NONBLOCK);
+    let opened = options.open(file).map_err(|e| file_error(file, what, e))?;
+    let is_file = opened
+        .metadata()
+        .map_err(|e| file_error(file, what, e))?
+        .is_file();
+    if !is_file {
+        return Err(file_error(file, what, "not a regular file"));
+    }
+    let mut bytes = Vec::new();
+    opened
+        .take(MAX_PEM + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| file_error(file, what, e))?;
+    if bytes.len() as u64 > MAX_PEM {
+        return Err(file_error(file, what, "larger than 1 MiB, not a PEM file"));
+    }
+    Ok(bytes)
 }
 
 /// An error that names the file, what it was for, and the reason.

@@ -25,6 +25,7 @@ engine_tests!(
     a_plaintext_client_is_closed_and_counted,
     a_silent_client_is_closed_after_the_handshake_timeout,
     behind_a_balancer_the_proxy_header_comes_before_the_handshake,
+    a_dripping_handshake_is_closed_at_its_deadline,
 );
 
 /// The client: handshake, then (`echo N`) N random bytes sent while the
@@ -342,6 +343,36 @@ fn behind_a_balancer_the_proxy_header_comes_before_the_handshake(engine: Engine)
     server.stop();
 }
 
+/// A client dripping its handshake a byte at a time is closed at the
+/// handshake deadline on every engine (the thread engine once gave each
+/// byte a whole new wait).
+fn a_dripping_handshake_is_closed_at_its_deadline(engine: Engine) {
+    let Some(pki) = Pki::make() else { return };
+    let (mut server, port) = spawn(engine, &pki, &["--tls-handshake-timeout", "1"]);
+    let mut s = connect(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+    s.set_nodelay(true).unwrap();
+    // A handshake record announcing 512 bytes, then a byte every 200 ms.
+    let mut record = vec![0x16, 0x03, 0x01, 0x02, 0x00];
+    record.resize(5 + 512, 0);
+    let started = std::time::Instant::now();
+    let mut closed = false;
+    for byte in &record {
+        if s.write_all(&[*byte]).is_err() || is_closed(&mut s, Duration::from_millis(200)) {
+            closed = true;
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "never closed");
+    }
+    assert!(closed, "the whole record went through");
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "closed after {:?}",
+        started.elapsed()
+    );
+    server.wait_for_stats("1 TLS handshakes timed out");
+    server.stop();
+}
+
 #[test]
 fn mutual_tls_accepts_a_client_certificate_and_refuses_none() {
     let Some(pki) = Pki::make() else { return };
@@ -431,6 +462,18 @@ fn sighup_reloads_the_certificate_and_keeps_it_when_the_new_one_is_bad() {
         "OK 07D2",
         "the one in force"
     );
+    // A FIFO in the certificate's place: refused without blocking the
+    // thread that handles signals, so SIGTERM still stops the server.
+    std::fs::remove_file(&live_cert).unwrap();
+    let made = std::process::Command::new("mkfifo")
+        .arg(&live_cert)
+        .status()
+        .is_ok_and(|s| s.success());
+    if made {
+        server.signal(libc::SIGHUP);
+        let why = server.expect_line("the FIFO refused", |l| l.contains("not a regular file"));
+        assert!(why.contains(&cert), "{why}");
+    }
     server.stop();
 }
 
@@ -466,4 +509,37 @@ fn bad_certificate_files_stop_start_up_naming_the_file() {
     let (status, stderr) = run_binary(&["--tls", "0", "--tls-cert", &pki.arg("server.pem")]);
     assert_eq!(status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("--tls-key"), "{stderr}");
+    // Too large to be a PEM file: refused before it is read whole.
+    let huge = pki.path("huge.pem");
+    std::fs::write(&huge, vec![b'A'; 2 << 20]).unwrap();
+    let huge = huge.to_str().unwrap().to_owned();
+    let (status, stderr) = run_binary(&["--tls", "0", "--tls-cert", &huge, "--tls-key", &key]);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&huge) && stderr.contains("larger than 1 MiB"),
+        "{stderr}"
+    );
+    // A certificate rustls cannot use: both files named, not the key alone.
+    let bad = pki.path("bad.pem");
+    std::fs::write(
+        &bad,
+        "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    let bad = bad.to_str().unwrap().to_owned();
+    let (status, stderr) = run_binary(&["--tls", "0", "--tls-cert", &bad, "--tls-key", &key]);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(&bad), "{stderr}");
+    // A FIFO at start-up: refused at once, not waited on for ever.
+    let fifo = pki.path("fifo.pem");
+    if std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        let fifo = fifo.to_str().unwrap().to_owned();
+        let (status, stderr) = run_binary(&["--tls", "0", "--tls-cert", &fifo, "--tls-key", &key]);
+        assert_eq!(status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains("not a regular file"), "{stderr}");
+    }
 }

@@ -139,20 +139,27 @@ fn handshake(conn: &mut Connection) -> Result<(), Outcome> {
     let Some(deadline) = conn.handshake_deadline() else {
         return Ok(());
     };
+    // Non-blocking meanwhile, as for the PROXY header: a client dripping
+    // its handshake a byte at a time would otherwise get a whole wait per
+    // byte, and the deadline would never be looked at.
+    let blocking = |conn: &Connection, on: bool| {
+        conn.stream
+            .socket
+            .set_nonblocking(!on)
+            .map_err(Outcome::Failed)
+    };
+    blocking(conn, false)?;
     loop {
+        if conn.handshake()? {
+            break;
+        }
         let left = deadline.saturating_duration_since(std::time::Instant::now());
         if left.is_zero() {
             return Err(conn.handshake_timed_out());
         }
-        let socket = &conn.stream.socket;
-        socket
-            .set_read_timeout(Some(left))
-            .and_then(|()| socket.set_write_timeout(Some(left)))
-            .map_err(Outcome::Failed)?;
-        if conn.handshake()? {
-            return Ok(());
-        }
+        wait_readable(&conn.stream.socket, left);
     }
+    blocking(conn, true)
 }
 
 /// Waits until `socket` has bytes (or its end) or `wait` has passed.

@@ -509,6 +509,10 @@ fn bad_certificate_files_stop_start_up_naming_the_file() {
     let (status, stderr) = run_binary(&["--tls", "0", "--tls-cert", &pki.arg("server.pem")]);
     assert_eq!(status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("--tls-key"), "{stderr}");
+    // TLS files without a TLS port: a usage error, not silently ignored.
+    let (status, stderr) = run_binary(&["--tls-cert", &missing, "--tls-key", &key, "0"]);
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--tls"), "{stderr}");
     // Too large to be a PEM file: refused before it is read whole.
     let huge = pki.path("huge.pem");
     std::fs::write(&huge, vec![b'A'; 2 << 20]).unwrap();

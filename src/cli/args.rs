@@ -181,19 +181,21 @@ pub struct Args {
     pub tls: Vec<u16>,
 
     /// The TLS certificate chain, a PEM file, the server's own first.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", requires = "tls")]
     pub tls_cert: Option<PathBuf>,
 
     /// The TLS private key, a PEM file (PKCS#8, PKCS#1 or SEC1).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", requires = "tls")]
     pub tls_key: Option<PathBuf>,
 
     /// Mutual TLS: require of every TLS client a certificate signed by a CA
     /// of this PEM file [default: no client certificate asked for]
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", requires = "tls")]
     pub tls_client_ca: Option<PathBuf>,
 
-    /// How long a TLS client has, from accept, to finish its handshake.
+    /// How long a TLS client has, from accept (or from the end of its
+    /// PROXY protocol header, which has its own deadline), to finish its
+    /// handshake.
     #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_secs)]
     pub tls_handshake_timeout: Duration,
 

@@ -190,6 +190,24 @@ fn more_bytes_than_sent_are_wrong() {
     server.join().unwrap();
 }
 
+/// Surplus that comes a moment after a correct echo, in a segment of its
+/// own, is caught too (outside review: it passed as `ok`).
+#[test]
+fn more_bytes_a_moment_after_the_echo_are_wrong() {
+    let (addr, server) = one_connection(|mut s| {
+        let mut got = [0u8; 32];
+        s.read_exact(&mut got).unwrap();
+        s.set_nodelay(true).unwrap();
+        s.write_all(&got).unwrap();
+        thread::sleep(std::time::Duration::from_millis(5));
+        let _ = s.write_all(b"more");
+        until_closed(s);
+    });
+    let run = probe(&[&addr]);
+    assert_fails(&run, "wrong reply: more bytes came back than the 32 sent");
+    server.join().unwrap();
+}
+
 #[test]
 fn a_reply_cut_short_is_named() {
     let (addr, server) = one_connection(|mut s| {

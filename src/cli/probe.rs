@@ -450,8 +450,29 @@ fn exchange(
             echoed += n;
         }
     }
-    Ok(start.elapsed())
+    let rtt = start.elapsed();
+    // Whatever comes within a short while after the whole echo is more
+    // than was sent: a server that answers twice, or adds to its echo in a
+    // segment of its own. (Waiting longer would make every probe slower.)
+    let grace = deadline
+        .left("echoing", echoed, of)
+        .map_or(Duration::ZERO, |left| left.min(SURPLUS_WAIT));
+    if !grace.is_zero() {
+        stream
+            .set_timeouts(grace)
+            .map_err(|e| Failure::Io("cannot set a socket timeout", e))?;
+        if let Ok(n) = stream.read(&mut buf[..1]) {
+            if n > 0 {
+                return Err(Failure::Extra { of });
+            }
+        }
+    }
+    Ok(rtt)
 }
+
+/// How long the probe listens after a whole echo for bytes that should
+/// not come.
+const SURPLUS_WAIT: Duration = Duration::from_millis(50);
 
 /// Bounds the stream's next waits by what is left of the deadline.
 fn bound(

@@ -148,20 +148,19 @@ impl<S: Read + Write> Write for TlsIo<'_, S> {
     /// has no room and the socket takes nothing: flow control reaches the
     /// echo as with a plain socket.
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self.send_pending() {
-            Ok(()) => {}
-            Err(e) if e.kind() == ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
-        }
+        // Records still waiting for the socket go first, and while the
+        // socket takes none, no more plaintext is taken in: `WouldBlock`
+        // (a non-blocking socket) or the write timeout (a blocking one)
+        // reaches the echo core at once. Swallowing it here once made a
+        // thread wait out its write timeout three times over.
+        self.send_pending()?;
         let n = self.tls.writer().write(buf)?;
         if n == 0 && !buf.is_empty() {
             return Err(ErrorKind::WouldBlock.into());
         }
-        match self.send_pending() {
-            Ok(()) => Ok(n),
-            Err(e) if e.kind() == ErrorKind::WouldBlock => Ok(n),
-            Err(e) => Err(e),
-        }
+        // The records go out at the flush the echo core owes after each
+        // chunk, or with the next write.
+        Ok(n)
     }
 
     /// Every record out on the socket: the echo core's flush after a

@@ -26,6 +26,7 @@ engine_tests!(
     a_silent_client_is_closed_after_the_handshake_timeout,
     behind_a_balancer_the_proxy_header_comes_before_the_handshake,
     a_dripping_handshake_is_closed_at_its_deadline,
+    a_client_that_never_reads_is_closed_at_the_write_timeout,
 );
 
 /// The client: handshake, then (`echo N`) N random bytes sent while the
@@ -370,6 +371,51 @@ fn a_dripping_handshake_is_closed_at_its_deadline(engine: Engine) {
         started.elapsed()
     );
     server.wait_for_stats("1 TLS handshakes timed out");
+    server.stop();
+}
+
+/// A TLS client that sends and never reads: once the socket buffers are
+/// full, it is closed after --write-timeout, not a multiple of it (the
+/// thread engine once waited it out three times).
+fn a_client_that_never_reads_is_closed_at_the_write_timeout(engine: Engine) {
+    let Some(pki) = Pki::make() else { return };
+    let (mut server, port) = spawn(engine, &pki, &["--write-timeout", "2"]);
+    // Handshake, then send until the server closes; prints how long the
+    // sends were stuck (no progress) before the close.
+    const NEVER_READS: &str = r#"
+import socket, ssl, sys, time
+port, ca = int(sys.argv[1]), sys.argv[2]
+ctx = ssl.create_default_context(cafile=ca)
+raw = socket.create_connection(("127.0.0.1", port), timeout=30)
+s = ctx.wrap_socket(raw, server_hostname="localhost")
+s.settimeout(0.2)
+chunk = b"x" * 16384
+last_progress = time.monotonic()
+start = last_progress
+while time.monotonic() - start < 30:
+    try:
+        s.send(chunk)
+        last_progress = time.monotonic()
+    except (socket.timeout, ssl.SSLWantWriteError):
+        continue
+    except (OSError, ssl.SSLError):
+        print("CLOSED %.2f" % (time.monotonic() - last_progress))
+        sys.exit(0)
+print("NEVER")
+"#;
+    let out = Command::new("python3")
+        .args(["-c", NEVER_READS, &port.to_string(), &pki.arg("ca.pem")])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let stuck: f64 = said
+        .strip_prefix("CLOSED ")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("{said} {}", String::from_utf8_lossy(&out.stderr)));
+    // 2 s of timeout, give or take the sweep (events) and scheduling; three
+    // times over would be 6.
+    assert!(stuck < 4.5, "stuck {stuck} s before the close");
+    server.wait_for_stats("write timeouts");
     server.stop();
 }
 

@@ -103,13 +103,44 @@ fn serve(mut conn: Connection) {
 }
 
 /// The PROXY protocol header a balancer's connection owes, read before
-/// the echo within its deadline. The socket is non-blocking meanwhile and
-/// each wait is for what is left of the deadline, so a client dripping a
-/// byte at a time cannot stretch it. Returns the echo to start with.
+/// the echo within its deadline. Returns the echo to start with.
 fn read_preface(conn: &mut Connection) -> Result<Echo, Outcome> {
-    let Some(deadline) = conn.preface_deadline() else {
-        return Ok(Echo::new());
-    };
+    match conn.preface_deadline() {
+        Some(deadline) => within(
+            conn,
+            deadline,
+            Connection::read_preface,
+            Connection::preface_timed_out,
+        ),
+        None => Ok(Echo::new()),
+    }
+}
+
+/// The TLS handshake a TLS listener's connection owes, within its
+/// deadline.
+fn handshake(conn: &mut Connection) -> Result<(), Outcome> {
+    match conn.handshake_deadline() {
+        Some(deadline) => within(
+            conn,
+            deadline,
+            |conn| Ok(conn.handshake()?.then_some(())),
+            Connection::handshake_timed_out,
+        ),
+        None => Ok(()),
+    }
+}
+
+/// Runs `step` until it gives a value or `deadline` passes (then
+/// `timed_out` says how to close). The socket is non-blocking meanwhile and
+/// each wait is for what is left of the deadline: with blocking reads, a
+/// client dripping a byte at a time would get a whole wait per byte and the
+/// deadline would never be looked at.
+fn within<T>(
+    conn: &mut Connection,
+    deadline: std::time::Instant,
+    mut step: impl FnMut(&mut Connection) -> Result<Option<T>, Outcome>,
+    timed_out: impl FnOnce(&mut Connection) -> Outcome,
+) -> Result<T, Outcome> {
     let blocking = |conn: &Connection, on: bool| {
         conn.stream
             .socket
@@ -117,49 +148,18 @@ fn read_preface(conn: &mut Connection) -> Result<Echo, Outcome> {
             .map_err(Outcome::Failed)
     };
     blocking(conn, false)?;
-    let echo = loop {
-        if let Some(echo) = conn.read_preface()? {
-            break echo;
+    let value = loop {
+        if let Some(value) = step(conn)? {
+            break value;
         }
         let left = deadline.saturating_duration_since(std::time::Instant::now());
         if left.is_zero() {
-            return Err(conn.preface_timed_out());
+            return Err(timed_out(conn));
         }
         wait_readable(&conn.stream.socket, left);
     };
     blocking(conn, true)?;
-    Ok(echo)
-}
-
-/// The TLS handshake a TLS listener's connection owes, within its
-/// deadline: blocking, each wait (read or write) bounded by what is left of
-/// the deadline, which is checked after every one, so a client dripping a
-/// byte at a time cannot stretch it by more than one wait.
-fn handshake(conn: &mut Connection) -> Result<(), Outcome> {
-    let Some(deadline) = conn.handshake_deadline() else {
-        return Ok(());
-    };
-    // Non-blocking meanwhile, as for the PROXY header: a client dripping
-    // its handshake a byte at a time would otherwise get a whole wait per
-    // byte, and the deadline would never be looked at.
-    let blocking = |conn: &Connection, on: bool| {
-        conn.stream
-            .socket
-            .set_nonblocking(!on)
-            .map_err(Outcome::Failed)
-    };
-    blocking(conn, false)?;
-    loop {
-        if conn.handshake()? {
-            break;
-        }
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        if left.is_zero() {
-            return Err(conn.handshake_timed_out());
-        }
-        wait_readable(&conn.stream.socket, left);
-    }
-    blocking(conn, true)
+    Ok(value)
 }
 
 /// Waits until `socket` has bytes (or its end) or `wait` has passed.

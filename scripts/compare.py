@@ -47,6 +47,20 @@ Scenarios (numbers or names for --scenarios):
  10 udp64     UDP, 64 sockets, 64 B, 4 in flight each: answered/s, server CPU per
               datagram, and what the rate limiter costs (ours-ratelimited)
  11 udp16k    UDP, 8 sockets, 16,000 B, 2 in flight each: answered/s
+ 12 tlsconn   TLS: connect, full handshake, echo 16 B, close, 50 parallel:
+              handshakes/s, server CPU per handshake
+ 13 tlspp100  TLS: pingpong, 100 connections, 64 B: round trips/s, p99, server CPU
+              per round trip
+
+TLS runs use a certificate made for the run (ECDSA P-256, signed by a CA of
+its own, both with `openssl`, in bench-out/tls) and a client that verifies
+it and never resumes a session, so every connection is a full TLS 1.3
+handshake. Our rows are `ours-threads`, `ours-events` and `ours-auto` with
+`--tls PORT --tls-cert --tls-key` (TLS connections never go to io_uring);
+the peers are `tokio-rustls` (`tokio-echo --tls`: tokio-rustls on the same
+rustls and ring provider, so the two differ in the server around TLS, not
+in the crypto) and `socat-openssl` (`OPENSSL-LISTEN:PORT,fork PIPE`:
+OpenSSL, a process per connection).
 
 UDP runs count lost datagrams (not answered within 200 ms; the client
 replaces them and goes on) and bad replies (corrupted, duplicated, wrong
@@ -197,6 +211,72 @@ def server_table(args):
         "go-echo": lambda p, _b: [str(PEERS / "go-echo"), str(p)],
         "seed-c": lambda p, _b: [str(PEERS / "seed-c"), str(p)],
         "socat": lambda p, _b: ["socat", f"TCP-LISTEN:{p},bind=127.0.0.1,fork,reuseaddr,backlog=1024", "PIPE"],
+    }
+    for name, cmd in peers.items():
+        if shutil.which(cmd(0, False)[0]):
+            t[name] = cmd
+        else:
+            missing_peer(name, cmd(0, False)[0])
+    return t
+
+
+TLS_DIR = OUT / "tls"
+
+
+def tls_material():
+    """The run's CA, certificate and key (made once, with openssl: a CA of
+    its own signs an ECDSA P-256 server certificate for localhost and
+    127.0.0.1), as a dict of paths, or None (with a note) if openssl is
+    missing and cannot be installed: the TLS scenarios are then left out."""
+    files = {k: TLS_DIR / f"{k}.pem" for k in ("ca", "cert", "key")}
+    if all(f.exists() for f in files.values()):
+        return files
+    if shutil.which("openssl") is None:
+        subprocess.run(["apt-get", "install", "-y", "-qq", "openssl"], capture_output=True)
+    if shutil.which("openssl") is None:
+        log("note: openssl not found; the TLS scenarios are left out")
+        return None
+    TLS_DIR.mkdir(parents=True, exist_ok=True)
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+    ext = TLS_DIR / "server.ext"
+    ext.write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n"
+                   "extendedKeyUsage=serverAuth\n")
+    steps = [
+        ["openssl", "req", "-x509", *ec, "-keyout", TLS_DIR / "ca.key", "-out", files["ca"],
+         "-days", "30", "-subj", "/CN=echo-bench CA"],
+        ["openssl", "req", *ec, "-keyout", files["key"], "-out", TLS_DIR / "server.csr",
+         "-subj", "/CN=localhost"],
+        ["openssl", "x509", "-req", "-in", TLS_DIR / "server.csr", "-CA", files["ca"],
+         "-CAkey", TLS_DIR / "ca.key", "-CAcreateserial", "-out", files["cert"], "-days", "30",
+         "-extfile", ext],
+    ]
+    for cmd in steps:
+        if subprocess.run([str(c) for c in cmd], capture_output=True).returncode != 0:
+            log(f"note: {' '.join(map(str, cmd[:3]))} failed; the TLS scenarios are left out")
+            for f in files.values():
+                f.unlink(missing_ok=True)
+            return None
+    return files
+
+
+def tls_table(args, tls):
+    """name -> function (port, bulk) -> command line, for TLS scenarios."""
+    if tls is None:
+        return {}
+    cert, key = str(tls["cert"]), str(tls["key"])
+    t = {}
+    for name, cmd in our_rows(shlex.split(args.ours_args)).items():
+        if name == "ours-uring":
+            continue  # TLS connections are never put on io_uring
+        # Our rows end in the plain port: serve TLS on it instead.
+        t[name] = (lambda cmd: lambda p, b: [*cmd(p, b)[:-1], "--tls", str(p), "--tls-cert", cert,
+                                             "--tls-key", key])(cmd)
+    peers = {
+        "tokio-rustls": lambda p, _b: [str(PEERS / "tokio-echo"), "--tls", cert, key, str(p)],
+        "socat-openssl": lambda p, _b: [
+            "socat", "-lf", "/dev/null",
+            f"OPENSSL-LISTEN:{p},bind=127.0.0.1,cert={cert},key={key},verify=0,fork,reuseaddr,backlog=1024",
+            "PIPE"],
     }
     for name, cmd in peers.items():
         if shutil.which(cmd(0, False)[0]):
@@ -493,6 +573,8 @@ def run_load(server_cmd, sc, duration):
     res["client_cpu_pct"] = 100 * client_cpu / wall if wall else None
     rt = res.get("round_trips")
     res["cpu_us_per_rt"] = 1e6 * server_s / rt if rt else None
+    made = res.get("connections_made")
+    res["cpu_us_per_conn"] = 1e6 * server_s / made if made else None
     return res
 
 
@@ -651,7 +733,30 @@ def scenarios(args):
          "peers": ["tokio", "epoll-c"], "connections": max_n, "sources": 4, "duration": 25,
          "metrics": [{"key": "held", "unit": f"held & echoing of {max_n}", "higher": True,
                       "target": f"all {max_n}", "label": "held", "always": True}] + mem},
-    ] + udp_scenarios(args)
+    ] + udp_scenarios(args) + tls_scenarios(args)
+
+
+def tls_scenarios(args):
+    d = args.duration
+    ds = f"{d:g}"
+    ca = ["--tls-ca", str(TLS_DIR / "ca.pem")]
+    return [
+        {"id": 12, "name": "tlsconn", "label": "tls handshakes, 50 parallel", "mode": "connrate",
+         "proto": "tls", "run_s": d, "peers": None,
+         "args": ["connrate", "--parallel", "50", "--duration", ds, *ca],
+         "rate": "connections_per_sec",
+         "metrics": [{"key": "rate", "unit": "handshakes/s", "higher": True, "target": ">= 1.0 vs every peer"},
+                     {"key": "cpu_us_per_conn", "unit": "µs server CPU/handshake", "higher": False,
+                      "target": "<= 1.0 vs tokio-rustls", "label": "server CPU"}]},
+        {"id": 13, "name": "tlspp100", "label": "tls pingpong 100 conns 64 B", "mode": "pingpong",
+         "proto": "tls", "run_s": d, "peers": None,
+         "args": ["pingpong", "--connections", "100", "--size", "64", "--duration", ds, *ca],
+         "rate": "round_trips_per_sec",
+         "metrics": [{"key": "rate", "unit": "round trips/s", "higher": True, "target": ">= 1.0 vs every peer",
+                      "p99": True},
+                     {"key": "cpu_us_per_rt", "unit": "µs server CPU/round trip", "higher": False,
+                      "target": "<= 1.0 vs tokio-rustls", "label": "server CPU"}]},
+    ]
 
 
 def udp_scenarios(args):
@@ -942,14 +1047,17 @@ def main():
     OUT.mkdir(exist_ok=True)
     raise_nofile()  # servers and clients inherit it: 19,000 connections need the hard limit
     build(args)
-    table = server_table(args)
-    utable = udp_table(args)
     only = [x for x in args.only.split(",") if x]
     chosen = [x for x in args.scenarios.split(",") if x]
     scs = [s for s in scenarios(args) if not chosen or str(s["id"]) in chosen or s["name"] in chosen]
+    tls = tls_material() if any(sc.get("proto") == "tls" for sc in scs) else None
+    tables_by_proto = {"tcp": server_table(args), "udp": udp_table(args), "tls": tls_table(args, tls)}
+    table, utable = tables_by_proto["tcp"], tables_by_proto["udp"]
 
     def names_for(sc):
-        if sc.get("proto") == "udp":
+        if sc.get("proto") == "tls":
+            names = list(tables_by_proto["tls"])
+        elif sc.get("proto") == "udp":
             names = [n for n in sc["servers"] if n in utable]
         else:
             names = [n for n in table if is_ours(n) or sc["peers"] is None or n in sc["peers"]]
@@ -965,7 +1073,7 @@ def main():
             for name in (names if r % 2 == 0 else names[::-1]):
                 t0 = time.time()
                 try:
-                    res = run_scenario(sc, (utable if sc.get("proto") == "udp" else table)[name], args)
+                    res = run_scenario(sc, tables_by_proto[sc.get("proto", "tcp")][name], args)
                 except Exception as e:  # a server that does not start: a failed sample, not a crash
                     res = {"ok": False, "why": repr(e)}
                 results[(sc["id"], name)].append(res)
@@ -1067,8 +1175,9 @@ def render(scs, names_for, results, args):
                     f"{ratios[p]:.2f}" if p in ratios else "–" for p in versus) + f" | {t} | {met} |")
         return lines
 
-    tcp = [sc for sc in scs if sc.get("proto") != "udp"]
+    tcp = [sc for sc in scs if sc.get("proto", "tcp") == "tcp"]
     udp = [sc for sc in scs if sc.get("proto") == "udp"]
+    tls = [sc for sc in scs if sc.get("proto") == "tls"]
     unsettled = sum(1 for rs in results.values() for r in rs if r.get("settled") is False)
     hold = [sc for sc in scs if sc["mode"] == "hold"]
     lines = [
@@ -1094,6 +1203,15 @@ def render(scs, names_for, results, args):
                   "Server CPU is per datagram answered.",
                   ""]
         lines += tables(udp)
+    if tls:
+        lines += [] if not (tcp or udp) else [""]
+        lines += ["TLS: our rows serve `--tls PORT` with an ECDSA P-256 certificate made for the run; `tokio-rustls` "
+                  "is `tokio-echo --tls` (tokio-rustls, the same rustls and ring provider), `socat-openssl` is "
+                  "`socat OPENSSL-LISTEN:PORT,fork PIPE` (OpenSSL, a process per connection). The client verifies "
+                  "the certificate and never resumes: every connection is a full TLS 1.3 handshake. Server CPU is "
+                  "per handshake (connect, handshake, 16 B echoed, reset) or per round trip.",
+                  ""]
+        lines += tables(tls)
 
     if hold:
         lines += ["", "Memory per open connection, KiB (medians): system = drop of free memory (MemFree, the "

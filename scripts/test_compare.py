@@ -161,5 +161,39 @@ class Peers(unittest.TestCase):
         self.assertFalse(any(compare.is_ours(n) for n in tcp), "no echo-server binary: no rows of ours")
 
 
+class Tls(unittest.TestCase):
+    def test_tls_rows_serve_tls_on_the_port_and_never_use_uring(self):
+        args = argparse.Namespace(ours_args="--engine-threads 2", peer_threads=1)
+        tls = {"ca": Path("/x/ca.pem"), "cert": Path("/x/cert.pem"), "key": Path("/x/key.pem")}
+        with tempfile.TemporaryDirectory() as tmp:
+            ours = Path(tmp) / "echo-server"
+            # A stand-in binary whose --help names --engine and uring.
+            ours.write_text("#!/bin/sh\necho '--engine <threads|events|uring|auto>'\n")
+            ours.chmod(0o755)
+            tokio = Path(tmp) / "tokio-echo"
+            tokio.write_text("")
+            tokio.chmod(0o755)
+            with mock.patch.object(compare, "OURS_BIN", ours), mock.patch.object(compare, "PEERS", Path(tmp)), \
+                    contextlib.redirect_stderr(io.StringIO()):
+                table = compare.tls_table(args, tls)
+        self.assertEqual([n for n in table if compare.is_ours(n)], ["ours-threads", "ours-events", "ours-auto"])
+        cmd = table["ours-events"](7443, False)
+        # The port is served as TLS, not as plain TCP: it is not the last word.
+        self.assertEqual(cmd[-6:], ["--tls", "7443", "--tls-cert", "/x/cert.pem", "--tls-key", "/x/key.pem"])
+        self.assertNotIn("7443", cmd[:-6])
+        self.assertIn("--engine-threads", cmd)
+        self.assertEqual(table["tokio-rustls"](7443, False)[1:], ["--tls", "/x/cert.pem", "/x/key.pem", "7443"])
+        self.assertEqual(compare.tls_table(args, None), {}, "no certificates: no TLS rows")
+
+    def test_tls_scenarios_verify_against_the_runs_ca(self):
+        args = argparse.Namespace(duration=1.0, quick=True)
+        scs = {sc["name"]: sc for sc in compare.tls_scenarios(args)}
+        self.assertEqual(sorted(scs), ["tlsconn", "tlspp100"])
+        for sc in scs.values():
+            self.assertEqual(sc["proto"], "tls")
+            i = sc["args"].index("--tls-ca")
+            self.assertEqual(sc["args"][i + 1], str(compare.TLS_DIR / "ca.pem"))
+
+
 if __name__ == "__main__":
     unittest.main()

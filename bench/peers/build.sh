@@ -8,7 +8,7 @@
 #   OUTDIR/epoll-c     edge-triggered epoll loop, 64 KiB buffer   [--threads N]
 #   OUTDIR/uring-c     io_uring: multishot accept and recv, 256 x 64 KiB
 #                      provided buffers                          [--threads N]
-#   OUTDIR/tokio-echo  tokio, multi-thread runtime   [--buf BYTES] [--udp]
+#   OUTDIR/tokio-echo  tokio, multi-thread runtime   [--buf BYTES] [--udp | --tls CERT KEY]
 #   OUTDIR/go-echo     goroutine per connection, 32 KiB  [--buf BYTES | --splice]
 #
 # Each takes the port as its last argument and listens on 127.0.0.1 only.

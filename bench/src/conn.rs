@@ -7,9 +7,15 @@
 //! just move the counters; nothing is buffered per connection (the bytes to
 //! send come from the shared [`Pattern`], the bytes read land in the event
 //! loop's one buffer and are checked at once).
+//!
+//! With `--tls-ca` every connection speaks TLS ([`crate::tls`]): the same
+//! methods then read and write plaintext through a rustls client session,
+//! whose records go to and come from the socket inside [`Conn::recv`] and
+//! [`Conn::send`]. Nothing else in the modes changes.
 
 use crate::datagram::Fault;
 use crate::pattern::{Pattern, MAX_CHUNK};
+use crate::tls;
 use mio::net::TcpStream;
 use std::fmt;
 use std::io::{self, ErrorKind, Read, Write};
@@ -86,6 +92,8 @@ pub enum Step {
 /// A client connection and how far its stream has got in each direction.
 pub struct Conn {
     sock: TcpStream,
+    /// The TLS session, when the run is over TLS.
+    tls: Option<rustls::ClientConnection>,
     /// Where this connection's stream starts in the pattern.
     base: u64,
     /// Stream bytes written so far.
@@ -105,8 +113,10 @@ impl Conn {
             Some(ip) => connect_from(addr, ip),
         }
         .map_err(Failure::Connect)?;
+        let tls = tls::session().transpose().map_err(Failure::Connect)?;
         Ok(Conn {
             sock,
+            tls,
             base,
             sent: 0,
             echoed: 0,
@@ -160,7 +170,7 @@ impl Conn {
     pub fn write_to(&mut self, pattern: &Pattern, limit: u64) -> Result<Step, Failure> {
         while self.sent < limit {
             let len = (limit - self.sent).min(MAX_CHUNK as u64) as usize;
-            match self.sock.write(pattern.at(self.base + self.sent, len)) {
+            match self.send(pattern.at(self.base + self.sent, len)) {
                 Ok(0) => return Err(Failure::Io(ErrorKind::WriteZero.into())),
                 Ok(n) => self.sent += n as u64,
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(Step::Blocked),
@@ -168,7 +178,12 @@ impl Conn {
                 Err(e) => return Err(Failure::Io(e)),
             }
         }
-        Ok(Step::Done)
+        // Over TLS the last records may still be in the session.
+        match self.flush_tls() {
+            Ok(()) => Ok(Step::Done),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => Ok(Step::Blocked),
+            Err(e) => Err(Failure::Io(e)),
+        }
     }
 
     /// Reads and verifies echoed bytes until `limit` stream bytes have come
@@ -188,7 +203,7 @@ impl Conn {
         let len = buf.len().min(MAX_CHUNK);
         let buf = &mut buf[..len];
         while self.echoed < limit {
-            match self.sock.read(buf) {
+            match self.recv(buf) {
                 Ok(0) => {
                     return Err(Failure::Closed {
                         echoed: self.echoed,
@@ -209,7 +224,7 @@ impl Conn {
     /// gave up on an idle connection; bytes mean it invented some.
     pub fn check_idle(&mut self, buf: &mut [u8]) -> Result<(), Failure> {
         loop {
-            match self.sock.read(buf) {
+            match self.recv(buf) {
                 Ok(0) => {
                     return Err(Failure::Closed {
                         echoed: self.echoed,
@@ -282,7 +297,7 @@ impl Conn {
     /// server invented.
     pub fn read_eof(&mut self, buf: &mut [u8]) -> Result<Step, Failure> {
         loop {
-            match self.sock.read(buf) {
+            match self.recv(buf) {
                 Ok(0) => return Ok(Step::Done),
                 Ok(n) => {
                     return Err(Failure::Excess {
@@ -294,6 +309,30 @@ impl Conn {
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(e) => return Err(Failure::Io(e)),
             }
+        }
+    }
+
+    /// Writes plaintext: to the socket, or through the TLS session.
+    fn send(&mut self, data: &[u8]) -> io::Result<usize> {
+        match &mut self.tls {
+            None => self.sock.write(data),
+            Some(session) => tls::send(&mut self.sock, session, data),
+        }
+    }
+
+    /// Sends what the TLS session still holds; without TLS, nothing to do.
+    fn flush_tls(&mut self) -> io::Result<()> {
+        match &mut self.tls {
+            None => Ok(()),
+            Some(session) => tls::flush(&mut self.sock, session),
+        }
+    }
+
+    /// Reads plaintext: from the socket, or through the TLS session.
+    fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match &mut self.tls {
+            None => self.sock.read(buf),
+            Some(session) => tls::recv(&mut self.sock, session, buf),
         }
     }
 

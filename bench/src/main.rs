@@ -25,6 +25,7 @@ mod modes;
 mod pattern;
 mod progress;
 mod report;
+mod tls;
 
 use clap::Parser;
 use modes::{Config, Mode};
@@ -162,6 +163,21 @@ struct Cli {
           value_parser = clap::value_parser!(u64).range(1..=MAX_SOAK_BULK_RATE))]
     bulk_rate: Option<u64>,
 
+    /// Speak TLS, trusting the server certificates this PEM file's CA
+    /// certificates sign (pingpong, connrate). Every connection makes a full
+    /// handshake (no resumption).
+    #[arg(long, value_name = "FILE")]
+    tls_ca: Option<std::path::PathBuf>,
+
+    /// The name the server's certificate must carry (with --tls-ca).
+    #[arg(
+        long,
+        value_name = "NAME",
+        default_value = "localhost",
+        requires = "tls_ca"
+    )]
+    tls_name: String,
+
     /// Print one line of JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -223,6 +239,21 @@ fn main() -> ExitCode {
                     format!("{name} is for soak only"),
                 )
                 .exit();
+        }
+    }
+    if cli.tls_ca.is_some() && !matches!(cli.mode, Mode::Pingpong | Mode::Connrate) {
+        use clap::CommandFactory as _;
+        Cli::command()
+            .error(
+                clap::error::ErrorKind::ArgumentConflict,
+                "--tls-ca is for pingpong and connrate only",
+            )
+            .exit();
+    }
+    if let Some(ca) = &cli.tls_ca {
+        if let Err(e) = tls::enable(ca, &cli.tls_name) {
+            eprintln!("echo-bench: {e}");
+            return ExitCode::from(2);
         }
     }
     if cli.mode == Mode::Udp && !(datagram::MIN_SIZE..=datagram::MAX_SIZE).contains(&cli.size) {

@@ -4,11 +4,16 @@
 //! is held only to clone or swap an `Arc`: a new connection takes the
 //! config of the moment, a reload swaps in a new one for the connections
 //! after it, and those already open go on with theirs.
+//!
+//! [`client_config`] is the other side, for `echo-server probe --tls`: the
+//! same PEM reading, the same provider.
 
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::WebPkiClientVerifier;
-use rustls::{RootCertStore, ServerConfig};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
 use std::fmt;
 use std::io::{self, ErrorKind};
 use std::path::{Path, PathBuf};
@@ -83,12 +88,7 @@ fn server_config(files: &TlsFiles) -> io::Result<Arc<ServerConfig>> {
     let chain = certificates(cert_file, "certificate chain")?;
     let key = PrivateKeyDer::from_pem_slice(&read_pem(key_file, "private key")?)
         .map_err(|e| file_error(key_file, "private key", e))?;
-    // rustls 0.23.48 deprecates the ring provider for want of post-quantum
-    // key exchange, which only its aws-lc-rs provider has; that one needs
-    // cmake and a larger C build, which this crate does not take on.
-    // Classical X25519/P-256 key exchange, as every TLS client offers.
-    #[allow(deprecated)]
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = provider();
     let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
         .map_err(io::Error::other)?;
@@ -122,6 +122,121 @@ fn server_config(files: &TlsFiles) -> io::Result<Arc<ServerConfig>> {
             )
         })?;
     Ok(Arc::new(config))
+}
+
+/// The crypto provider of both sides.
+fn provider() -> Arc<CryptoProvider> {
+    // rustls 0.23.48 deprecates the ring provider for want of post-quantum
+    // key exchange, which only its aws-lc-rs provider has; that one needs
+    // cmake and a larger C build, which this crate does not take on.
+    // Classical X25519/P-256 key exchange, as every TLS client offers.
+    #[allow(deprecated)]
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// What a TLS client (the probe) trusts and shows.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct ClientFiles {
+    /// CA certificates, PEM, that must have signed the server's
+    /// certificate; `None`: the certificate is not checked at all.
+    pub(crate) ca: Option<PathBuf>,
+    /// A client certificate chain and its key, PEM, for a server that
+    /// asks for one (mutual TLS).
+    pub(crate) identity: Option<(PathBuf, PathBuf)>,
+}
+
+/// The client configuration the files describe, on the same provider as
+/// the server's. Session resumption is off: each probe is one connection.
+pub(crate) fn client_config(files: &ClientFiles) -> io::Result<Arc<ClientConfig>> {
+    let provider = provider();
+    let builder = ClientConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .map_err(io::Error::other)?;
+    let builder = match &files.ca {
+        Some(ca_file) => {
+            let mut roots = RootCertStore::empty();
+            for cert in certificates(ca_file, "CA")? {
+                roots.add(cert).map_err(|e| file_error(ca_file, "CA", e))?;
+            }
+            builder.with_root_certificates(roots)
+        }
+        None => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider))),
+    };
+    let mut config = match &files.identity {
+        None => builder.with_no_client_auth(),
+        Some((cert_file, key_file)) => {
+            let chain = certificates(cert_file, "client certificate")?;
+            let key = PrivateKeyDer::from_pem_slice(&read_pem(key_file, "client key")?)
+                .map_err(|e| file_error(key_file, "client key", e))?;
+            builder.with_client_auth_cert(chain, key).map_err(|e| {
+                io::Error::new(
+                    ErrorKind::InvalidData,
+                    format!(
+                        "cannot use the TLS client certificate {} with the key {}: {e}",
+                        cert_file.display(),
+                        key_file.display()
+                    ),
+                )
+            })?
+        }
+    };
+    config.resumption = rustls::client::Resumption::disabled();
+    Ok(Arc::new(config))
+}
+
+/// A verifier that accepts any server certificate, for a probe without a
+/// CA file: it checks that a server echoes over TLS, not who the server
+/// is (a health check on 127.0.0.1 rarely has a certificate for that
+/// name). The handshake's signatures are still checked, so the peer does
+/// hold the key of the certificate it showed.
+#[derive(Debug)]
+struct AnyCertificate(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
 }
 
 /// Every certificate of a PEM file: at least one.

@@ -2,7 +2,9 @@
 //! server over TCP, UDP and a Unix socket, and fails (exit 1, the reason on
 //! stderr, within its timeout) against servers that do not echo: small std
 //! listeners here that answer wrong bytes, close early or never answer.
-//! Usage errors exit 2.
+//! Over TLS (`--tls`, certificates made by `openssl`): with and without a
+//! CA file, a client certificate for mutual TLS, and each way a handshake
+//! fails named. Usage errors exit 2.
 #![cfg(unix)]
 
 mod support;
@@ -12,6 +14,7 @@ use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::process::{Command, Stdio};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
+use support::pki::Pki;
 use support::*;
 
 /// What a probe did: its exit status, stdout, stderr and how long it took.
@@ -344,7 +347,116 @@ fn usage_errors_exit_2() {
     assert_usage_error(&["--udp", "--size", "65508", "127.0.0.1:7"], "65507");
     assert_usage_error(&["--unix", "/tmp/x.sock", "127.0.0.1:7"], "cannot be used");
     assert_usage_error(&["--udp", "--unix", "/tmp/x.sock"], "cannot be used");
-    assert_usage_error(&["--tls", "127.0.0.1:7"], "--tls");
+    assert_usage_error(&["--tls", "--udp", "127.0.0.1:7"], "cannot be used");
+    assert_usage_error(&["--tls", "--unix", "/tmp/x.sock"], "cannot be used");
+    assert_usage_error(&["--ca", "/tmp/ca.pem", "127.0.0.1:7"], "--tls");
+    assert_usage_error(&["--server-name", "x", "127.0.0.1:7"], "--tls");
+    assert_usage_error(&["--tls", "--cert", "/tmp/c.pem", "127.0.0.1:7"], "--key");
+    assert_usage_error(&["--tls", "--key", "/tmp/k.pem", "127.0.0.1:7"], "--cert");
+}
+
+/// The server with a TLS port and a plain one; their addresses.
+fn tls_server(pki: &Pki, extra: &[&str]) -> (Binary, String, String) {
+    let (cert, key) = (pki.arg("server.pem"), pki.arg("server.key"));
+    let mut args = vec!["--tls", "0", "--tls-cert", &cert, "--tls-key", &key, "0"];
+    args.extend_from_slice(extra);
+    let mut server = Binary::spawn(&args);
+    // Both lines, in whichever order they come.
+    let (mut tls, mut tcp) = (None, None);
+    while tls.is_none() || tcp.is_none() {
+        let line = server.expect_line("listening", |l| l.starts_with("listening on "));
+        let (kind, addr) = line["listening on ".len()..].split_once(' ').unwrap();
+        match kind {
+            "tls" => tls = Some(addr.to_owned()),
+            "tcp" => tcp = Some(addr.to_owned()),
+            _ => {}
+        }
+    }
+    (server, tls.unwrap(), tcp.unwrap())
+}
+
+#[test]
+fn passes_over_tls_with_and_without_a_ca() {
+    let Some(pki) = Pki::make(&[]) else { return };
+    let (mut server, tls, _) = tls_server(&pki, &[]);
+    let by = format!("tls {tls}");
+    // Without a CA the certificate is not checked: only that TLS echoes.
+    assert_echoed(&probe(&["--tls", &tls]), 32, &by);
+    let ca = pki.arg("ca.pem");
+    assert_echoed(&probe(&["--tls", "--ca", &ca, &tls]), 32, &by);
+    // The certificate is for 127.0.0.1 and localhost; a name is looked
+    // for as the name it is.
+    let port = tls.rsplit_once(':').unwrap().1;
+    let run = probe(&["--tls", "--ca", &ca, &format!("localhost:{port}")]);
+    assert_echoed(&run, 32, &by);
+    // Many TLS records, each piece read back before the next.
+    assert_echoed(
+        &probe(&["--tls", "--size", "1M", "--ca", &ca, &tls]),
+        1 << 20,
+        &by,
+    );
+    server.stop();
+}
+
+#[test]
+fn a_certificate_not_trusted_or_for_another_name_fails_the_handshake() {
+    let Some(pki) = Pki::make(&[]) else { return };
+    let (mut server, tls, _) = tls_server(&pki, &[]);
+    let ca = pki.arg("ca.pem");
+    let run = probe(&["--tls", "--ca", &ca, "--server-name", "example.org", &tls]);
+    assert_fails(&run, "TLS handshake failed");
+    assert!(run.stderr.contains("example.org"), "{}", run.stderr);
+    // The client certificate is no CA of the server's certificate.
+    let run = probe(&["--tls", "--ca", &pki.arg("client.pem"), &tls]);
+    assert_fails(&run, "TLS handshake failed: invalid peer certificate");
+    // A CA file that does not exist is named.
+    let run = probe(&["--tls", "--ca", "/nonexistent/ca.pem", &tls]);
+    assert_fails(&run, "/nonexistent/ca.pem");
+    server.stop();
+}
+
+#[test]
+fn the_wrong_protocol_for_the_port_is_named() {
+    let Some(pki) = Pki::make(&[]) else { return };
+    let (mut server, tls, tcp) = tls_server(&pki, &[]);
+    // Plaintext to a TLS port: the server's alert comes back.
+    assert_fails(&probe(&[&tls]), "probe it with --tls");
+    // TLS to a plain echo port: the ClientHello comes back.
+    assert_fails(&probe(&["--tls", &tcp]), "does not speak TLS on this port");
+    server.stop();
+}
+
+#[test]
+fn mutual_tls_needs_the_client_certificate() {
+    let Some(pki) = Pki::make(&[]) else { return };
+    let ca = pki.arg("ca.pem");
+    let (mut server, tls, _) = tls_server(&pki, &["--tls-client-ca", &ca]);
+    let (cert, key) = (pki.arg("client.pem"), pki.arg("client.key"));
+    let by = format!("tls {tls}");
+    assert_echoed(
+        &probe(&["--tls", "--cert", &cert, "--key", &key, &tls]),
+        32,
+        &by,
+    );
+    // Without one the server refuses (TLS 1.3: with an alert after the
+    // client's side of the handshake is done, so on the first read).
+    let run = probe(&["--tls", &tls]);
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert!(run.stderr.contains("CertificateRequired"), "{}", run.stderr);
+    server.stop();
+}
+
+#[test]
+fn a_server_silent_in_the_handshake_times_out_within_the_timeout() {
+    let (addr, server) = one_connection(until_closed);
+    let run = probe(&["--tls", "--timeout", "0.5", &addr]);
+    assert_fails(&run, "timed out after 0.5 s in the TLS handshake");
+    assert!(
+        run.took >= Duration::from_millis(500) && run.took < Duration::from_secs(5),
+        "took {:?}",
+        run.took
+    );
+    server.join().unwrap();
 }
 
 /// `probe` is a command of its own: the server's options do not go with

@@ -15,9 +15,10 @@ mod support;
 use echo_server::Engine;
 use std::io::Write;
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
+use support::pki::Pki;
 use support::*;
 
 engine_tests!(
@@ -122,117 +123,6 @@ except ssl.SSLError as e:
     print("ERR", e); sys.exit(1)
 "#;
 
-/// A CA, two server certificates it signed (serials 1001 and 2002), and a
-/// client certificate, in a temporary directory.
-struct Pki {
-    dir: tempfile::TempDir,
-}
-
-impl Pki {
-    /// `None` (with a message) without openssl or python3.
-    fn make() -> Option<Pki> {
-        for tool in ["openssl", "python3"] {
-            if Command::new(tool).arg("--version").output().is_err()
-                && Command::new(tool).arg("version").output().is_err()
-            {
-                eprintln!("skipped: no {tool} on this machine");
-                return None;
-            }
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let pki = Pki { dir };
-        let ec = [
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-        ];
-        pki.openssl(
-            &[
-                &["req", "-x509"],
-                &ec[..],
-                &[
-                    "-keyout",
-                    "ca.key",
-                    "-out",
-                    "ca.pem",
-                    "-days",
-                    "2",
-                    "-subj",
-                    "/CN=echo test CA",
-                ],
-            ]
-            .concat(),
-        );
-        std::fs::write(
-            pki.path("server.ext"),
-            "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
-        )
-        .unwrap();
-        std::fs::write(pki.path("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
-        for (name, serial, ext, cn) in [
-            ("server", "1001", "server.ext", "/CN=localhost"),
-            ("server2", "2002", "server.ext", "/CN=localhost"),
-            ("client", "3003", "client.ext", "/CN=echo test client"),
-        ] {
-            let (key, csr, pem) = (
-                format!("{name}.key"),
-                format!("{name}.csr"),
-                format!("{name}.pem"),
-            );
-            pki.openssl(
-                &[
-                    &["req"],
-                    &ec[..],
-                    &["-keyout", &key, "-out", &csr, "-subj", cn],
-                ]
-                .concat(),
-            );
-            pki.openssl(&[
-                "x509",
-                "-req",
-                "-in",
-                &csr,
-                "-CA",
-                "ca.pem",
-                "-CAkey",
-                "ca.key",
-                "-set_serial",
-                serial,
-                "-days",
-                "2",
-                "-extfile",
-                ext,
-                "-out",
-                &pem,
-            ]);
-        }
-        Some(pki)
-    }
-
-    fn openssl(&self, args: &[&str]) {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(self.dir.path())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn arg(&self, name: &str) -> String {
-        self.path(name).to_str().unwrap().to_owned()
-    }
-}
-
 /// Runs the Python client; its output line (`OK <serial>` or `ERR ...`).
 fn client(pki: &Pki, mode: &str, port: u16, n: usize, cert: Option<(&str, &str)>) -> String {
     let mut command = Command::new("python3");
@@ -262,7 +152,9 @@ fn spawn(engine: Engine, pki: &Pki, extra: &[&str]) -> (Binary, u16) {
 }
 
 fn megabytes_come_back_exact_and_close_notify_is_the_half_close(engine: Engine) {
-    let Some(pki) = Pki::make() else { return };
+    let Some(pki) = Pki::make(&["python3"]) else {
+        return;
+    };
     let (mut server, port) = spawn(engine, &pki, &[]);
     // Several at once, to mix engines under `auto` and share loops.
     let clients: Vec<String> = std::thread::scope(|s| {
@@ -286,7 +178,9 @@ fn megabytes_come_back_exact_and_close_notify_is_the_half_close(engine: Engine) 
 }
 
 fn a_plaintext_client_is_closed_and_counted(engine: Engine) {
-    let Some(pki) = Pki::make() else { return };
+    let Some(pki) = Pki::make(&["python3"]) else {
+        return;
+    };
     let (mut server, port) = spawn(engine, &pki, &[]);
     let mut plain = TcpStream::connect(("127.0.0.1", port)).unwrap();
     plain.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
@@ -306,7 +200,9 @@ fn a_plaintext_client_is_closed_and_counted(engine: Engine) {
 }
 
 fn a_silent_client_is_closed_after_the_handshake_timeout(engine: Engine) {
-    let Some(pki) = Pki::make() else { return };
+    let Some(pki) = Pki::make(&["python3"]) else {
+        return;
+    };
     let (mut server, port) = spawn(engine, &pki, &["--tls-handshake-timeout", "1"]);
     let started = std::time::Instant::now();
     let mut silent = TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -328,7 +224,9 @@ fn a_silent_client_is_closed_after_the_handshake_timeout(engine: Engine) {
 /// the clear before the client's handshake, names the client, and the
 /// decrypted bytes are echoed exact.
 fn behind_a_balancer_the_proxy_header_comes_before_the_handshake(engine: Engine) {
-    let Some(pki) = Pki::make() else { return };
+    let Some(pki) = Pki::make(&["python3"]) else {
+        return;
+    };
     let (mut server, port) = spawn(engine, &pki, &["--proxy-protocol", "127.0.0.1", "-v"]);
     assert!(client(&pki, "proxy", port, 100_000, None).starts_with("OK"));
     server.expect_line("the client", |l| {
@@ -348,7 +246,9 @@ fn behind_a_balancer_the_proxy_header_comes_before_the_handshake(engine: Engine)
 /// handshake deadline on every engine (the thread engine once gave each
 /// byte a whole new wait).
 fn a_dripping_handshake_is_closed_at_its_deadline(engine: Engine) {
-    let Some(pki) = Pki::make() else { return };
+    let Some(pki) = Pki::make(&["python3"]) else {
+        return;
+    };
     let (mut server, port) = spawn(engine, &pki, &["--tls-handshake-timeout", "1"]);
     let mut s = connect(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
     s.set_nodelay(true).unwrap();
@@ -379,7 +279,9 @@ fn a_dripping_handshake_is_closed_at_its_deadline(engine: Engine) {
 /// engine once waited it out three times: 6-8 s for 2 s, measured; now
 /// 2-5.8 s).
 fn a_client_that_never_reads_is_closed_at_the_write_timeout(engine: Engine) {
-    let Some(pki) = Pki::make() else { return };
+    let Some(pki) = Pki::make(&["python3"]) else {
+        return;
+    };
     let (mut server, port) = spawn(engine, &pki, &["--write-timeout", "2"]);
     // Handshake, then send until the server closes; prints how long the
     // sends were stuck (no progress) before the close.
@@ -425,7 +327,9 @@ print("NEVER")
 
 #[test]
 fn mutual_tls_accepts_a_client_certificate_and_refuses_none() {
-    let Some(pki) = Pki::make() else { return };
+    let Some(pki) = Pki::make(&["python3"]) else {
+        return;
+    };
     let ca = pki.arg("ca.pem");
     let (mut server, port) = spawn(Engine::Auto, &pki, &["--tls-client-ca", &ca]);
     let with = client(
@@ -476,7 +380,9 @@ fn mutual_tls_accepts_a_client_certificate_and_refuses_none() {
 
 #[test]
 fn sighup_reloads_the_certificate_and_keeps_it_when_the_new_one_is_bad() {
-    let Some(pki) = Pki::make() else { return };
+    let Some(pki) = Pki::make(&["python3"]) else {
+        return;
+    };
     let (live_cert, live_key) = (pki.path("live.pem"), pki.path("live.key"));
     let copy = |from: &str, to: &Path| std::fs::copy(pki.path(from), to).unwrap();
     copy("server.pem", &live_cert);
@@ -529,7 +435,9 @@ fn sighup_reloads_the_certificate_and_keeps_it_when_the_new_one_is_bad() {
 
 #[test]
 fn tls_and_plain_ports_serve_side_by_side() {
-    let Some(pki) = Pki::make() else { return };
+    let Some(pki) = Pki::make(&["python3"]) else {
+        return;
+    };
     let (server, port) = spawn(Engine::Auto, &pki, &["0"]);
     let mut server = server;
     // Both lines are printed at start-up; the TLS one was waited for.
@@ -550,7 +458,9 @@ fn tls_and_plain_ports_serve_side_by_side() {
 
 #[test]
 fn bad_certificate_files_stop_start_up_naming_the_file() {
-    let Some(pki) = Pki::make() else { return };
+    let Some(pki) = Pki::make(&["python3"]) else {
+        return;
+    };
     let missing = pki.arg("missing.pem");
     let key = pki.arg("server.key");
     let (status, stderr) = run_binary(&["--tls", "0", "--tls-cert", &missing, "--tls-key", &key]);

@@ -110,6 +110,24 @@ fn render_probe(probe: &ProbeArgs) -> Vec<String> {
             path.to_str().expect("parsed from UTF-8")
         ));
     }
+    if probe.tls {
+        line.push("--tls".to_owned());
+    }
+    for (name, path) in [
+        ("ca", &probe.ca),
+        ("cert", &probe.cert),
+        ("key", &probe.key),
+    ] {
+        if let Some(path) = path {
+            line.push(format!(
+                "--{name}={}",
+                path.to_str().expect("parsed from UTF-8")
+            ));
+        }
+    }
+    if let Some(name) = &probe.server_name {
+        line.push(format!("--server-name={name}"));
+    }
     if let Some(target) = &probe.target {
         line.push("--".to_owned());
         line.push(target.to_string());

@@ -6,11 +6,12 @@
 //! Exit statuses: 0 when the echo came back, 1 when it did not (the reason
 //! on stderr), 2 for a usage error (clap's, or `--size` too large for UDP).
 //!
-//! How the pieces fit, so a transport can be added (`--tls` is planned): a
-//! transport connects and hands [`exchange`] something that is `Read +
-//! Write` and can bound its waits ([`Stream`]); `exchange` does the rest.
-//! A TLS client session over the connected `TcpStream` is one more
-//! `Stream` implementation and one more arm in [`probe`].
+//! How the pieces fit: a transport connects and hands [`exchange`]
+//! something that is `Read + Write` and can bound its waits ([`Stream`]);
+//! `exchange` does the rest. TCP and Unix streams are two; `--tls` is a
+//! rustls client session over the connected `TcpStream`, its handshake
+//! completed first (under the same deadline) so that a failed handshake
+//! is named as one.
 
 use super::values::{parse_bytes, parse_host, parse_secs};
 use crate::address::ListenAddr;
@@ -55,6 +56,31 @@ pub struct ProbeArgs {
     /// Probe the Unix stream socket at PATH instead of HOST:PORT.
     #[arg(long, value_name = "PATH", conflicts_with = "udp")]
     pub unix: Option<PathBuf>,
+
+    /// Speak TLS, as to the server's --tls ports. Without --ca the server's
+    /// certificate is not checked: the probe then checks that the server
+    /// echoes over TLS, not who it is.
+    #[arg(long, conflicts_with_all = ["udp", "unix"])]
+    pub tls: bool,
+
+    /// With --tls: CA certificates (PEM) that must have signed the server's
+    /// certificate, for HOST's name (or --server-name).
+    #[arg(long, value_name = "FILE", requires = "tls")]
+    pub ca: Option<PathBuf>,
+
+    /// With --tls: the name sent to the server (SNI) and looked for in its
+    /// certificate [default: HOST]
+    #[arg(long, value_name = "NAME", requires = "tls")]
+    pub server_name: Option<String>,
+
+    /// With --tls: a client certificate chain (PEM), for a server that
+    /// requires one (--tls-client-ca); with --key.
+    #[arg(long, value_name = "FILE", requires_all = ["tls", "key"])]
+    pub cert: Option<PathBuf>,
+
+    /// With --tls: the client certificate's private key (PEM); with --cert.
+    #[arg(long, value_name = "FILE", requires_all = ["tls", "cert"])]
+    pub key: Option<PathBuf>,
 
     /// Bytes to send, random each time (suffixes K, M); at most 16M, and
     /// at most 65507 with --udp.
@@ -133,6 +159,11 @@ pub(super) fn run(args: &ProbeArgs) -> ExitCode {
         eprintln!("error: --size is at most {MAX_UDP_SIZE} with --udp (one datagram)");
         return ExitCode::from(2);
     }
+    #[cfg(not(feature = "tls"))]
+    if args.tls {
+        eprintln!("error: --tls: this echo-server was built without TLS (the Cargo feature `tls`)");
+        return ExitCode::from(2);
+    }
     let payload = random_payload(args.size);
     match probe(args, &payload) {
         Ok(echoed) => {
@@ -192,8 +223,27 @@ enum Failure {
     /// UDP: a datagram of another length came back (its bytes agreeing
     /// with the payload as far as both go).
     Length { got: usize, of: usize },
+    /// The TLS client could not be set up (a CA or client certificate
+    /// file that cannot be used, a server name that is no name).
+    #[cfg(feature = "tls")]
+    TlsSetup(io::Error),
+    /// The TLS handshake failed (a certificate not trusted or for another
+    /// name, no common version, a server that is no TLS server).
+    #[cfg(feature = "tls")]
+    Handshake(io::Error),
     /// Anything else, with what was being done.
     Io(&'static str, io::Error),
+}
+
+/// What a reply's first bytes say about the server when they are not the
+/// echo: a TLS alert record (content type 21, version 3.x) is a TLS server
+/// refusing plaintext.
+fn reply_hint(at: usize, got: u8) -> &'static str {
+    if at == 0 && got == 0x15 {
+        " (a TLS alert: the port speaks TLS; probe it with --tls)"
+    } else {
+        ""
+    }
 }
 
 impl fmt::Display for Failure {
@@ -227,7 +277,8 @@ impl fmt::Display for Failure {
             ),
             Failure::Wrong { at, got, sent, of } => write!(
                 f,
-                "wrong reply: byte {at} (from 0) of {of} came back as {got:#04x}, sent {sent:#04x}"
+                "wrong reply: byte {at} (from 0) of {of} came back as {got:#04x}, sent {sent:#04x}{}",
+                reply_hint(*at, *got)
             ),
             Failure::Extra { of } => {
                 write!(f, "wrong reply: more bytes came back than the {of} sent")
@@ -237,6 +288,17 @@ impl fmt::Display for Failure {
                     f,
                     "wrong reply: a datagram of {got} bytes came back, sent {of}"
                 )
+            }
+            #[cfg(feature = "tls")]
+            Failure::TlsSetup(e) => write!(f, "{e}"),
+            #[cfg(feature = "tls")]
+            Failure::Handshake(e) => {
+                write!(f, "TLS handshake failed: {e}")?;
+                // A plain echo server sends the ClientHello straight back.
+                if e.to_string().contains("ClientHello") {
+                    f.write_str(" (the server echoed the ClientHello: it does not speak TLS on this port)")?;
+                }
+                Ok(())
             }
             Failure::Io(doing, e) => write!(f, "{doing}: {e}"),
         }
@@ -262,21 +324,37 @@ fn probe(args: &ProbeArgs, payload: &[u8]) -> Result<Echoed, Failed> {
         // sockets, --unix is accepted and lands here.
         return Err(("probe".to_owned(), Failure::NoSocket));
     };
-    let kind = if args.udp { "udp" } else { "tcp" };
+    let kind = match (args.udp, args.tls) {
+        (true, _) => "udp",
+        (false, true) => "tls",
+        (false, false) => "tcp",
+    };
+    #[cfg(feature = "tls")]
+    let tls = if args.tls {
+        Some(tls::Client::new(args, target).map_err(|f| (format!("{kind} {target}"), f))?)
+    } else {
+        None
+    };
     let addrs = resolve(target, &deadline).map_err(|f| (format!("{kind} {target}"), f))?;
     let mut last = None;
     for addr in addrs {
-        let by = if args.udp {
-            ListenAddr::Udp(addr)
-        } else {
-            ListenAddr::Tcp(addr)
+        let by = match kind {
+            "udp" => ListenAddr::Udp(addr),
+            "tls" => ListenAddr::Tls(addr),
+            _ => ListenAddr::Tcp(addr),
         }
         .to_string();
         let attempt = if args.udp {
             udp_exchange(addr, payload, &deadline)
         } else {
-            connect_tcp(addr, &deadline)
-                .and_then(|mut stream| exchange(&mut stream, payload, &deadline))
+            connect_tcp(addr, &deadline).and_then(|mut stream| {
+                #[cfg(feature = "tls")]
+                if let Some(client) = &tls {
+                    let mut session = client.handshake(stream, &deadline)?;
+                    return exchange(&mut session, payload, &deadline);
+                }
+                exchange(&mut stream, payload, &deadline)
+            })
         };
         match attempt {
             Ok(round_trip) => return Ok(Echoed { by, round_trip }),
@@ -361,7 +439,13 @@ fn resolve(target: &Target, deadline: &Deadline) -> Result<Vec<SocketAddr>, Fail
 
 fn connect_tcp(addr: SocketAddr, deadline: &Deadline) -> Result<TcpStream, Failure> {
     let left = deadline.left("connecting", 0, 0)?;
-    TcpStream::connect_timeout(&addr, left).map_err(|e| connect_failure(e, deadline))
+    let stream =
+        TcpStream::connect_timeout(&addr, left).map_err(|e| connect_failure(e, deadline))?;
+    // The round trip is the server's, not Nagle's: over TLS the payload's
+    // record follows the client's Finished, and would otherwise wait for
+    // its ACK (a delayed ACK, 40 ms on Linux). Without it, only slower.
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
 }
 
 #[cfg(unix)]
@@ -410,6 +494,92 @@ impl Stream for std::os::unix::net::UnixStream {
     fn set_timeouts(&self, timeout: Duration) -> io::Result<()> {
         self.set_read_timeout(Some(timeout))?;
         self.set_write_timeout(Some(timeout))
+    }
+}
+
+/// `--tls`: a rustls client session over the connected TCP stream.
+#[cfg(feature = "tls")]
+mod tls {
+    use super::{Deadline, Failure, ProbeArgs, Stream, Target};
+    use crate::tls_config::{client_config, ClientFiles};
+    use rustls::pki_types::ServerName;
+    use rustls::{ClientConfig, ClientConnection, StreamOwned};
+    use std::io;
+    use std::net::TcpStream;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    /// What every connection attempt of one probe shares.
+    pub(super) struct Client {
+        config: Arc<ClientConfig>,
+        name: ServerName<'static>,
+    }
+
+    impl Client {
+        /// The configuration `args` describe, for `target`'s name.
+        pub(super) fn new(args: &ProbeArgs, target: &Target) -> Result<Client, Failure> {
+            let files = ClientFiles {
+                ca: args.ca.clone(),
+                identity: args.cert.clone().zip(args.key.clone()),
+            };
+            let config = client_config(&files).map_err(Failure::TlsSetup)?;
+            let name = args.server_name.as_deref().unwrap_or(&target.host);
+            let name = ServerName::try_from(name.to_owned()).map_err(|e| {
+                Failure::TlsSetup(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("--server-name {name:?}: {e}"),
+                ))
+            })?;
+            Ok(Client { config, name })
+        }
+
+        /// Completes the handshake within the deadline.
+        pub(super) fn handshake(
+            &self,
+            sock: TcpStream,
+            deadline: &Deadline,
+        ) -> Result<StreamOwned<ClientConnection, TcpStream>, Failure> {
+            let session = ClientConnection::new(Arc::clone(&self.config), self.name.clone())
+                .map_err(|e| Failure::TlsSetup(io::Error::other(e)))?;
+            let mut tls = StreamOwned::new(session, sock);
+            while tls.conn.is_handshaking() {
+                let left = deadline.left("in the TLS handshake", 0, 0)?;
+                tls.set_timeouts(left)
+                    .map_err(|e| Failure::Io("cannot set a socket timeout", e))?;
+                match tls.conn.complete_io(&mut tls.sock) {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                        ) =>
+                    {
+                        return Err(deadline.passed("in the TLS handshake", 0, 0));
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                        return Err(Failure::Handshake(io::Error::new(
+                            e.kind(),
+                            "the server closed the connection",
+                        )));
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {
+                        return Err(Failure::Handshake(e));
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                        return Err(Failure::Handshake(e));
+                    }
+                    Err(e) => return Err(Failure::Io("TLS handshake", e)),
+                }
+            }
+            Ok(tls)
+        }
+    }
+
+    impl Stream for StreamOwned<ClientConnection, TcpStream> {
+        fn set_timeouts(&self, timeout: Duration) -> io::Result<()> {
+            self.sock.set_timeouts(timeout)
+        }
     }
 }
 
@@ -522,6 +692,8 @@ fn stream_failure(
         io::ErrorKind::ConnectionReset
         | io::ErrorKind::ConnectionAborted
         | io::ErrorKind::BrokenPipe => Failure::Reset { echoed, of },
+        // A TLS session whose server closed without a close_notify.
+        io::ErrorKind::UnexpectedEof => Failure::Closed { echoed, of },
         _ => Failure::Io(doing, e),
     }
 }

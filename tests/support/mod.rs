@@ -2,6 +2,8 @@
 //! clients with timeouts on every read, and the built binary as a child.
 #![allow(dead_code)] // each test file uses a different subset
 
+pub mod pki;
+
 use echo_server::{Engine, ListenAddr, Server, ServerBuilder, ServerHandle, Stats};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};

@@ -72,13 +72,15 @@
 mod sys;
 // 1. The echo core and plain values: addresses, the datagram filter, rate
 //    limits, settings, budgets (within it, settings -> rate_limit ->
-//    datagram_filter -> address -> escape, and shutdown -> sync).
+//    datagram_filter -> address -> escape, and shutdown -> sync; impairment
+//    is a value on its own).
 mod address;
 mod datagram_filter;
 mod descriptor_budget;
 mod echo;
 mod escape;
 mod fault;
+mod impairment;
 pub mod proxy_protocol;
 mod rate_limit;
 mod settings;
@@ -137,6 +139,7 @@ pub use echo::{
     SMALL_BUFFER_SIZE,
 };
 pub use escape::{escape, unescape};
+pub use impairment::Impairments;
 pub use rate_limit::{
     RateLimit, SourcePrefix, DEFAULT_UDP_BURST, DEFAULT_UDP_RATE, DEFAULT_UDP_TOTAL_BURST,
     DEFAULT_UDP_TOTAL_RATE,

@@ -119,11 +119,11 @@ pub mod cli;
 pub mod metrics;
 mod server;
 
-// 6. Tests and test support, never part of serving: the properties over
-//    real sockets, the model checks, and the scripted stream the unit tests
-//    and fuzz targets drive the echo core with.
-#[cfg(any(test, feature = "scripted"))]
-mod testing;
+// 6. Tests and test support, never part of serving: the in-process,
+//    impairable test server for clients' test suites (public), the
+//    properties over real sockets, the model checks, and the scripted
+//    stream the unit tests and fuzz targets drive the echo core with.
+pub mod testing;
 
 #[cfg(any(test, feature = "scripted"))]
 pub use testing::scripted;

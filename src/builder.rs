@@ -1,7 +1,7 @@
 //! Configuring a server: which sockets to listen on and how to serve them.
 
-use crate::impairment::Impairments;
 use crate::address::{ListenAddr, Network};
+use crate::impairment::Impairments;
 use crate::listener::Listener;
 use crate::listener::{self, StreamListener};
 use crate::rate_limit::{RateLimit, SourcePrefix};
@@ -338,7 +338,9 @@ impl ServerBuilder {
     /// default, and then free. Without a seed, `build` draws one and logs
     /// it ([`Server::impair_seed`](crate::Server::impair_seed) tells it).
     pub fn impair(mut self, impairments: Impairments) -> Self {
-        self.settings.impair = impairments.is_on().then(|| std::sync::Arc::new(impairments));
+        self.settings.impair = impairments
+            .is_on()
+            .then(|| std::sync::Arc::new(impairments));
         self
     }
 

@@ -498,7 +498,9 @@ fn impaired_plan(imp: &Impairments, socket: &Socket, ctx: &Context) -> Option<Pl
         // Best effort: without it pieces may merge, never change.
         let _ = socket.set_tcp_nodelay(true);
     }
-    let index = ctx.impair_next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let index = ctx
+        .impair_next
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     Some(Plan::new(imp, index))
 }
 

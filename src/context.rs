@@ -2,13 +2,13 @@
 //! counters, the shutdown flag, the limits and the connection table.
 
 use crate::fault::Faults;
+use crate::impairment::SourcePlans;
 use crate::limit::{ConnectionLimit, SourceCap};
 use crate::rate_limit::UdpLimiter;
 use crate::settings::Settings;
 use crate::shutdown::Shutdown;
 use crate::stats::Counters;
 use crate::table::ConnectionTable;
-use crate::impairment::SourcePlans;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 

@@ -605,7 +605,11 @@ mod tests {
     fn the_sequence_is_pinned() {
         let mut reference = Rng(1_234_567);
         assert_eq!(
-            [reference.next_u64(), reference.next_u64(), reference.next_u64()],
+            [
+                reference.next_u64(),
+                reference.next_u64(),
+                reference.next_u64()
+            ],
             [
                 6_457_827_717_110_365_317,
                 3_203_168_211_198_807_973,

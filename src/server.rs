@@ -71,7 +71,11 @@ impl Server {
     ///
     /// [`ServerBuilder::impair`]: crate::ServerBuilder::impair
     pub fn impair_seed(&self) -> Option<u64> {
-        self.ctx.settings.impair.as_ref().and_then(|i| i.seed_value())
+        self.ctx
+            .settings
+            .impair
+            .as_ref()
+            .and_then(|i| i.seed_value())
     }
 
     /// The shared state, for tests that inject faults.

@@ -8,9 +8,7 @@ use super::values::{
     parse_max_connections, parse_metrics_addr, parse_mode, parse_prefix, parse_secs,
     parse_secs_or_off, parse_secs_or_zero, parse_udp_buffer, unless_off,
 };
-use super::values::{
-    parse_byte_range, parse_chunk, parse_delay, parse_probability, parse_rate,
-};
+use super::values::{parse_byte_range, parse_chunk, parse_delay, parse_probability, parse_rate};
 use super::values::{parse_proxy_source, ProxySource};
 use super::Generated;
 use crate::builder::{
@@ -323,7 +321,11 @@ pub struct Args {
     /// Impair only the listeners on PORT (each --bind address listens on
     /// it too, with --udp also for UDP); the other ports stay clean. May be
     /// given several times. By default every listener is impaired.
-    #[arg(long = "impair-port", value_name = "PORT", help_heading = "Impairments")]
+    #[arg(
+        long = "impair-port",
+        value_name = "PORT",
+        help_heading = "Impairments"
+    )]
     pub impair_port: Vec<u16>,
 
     /// The seed of every impairment's choices; without it one is drawn and

@@ -259,6 +259,7 @@ pub(crate) struct Counter {
     /// Whether /metrics has its sample at 0: not for what only an option
     /// that is off by default does (`counter_if_used`), so that a server
     /// without it serves the same page as before.
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
     pub(crate) sampled_at_zero: bool,
     group: Group,
     /// Its part of the summary line, `{}` standing for its value.

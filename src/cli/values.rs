@@ -179,39 +179,6 @@ pub(super) fn parse_datagram_size(s: &str) -> Result<usize, String> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn byte_counts() {
-        assert_eq!(parse_bytes("512"), Ok(512));
-        assert_eq!(parse_bytes("64K"), Ok(64 << 10));
-        assert_eq!(parse_bytes("1m"), Ok(1 << 20));
-        assert_eq!(parse_bytes("2GiB"), Ok(2 << 30));
-        assert_eq!(parse_bytes("3kb"), Ok(3 << 10));
-        assert!(parse_bytes("").is_err());
-        assert!(parse_bytes("K").is_err());
-        assert!(parse_bytes("-1").is_err());
-        assert!(parse_bytes("99999999999999G").is_err());
-    }
-
-    #[test]
-    fn seconds() {
-        assert_eq!(parse_secs("30"), Ok(Duration::from_secs(30)));
-        assert_eq!(parse_secs("0.25"), Ok(Duration::from_millis(250)));
-        assert!(parse_secs("inf").is_err());
-        assert!(parse_secs("1e300").is_err());
-        assert!(
-            parse_secs("1e19").is_err(),
-            "a deadline the clock cannot say"
-        );
-        assert_eq!(parse_secs("31536000"), Ok(Duration::from_secs(31_536_000)));
-        assert!(parse_secs("31536000.5").is_err());
-        assert!(parse_secs("").is_err());
-    }
-}
-
 /// `MIN-MAX` or `N` (then both): each a value `one` parses, MIN <= MAX.
 fn parse_range<T: PartialOrd + Copy>(
     s: &str,
@@ -275,4 +242,37 @@ pub(super) fn parse_probability(s: &str) -> Result<f64, String> {
         .ok()
         .filter(|p| (0.0..=1.0).contains(p))
         .ok_or_else(|| format!("`{s}` is not a probability (0 to 1)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_counts() {
+        assert_eq!(parse_bytes("512"), Ok(512));
+        assert_eq!(parse_bytes("64K"), Ok(64 << 10));
+        assert_eq!(parse_bytes("1m"), Ok(1 << 20));
+        assert_eq!(parse_bytes("2GiB"), Ok(2 << 30));
+        assert_eq!(parse_bytes("3kb"), Ok(3 << 10));
+        assert!(parse_bytes("").is_err());
+        assert!(parse_bytes("K").is_err());
+        assert!(parse_bytes("-1").is_err());
+        assert!(parse_bytes("99999999999999G").is_err());
+    }
+
+    #[test]
+    fn seconds() {
+        assert_eq!(parse_secs("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_secs("0.25"), Ok(Duration::from_millis(250)));
+        assert!(parse_secs("inf").is_err());
+        assert!(parse_secs("1e300").is_err());
+        assert!(
+            parse_secs("1e19").is_err(),
+            "a deadline the clock cannot say"
+        );
+        assert_eq!(parse_secs("31536000"), Ok(Duration::from_secs(31_536_000)));
+        assert!(parse_secs("31536000.5").is_err());
+        assert!(parse_secs("").is_err());
+    }
 }

@@ -258,7 +258,7 @@ fn serve_socket(socket: &Socket, addr: &ListenAddr, reply_from_arrival: bool, ct
                 .as_ref()
                 .is_some_and(|imp| imp.applies_to(own.map(|a| a.port())))
         })
-        .map(|plans| Delayed::new(plans));
+        .map(Delayed::new);
     while !ctx.shutdown.is_requested() {
         if let Some(delayed) = &mut impaired {
             delayed.send_due(socket, counters, addr);
@@ -380,11 +380,14 @@ fn serve_socket(socket: &Socket, addr: &ListenAddr, reply_from_arrival: bool, ct
 /// (dropped, sent twice, held back behind its next reply, delayed), and the
 /// replies due later, in due order. Sent one at a time, from the socket's
 /// own address (not the arrival address of a wildcard bind).
+/// A reply due later: when, its order of scheduling, where to, its bytes.
+type Due = (Instant, u64, SocketAddr, Vec<u8>);
+
 struct Delayed<'a> {
     plans: &'a Mutex<SourcePlans>,
     /// Due time, then order of scheduling (a held reply goes after the one
     /// it was held behind).
-    queue: BinaryHeap<Reverse<(Instant, u64, SocketAddr, Vec<u8>)>>,
+    queue: BinaryHeap<Reverse<Due>>,
     scheduled: u64,
     /// A reply held back per source; lost if that source sends no more.
     held: HashMap<SocketAddr, Vec<u8>>,

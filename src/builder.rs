@@ -1,6 +1,7 @@
 //! Configuring a server: which sockets to listen on and how to serve them.
 
 use crate::address::{ListenAddr, Network};
+use crate::impairment::Impairments;
 use crate::listener::Listener;
 use crate::listener::{self, StreamListener};
 use crate::rate_limit::{RateLimit, SourcePrefix};
@@ -152,6 +153,7 @@ impl Default for ServerBuilder {
                     timeout: DEFAULT_PROXY_TIMEOUT,
                 },
                 tls_handshake_timeout: DEFAULT_TLS_HANDSHAKE_TIMEOUT,
+                impair: None,
                 #[cfg(feature = "tls")]
                 tls: None,
             },
@@ -328,6 +330,17 @@ impl ServerBuilder {
     /// protocol header too (a balancer on the same host). Off by default.
     pub fn proxy_protocol_unix(mut self, on: bool) -> Self {
         self.settings.proxy.unix = on;
+        self
+    }
+
+    /// Impairs the echo (for testing clients): pieces, delays, a rate, a
+    /// reset, close or stall; for UDP, drops, duplicates, reordering. Off by
+    /// default, and then free. Without a seed, `build` draws one and logs
+    /// it ([`Server::impair_seed`](crate::Server::impair_seed) tells it).
+    pub fn impair(mut self, impairments: Impairments) -> Self {
+        self.settings.impair = impairments
+            .is_on()
+            .then(|| std::sync::Arc::new(impairments));
         self
     }
 
@@ -550,6 +563,19 @@ impl ServerBuilder {
             self.settings.tls = Some(std::sync::Arc::new(crate::tls_config::TlsConfig::load(
                 self.tls_files.clone(),
             )?));
+        }
+        if let Some(imp) = self.settings.impair.take() {
+            let imp = Impairments::clone(&imp).with_seed();
+            log::info!(
+                "impairments on (seed {}){}",
+                imp.seed_value().unwrap_or(0),
+                if imp.ports.is_empty() {
+                    String::new()
+                } else {
+                    format!(", on ports {:?}", imp.ports)
+                }
+            );
+            self.settings.impair = Some(std::sync::Arc::new(imp));
         }
         let (max_connections, thread_seats) = self.thread_plan();
         let mut listeners: Vec<Listener> = Vec::with_capacity(self.bindings.len());

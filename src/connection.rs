@@ -6,6 +6,7 @@
 use crate::address::{normalize, Peer};
 use crate::context::Context;
 use crate::echo::Echo;
+use crate::impairment::{Ending, Impairments, Plan};
 use crate::limit::{Permit, Seat, SourceSlot};
 use crate::proxy_protocol::{Fed, Preface, MAX_HEADER};
 use crate::stats::{Counters, TurnedAway};
@@ -35,6 +36,9 @@ pub(crate) struct Connection {
     /// is done, its deadline). Boxed for the same reason.
     #[cfg(feature = "tls")]
     tls: Option<Box<crate::tls::Session>>,
+    /// An impaired listener's connection: its plan (the engine takes it).
+    /// Boxed: most connections have none.
+    pub(crate) impair: Option<Box<Plan>>,
     slot: Slot,
 }
 
@@ -84,12 +88,22 @@ impl Connection {
                 crate::shutdown::deadline(ctx.settings.proxy.timeout),
             ))
         });
+        let impair = ctx.settings.impair.as_deref().and_then(|imp| {
+            impaired_plan(imp, &stream.socket, ctx).map(|plan| {
+                log::debug!(
+                    peer:% = peer, index = plan.index();
+                    "{peer}: impaired, connection index {}", plan.index()
+                );
+                Box::new(plan)
+            })
+        });
         Connection {
             stream,
             peer,
             preface,
             #[cfg(feature = "tls")]
             tls: None,
+            impair,
             slot: Slot {
                 id,
                 ctx: Arc::clone(ctx),
@@ -392,6 +406,32 @@ impl Connection {
         }
         let ctx = &self.slot.ctx;
         let peer = &self.peer;
+        let ending = match &outcome {
+            Outcome::Failed(e) => crate::impairment::ending(e),
+            _ => None,
+        };
+        if let Some(ending) = ending {
+            let socket = &self.stream.socket;
+            match ending {
+                Ending::Reset => {
+                    // SO_LINGER 0: the close (when `self` is dropped) sends
+                    // an RST, not a FIN.
+                    let _ = socket.set_linger(Some(std::time::Duration::ZERO));
+                    Counters::add(&ctx.counters.impaired_resets, 1);
+                }
+                Ending::Close => {
+                    // A FIN now; then what the client sent on is read and
+                    // thrown away, so that the close finds an empty receive
+                    // queue and does not turn into a reset.
+                    let _ = socket.shutdown(std::net::Shutdown::Write);
+                    drain(socket);
+                    Counters::add(&ctx.counters.impaired_closes, 1);
+                }
+                Ending::Stall => Counters::add(&ctx.counters.impaired_stalls, 1),
+            }
+            log::debug!(peer:% = peer, reason = "impairment"; "{peer}: {ending}");
+            return;
+        }
         match outcome {
             // Everything read has been written back: closing (which
             // follows, when `self` is dropped) sends the client our FIN. No
@@ -426,6 +466,42 @@ impl Connection {
             }
         }
     }
+}
+
+/// Reads and drops what a socket holds, without blocking (a few reads at
+/// most: a client that sends on gets its reset after all).
+fn drain(socket: &Socket) {
+    if socket.set_nonblocking(true).is_err() {
+        return;
+    }
+    let mut buf = [0u8; 4096];
+    for _ in 0..64 {
+        match { socket }.read(&mut buf) {
+            Ok(n) if n > 0 => {}
+            _ => break,
+        }
+    }
+}
+
+/// The plan of a connection accepted on `socket`, if its listener is
+/// impaired and the impairments change streams: its index is the next of
+/// the server's. Its pieces leave as they are written (`TCP_NODELAY`).
+fn impaired_plan(imp: &Impairments, socket: &Socket, ctx: &Context) -> Option<Plan> {
+    if !imp.affects_streams() {
+        return None;
+    }
+    let port = socket.local_addr().ok()?.as_socket().map(|a| a.port());
+    if !imp.applies_to(port) {
+        return None;
+    }
+    if port.is_some() {
+        // Best effort: without it pieces may merge, never change.
+        let _ = socket.set_tcp_nodelay(true);
+    }
+    let index = ctx
+        .impair_next
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    Some(Plan::new(imp, index))
 }
 
 /// Bytes of a TLS handshake that came in the read that ended a PROXY

@@ -2,12 +2,14 @@
 //! counters, the shutdown flag, the limits and the connection table.
 
 use crate::fault::Faults;
+use crate::impairment::SourcePlans;
 use crate::limit::{ConnectionLimit, SourceCap};
 use crate::rate_limit::UdpLimiter;
 use crate::settings::Settings;
 use crate::shutdown::Shutdown;
 use crate::stats::Counters;
 use crate::table::ConnectionTable;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
 /// State shared by the accept loops, the engines and every connection.
@@ -24,6 +26,12 @@ pub(crate) struct Context {
     pub(crate) udp_limiter: Option<Mutex<UdpLimiter>>,
     /// Errors injected by unit tests (nothing in other builds).
     pub(crate) faults: Faults,
+    /// The index of the next impaired connection (each draws from the seed
+    /// and its index).
+    pub(crate) impair_next: AtomicU64,
+    /// The impaired UDP sources, indexed in first-seen order over every
+    /// UDP socket and thread of the server.
+    pub(crate) udp_impair: Option<Mutex<SourcePlans>>,
 }
 
 impl Context {
@@ -40,6 +48,12 @@ impl Context {
                 std::time::Instant::now(),
             )
             .map(Mutex::new),
+            udp_impair: settings
+                .impair
+                .as_deref()
+                .filter(|imp| imp.affects_datagrams())
+                .map(|imp| Mutex::new(SourcePlans::new(imp))),
+            impair_next: AtomicU64::new(0),
             settings,
             counters: Counters::default(),
             shutdown,

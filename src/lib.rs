@@ -72,13 +72,15 @@
 mod sys;
 // 1. The echo core and plain values: addresses, the datagram filter, rate
 //    limits, settings, budgets (within it, settings -> rate_limit ->
-//    datagram_filter -> address -> escape, and shutdown -> sync).
+//    datagram_filter -> address -> escape, and shutdown -> sync; impairment
+//    is a value on its own).
 mod address;
 mod datagram_filter;
 mod descriptor_budget;
 mod echo;
 mod escape;
 mod fault;
+mod impairment;
 pub mod proxy_protocol;
 mod rate_limit;
 mod settings;
@@ -117,11 +119,11 @@ pub mod cli;
 pub mod metrics;
 mod server;
 
-// 6. Tests and test support, never part of serving: the properties over
-//    real sockets, the model checks, and the scripted stream the unit tests
-//    and fuzz targets drive the echo core with.
-#[cfg(any(test, feature = "scripted"))]
-mod testing;
+// 6. Tests and test support, never part of serving: the in-process,
+//    impairable test server for clients' test suites (public), the
+//    properties over real sockets, the model checks, and the scripted
+//    stream the unit tests and fuzz targets drive the echo core with.
+pub mod testing;
 
 #[cfg(any(test, feature = "scripted"))]
 pub use testing::scripted;
@@ -137,6 +139,7 @@ pub use echo::{
     SMALL_BUFFER_SIZE,
 };
 pub use escape::{escape, unescape};
+pub use impairment::Impairments;
 pub use rate_limit::{
     RateLimit, SourcePrefix, DEFAULT_UDP_BURST, DEFAULT_UDP_RATE, DEFAULT_UDP_TOTAL_BURST,
     DEFAULT_UDP_TOTAL_RATE,

@@ -602,7 +602,9 @@ pub fn render(s: &Stats) -> String {
         let samples = s
             .counters()
             .filter_map(|(counter, n)| match counter.sample {
-                Some((of, labels)) if of == metric => Some((counter.kind, labels, n)),
+                Some((of, labels)) if of == metric && (n > 0 || counter.sampled_at_zero) => {
+                    Some((counter.kind, labels, n))
+                }
                 _ => None,
             });
         let name = metric.name();

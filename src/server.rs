@@ -66,6 +66,18 @@ impl Server {
         self.listeners.iter().map(Listener::addr)
     }
 
+    /// The seed of the impairments ([`ServerBuilder::impair`]), as given
+    /// or drawn by `build`; `None` when nothing is impaired.
+    ///
+    /// [`ServerBuilder::impair`]: crate::ServerBuilder::impair
+    pub fn impair_seed(&self) -> Option<u64> {
+        self.ctx
+            .settings
+            .impair
+            .as_ref()
+            .and_then(|i| i.seed_value())
+    }
+
     /// The shared state, for tests that inject faults.
     #[cfg(test)]
     pub(crate) fn context(&self) -> Arc<Context> {

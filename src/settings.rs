@@ -100,6 +100,9 @@ pub(crate) struct Settings {
     pub(crate) proxy: ProxySettings,
     /// How long a TLS handshake may take, from accept.
     pub(crate) tls_handshake_timeout: Duration,
+    /// The impairments, seeded, when any is on (`None`: the echo is as
+    /// fast as it can be, and no engine looks further).
+    pub(crate) impair: Option<std::sync::Arc<crate::impairment::Impairments>>,
     /// The certificates of the TLS listeners, when there are any.
     #[cfg(feature = "tls")]
     pub(crate) tls: Option<std::sync::Arc<crate::tls_config::TlsConfig>>,

@@ -69,6 +69,7 @@ macro_rules! counters {
             Counter {
                 kind: counters!(@kind $kind),
                 told_at_zero: counters!(@told_at_zero $kind),
+                sampled_at_zero: counters!(@sampled_at_zero $kind),
                 group: Group::$group,
                 summary: $summary,
                 sample: counters!(@sample $( $family $( $label $value )? )?),
@@ -103,7 +104,11 @@ macro_rules! counters {
     (@kind counter) => { Kind::Counter };
     (@kind gauge) => { Kind::Gauge };
     (@kind gauge_if_used) => { Kind::Gauge };
+    (@kind counter_if_used) => { Kind::Counter };
     (@told_at_zero gauge_if_used) => { false };
+    (@told_at_zero counter_if_used) => { false };
+    (@sampled_at_zero counter_if_used) => { false };
+    (@sampled_at_zero $kind:ident) => { true };
     (@told_at_zero $kind:ident) => { true };
     (@sample) => { None };
     (@sample $family:ident) => { Some((Metric::$family, "")) };
@@ -124,6 +129,7 @@ counters! {
         refused_total: "Connections and datagrams refused, by reason.",
         connection_limit_reached_total: "Times the accept loops waited at the connection limit.",
         udp_kernel_drops_total: "UDP datagrams the kernel dropped for want of receive buffer.",
+        impaired_total: "What the impairments (--chunk, --reset-after, --drop, ...) did, by what.",
     }
     counters {
         /// Connections accepted since the server started, including those
@@ -203,6 +209,21 @@ counters! {
         /// UDP datagrams the kernel dropped before the server saw them, for want
         /// of receive buffer space (where the OS reports it: Linux).
         udp_kernel_drops: counter, NotAnswered "{} dropped by the kernel", udp_kernel_drops_total;
+        /// Impaired echo: pieces written (each a write of its own, after its
+        /// delay and pacing). Told only when impairments are on.
+        impaired_pieces: counter_if_used, Impaired "{} pieces sent", impaired_total{what="pieces"};
+        /// Impaired connections reset (`--reset-after`).
+        impaired_resets: counter_if_used, Impaired "{} resets", impaired_total{what="resets"};
+        /// Impaired connections closed cleanly (`--close-after`).
+        impaired_closes: counter_if_used, Impaired "{} closes", impaired_total{what="closes"};
+        /// Impaired connections stalled (`--stall-after`).
+        impaired_stalls: counter_if_used, Impaired "{} stalls", impaired_total{what="stalls"};
+        /// Impaired UDP replies dropped (`--drop`).
+        impaired_dropped: counter_if_used, Impaired "{} datagrams dropped", impaired_total{what="datagrams_dropped"};
+        /// Impaired UDP replies sent twice (`--duplicate`).
+        impaired_duplicated: counter_if_used, Impaired "{} duplicated", impaired_total{what="datagrams_duplicated"};
+        /// Impaired UDP replies held back behind the next (`--reorder`).
+        impaired_reordered: counter_if_used, Impaired "{} reordered", impaired_total{what="datagrams_reordered"};
     }
 }
 
@@ -235,6 +256,11 @@ pub(crate) struct Counter {
     /// Whether the summary tells it at 0 (when its group is told at all):
     /// not an engine few servers run (`gauge_if_used` in the table).
     told_at_zero: bool,
+    /// Whether /metrics has its sample at 0: not for what only an option
+    /// that is off by default does (`counter_if_used`), so that a server
+    /// without it serves the same page as before.
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    pub(crate) sampled_at_zero: bool,
     group: Group,
     /// Its part of the summary line, `{}` standing for its value.
     summary: &'static str,
@@ -263,10 +289,12 @@ enum Group {
     Refused,
     /// Why datagrams were not answered, the reasons that happened.
     NotAnswered,
+    /// What the impairments did, if anything.
+    Impaired,
 }
 
 impl Group {
-    const ALL: [Group; 8] = [
+    const ALL: [Group; 9] = [
         Group::Connections,
         Group::Engines,
         Group::Bytes,
@@ -275,6 +303,7 @@ impl Group {
         Group::ClosedEarly,
         Group::Refused,
         Group::NotAnswered,
+        Group::Impaired,
     ];
 
     /// What comes before its first counter, and after its last.
@@ -286,6 +315,7 @@ impl Group {
             Group::ClosedEarly => ("; closed early: ", ""),
             Group::Refused => ("; refused: ", ""),
             Group::NotAnswered => ("; datagrams not answered: ", ""),
+            Group::Impaired => ("; impaired: ", ""),
         }
     }
 
@@ -438,6 +468,9 @@ pub(crate) mod tests {
             udp_total_rate_limited: 21,
             too_large: 22,
             udp_kernel_drops: 23,
+            // The golden lines below predate impairments: theirs are
+            // checked on their own.
+            ..Stats::default()
         }
     }
 
@@ -541,6 +574,23 @@ pub(crate) mod tests {
             ..Stats::default()
         };
         assert_eq!(lagging.to_string(), Stats::default().to_string());
+    }
+
+    /// The impairments' counters are told only once they count something
+    /// (the summary of a server without impairments is as before).
+    #[test]
+    fn impairments_are_told_when_they_happened() {
+        let impaired = Stats {
+            impaired_pieces: 5,
+            impaired_resets: 1,
+            impaired_dropped: 2,
+            ..Stats::default()
+        };
+        assert_eq!(
+            impaired.to_string(),
+            "0 connections accepted, 0 closed, 0 active; 0 bytes received, 0 echoed; \
+             impaired: 5 pieces sent, 1 resets, 2 datagrams dropped"
+        );
     }
 
     #[test]

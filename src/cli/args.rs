@@ -8,11 +8,13 @@ use super::values::{
     parse_max_connections, parse_metrics_addr, parse_mode, parse_prefix, parse_secs,
     parse_secs_or_off, parse_secs_or_zero, parse_udp_buffer, unless_off,
 };
+use super::values::{parse_byte_range, parse_chunk, parse_delay, parse_probability, parse_rate};
 use super::values::{parse_proxy_source, ProxySource};
 use super::Generated;
 use crate::builder::{
     ServerBuilder, DEFAULT_BACKLOG, DEFAULT_MAX_CONNECTIONS, DEFAULT_THREAD_CONNECTIONS,
 };
+use crate::impairment::Impairments;
 use crate::rate_limit::{RateLimit, SourcePrefix};
 use crate::server::Server;
 use crate::settings::Engine;
@@ -271,6 +273,67 @@ pub struct Args {
     #[arg(long, hide = true, conflicts_with = "splice")]
     pub no_splice: bool,
 
+    /// Impairment (for testing clients): echo in pieces of MIN to MAX bytes,
+    /// each its own write (TCP_NODELAY), so that the client reads them
+    /// apart.
+    #[arg(long, value_name = "MIN-MAX", value_parser = parse_chunk, help_heading = "Impairments")]
+    pub chunk: Option<(usize, usize)>,
+
+    /// Impairment: a delay of MS (or MS to MS) milliseconds before each
+    /// piece of a stream's echo, and before each UDP reply.
+    #[arg(long, value_name = "MS[-MS]", value_parser = parse_delay, help_heading = "Impairments")]
+    pub delay: Option<(Duration, Duration)>,
+
+    /// Impairment: each connection's echo is paced to BYTES per second.
+    #[arg(long, value_name = "BYTES/S", value_parser = parse_rate, help_heading = "Impairments")]
+    pub rate: Option<u64>,
+
+    /// Impairment: reset each connection (RST, not FIN) once it has echoed
+    /// BYTES (or a number drawn from BYTES-BYTES).
+    #[arg(long, value_name = "BYTES[-BYTES]", value_parser = parse_byte_range,
+          conflicts_with_all = ["close_after", "stall_after"], help_heading = "Impairments")]
+    pub reset_after: Option<(u64, u64)>,
+
+    /// Impairment: close each connection cleanly (FIN) once it has echoed
+    /// BYTES.
+    #[arg(long, value_name = "BYTES", value_parser = parse_bytes,
+          conflicts_with = "stall_after", help_heading = "Impairments")]
+    pub close_after: Option<u64>,
+
+    /// Impairment: once a connection has echoed BYTES, neither read nor
+    /// write it again; its --idle-timeout (else --write-timeout) ends it.
+    #[arg(long, value_name = "BYTES", value_parser = parse_bytes, help_heading = "Impairments")]
+    pub stall_after: Option<u64>,
+
+    /// Impairment: drop each UDP reply with probability P (0 to 1).
+    #[arg(long, value_name = "P", value_parser = parse_probability, help_heading = "Impairments")]
+    pub drop: Option<f64>,
+
+    /// Impairment: send each UDP reply twice with probability P.
+    #[arg(long, value_name = "P", value_parser = parse_probability, help_heading = "Impairments")]
+    pub duplicate: Option<f64>,
+
+    /// Impairment: hold each UDP reply back with probability P and send it
+    /// after the next reply to the same source.
+    #[arg(long, value_name = "P", value_parser = parse_probability, help_heading = "Impairments")]
+    pub reorder: Option<f64>,
+
+    /// Impair only the listeners on PORT (each --bind address listens on
+    /// it too, with --udp also for UDP); the other ports stay clean. May be
+    /// given several times. By default every listener is impaired.
+    #[arg(
+        long = "impair-port",
+        value_name = "PORT",
+        help_heading = "Impairments"
+    )]
+    pub impair_port: Vec<u16>,
+
+    /// The seed of every impairment's choices; without it one is drawn and
+    /// logged at start-up. Connection (and UDP source) number I draws from
+    /// (seed, I); -v logs I.
+    #[arg(long, value_name = "N", help_heading = "Impairments")]
+    pub seed: Option<u64>,
+
     /// Log the counters every SECS seconds, when they changed (SIGUSR1 logs
     /// them at any time, on Unix) [default: off]
     #[arg(long, value_name = "SECS", value_parser = parse_secs)]
@@ -413,7 +476,8 @@ impl Args {
             }
             builder = builder.tls_client_ca(self.tls_client_ca.clone());
         }
-        let ips = if self.ports.is_empty() && self.tls.is_empty() {
+        builder = builder.impair(self.impairments()?);
+        let ips = if self.ports.is_empty() && self.tls.is_empty() && self.impair_port.is_empty() {
             Vec::new()
         } else {
             self.bind_addrs()?
@@ -429,6 +493,16 @@ impl Args {
             for &port in &self.tls {
                 builder = builder.tls(SocketAddr::new(ip, port));
             }
+            // An impaired port is listened on beside the clean ones.
+            for &port in &self.impair_port {
+                if self.ports.contains(&port) || self.tls.contains(&port) {
+                    continue;
+                }
+                builder = builder.tcp(SocketAddr::new(ip, port));
+                if self.udp {
+                    builder = builder.udp(SocketAddr::new(ip, port));
+                }
+            }
         }
         #[cfg(unix)]
         for path in &self.unix {
@@ -439,6 +513,42 @@ impl Args {
             builder = builder.unix_mode(mode);
         }
         Ok(builder)
+    }
+
+    /// The impairments these options ask for (none by default).
+    ///
+    /// # Errors
+    ///
+    /// `InvalidInput` for values the parsers let through but that make no
+    /// sense together.
+    pub fn impairments(&self) -> std::io::Result<Impairments> {
+        let mut imp = Impairments::new().ports(self.impair_port.iter().copied());
+        if let Some((min, max)) = self.chunk {
+            imp = imp.chunk(min, max)?;
+        }
+        if let Some((min, max)) = self.delay {
+            imp = imp.delay(min, max)?;
+        }
+        if let Some(rate) = self.rate {
+            imp = imp.rate(rate)?;
+        }
+        if let Some((min, max)) = self.reset_after {
+            imp = imp.reset_after(min, max)?;
+        }
+        if let Some(n) = self.close_after {
+            imp = imp.close_after(n)?;
+        }
+        if let Some(n) = self.stall_after {
+            imp = imp.stall_after(n)?;
+        }
+        imp = imp
+            .drop(self.drop.unwrap_or(0.0))?
+            .duplicate(self.duplicate.unwrap_or(0.0))?
+            .reorder(self.reorder.unwrap_or(0.0))?;
+        if let Some(seed) = self.seed {
+            imp = imp.seed(seed);
+        }
+        Ok(imp)
     }
 
     pub(super) fn log_level(&self) -> log::LevelFilter {

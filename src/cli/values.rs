@@ -179,6 +179,71 @@ pub(super) fn parse_datagram_size(s: &str) -> Result<usize, String> {
     }
 }
 
+/// `MIN-MAX` or `N` (then both): each a value `one` parses, MIN <= MAX.
+fn parse_range<T: PartialOrd + Copy>(
+    s: &str,
+    one: impl Fn(&str) -> Result<T, String>,
+) -> Result<(T, T), String> {
+    let (min, max) = match s.split_once('-') {
+        Some((a, b)) => (one(a)?, one(b)?),
+        None => {
+            let n = one(s)?;
+            (n, n)
+        }
+    };
+    if min > max {
+        return Err(format!("`{s}`: MIN is more than MAX"));
+    }
+    Ok((min, max))
+}
+
+/// `--chunk MIN-MAX`: piece sizes in bytes, at least 1.
+pub(super) fn parse_chunk(s: &str) -> Result<(usize, usize), String> {
+    parse_range(s, |t| match parse_bytes(t)? {
+        0 => Err("a piece is at least 1 byte".to_owned()),
+        n => usize::try_from(n).map_err(|_| format!("`{t}` is too large")),
+    })
+}
+
+/// `--delay MS[-MS]`: milliseconds, up to an hour.
+pub(super) fn parse_delay(s: &str) -> Result<(Duration, Duration), String> {
+    let (min, max) = parse_range(s, |t| {
+        t.trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|ms| *ms <= 3_600_000)
+            .ok_or_else(|| format!("`{t}` is not a number of milliseconds (0 to 3600000)"))
+    })?;
+    Ok((Duration::from_millis(min), Duration::from_millis(max)))
+}
+
+/// `--rate BYTES/S`: a byte count (`/s` optional), at least 1.
+pub(super) fn parse_rate(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let t = t
+        .strip_suffix("/s")
+        .or_else(|| t.strip_suffix("/S"))
+        .unwrap_or(t);
+    match parse_bytes(t)? {
+        0 => Err("a rate is at least 1 byte per second".to_owned()),
+        n => Ok(n),
+    }
+}
+
+/// `--reset-after BYTES[-BYTES]`.
+pub(super) fn parse_byte_range(s: &str) -> Result<(u64, u64), String> {
+    parse_range(s, parse_bytes)
+}
+
+/// A probability, 0 to 1.
+pub(super) fn parse_probability(s: &str) -> Result<f64, String> {
+    s.trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|p| (0.0..=1.0).contains(p))
+        .ok_or_else(|| format!("`{s}` is not a probability (0 to 1)"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

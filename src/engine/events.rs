@@ -12,9 +12,12 @@
 use crate::connection::{Connection, Outcome};
 use crate::context::Context;
 use crate::echo::{Echo, Step, DEFAULT_BUFFER_SIZE};
+use crate::impairment::{Impaired, Plan};
 use crate::stream::Op;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::io::{self, ErrorKind};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
@@ -73,6 +76,7 @@ impl EventLoops {
                 served: Vec::new(),
                 free: Vec::new(),
                 again: Vec::new(),
+                timers: BinaryHeap::new(),
                 scratch: vec![0; DEFAULT_BUFFER_SIZE],
             };
             // A failure here drops the loops started so far, which stops them.
@@ -173,6 +177,8 @@ enum Drained {
 struct Served {
     conn: Connection,
     echo: Echo,
+    /// An impaired connection's plan.
+    impair: Option<Box<Plan>>,
     /// When it last made progress (read or wrote), for the timeouts.
     since: Instant,
 }
@@ -187,6 +193,10 @@ struct EventLoop {
     free: Vec<usize>,
     /// Connections that used their turn up while still readable.
     again: Vec<usize>,
+    /// Impaired connections waiting for a deadline of their own (a
+    /// piece's delay, the pacing): when, and which. A stale entry (the
+    /// connection closed, its slot reused) costs one needless turn.
+    timers: BinaryHeap<Reverse<(Instant, usize)>>,
     scratch: Vec<u8>,
 }
 
@@ -201,7 +211,16 @@ impl EventLoop {
             let timeout = if !self.again.is_empty() {
                 Some(Duration::ZERO)
             } else {
-                next_sweep.map(|at| at.saturating_duration_since(Instant::now()))
+                let next = match (next_sweep, self.timers.peek()) {
+                    (Some(a), Some(Reverse((b, _)))) => Some(a.min(*b)),
+                    (a, b) => a.or(b.map(|Reverse((at, _))| *at)),
+                };
+                // Rounded up: mio's millisecond timeout would wake a
+                // deadline up to a millisecond early, then spin.
+                next.map(|at| {
+                    at.saturating_duration_since(Instant::now())
+                        .saturating_add(Duration::from_micros(999))
+                })
             };
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() != ErrorKind::Interrupted {
@@ -228,6 +247,13 @@ impl EventLoop {
                 self.serve(event.token().0, now, drained);
             }
             for index in std::mem::take(&mut self.again) {
+                self.serve(index, now, Drained::Unknown);
+            }
+            while let Some(&Reverse((at, index))) = self.timers.peek() {
+                if at > now {
+                    break;
+                }
+                self.timers.pop();
                 self.serve(index, now, Drained::Unknown);
             }
             if !self.read_commands(now) {
@@ -291,7 +317,9 @@ impl EventLoop {
             return;
         }
         log::debug!("{}: connected", conn.peer);
+        let mut conn = conn;
         self.served[index] = Some(Served {
+            impair: conn.impair.take(),
             conn,
             echo: Echo::new(),
             since: now,
@@ -332,31 +360,31 @@ impl EventLoop {
         }
         let before = (served.echo.echoed(), served.echo.is_writing());
         let mut metered = served.conn.metered();
-        let mut turn = CHUNKS_PER_TURN;
-        let ended = loop {
-            match served.echo.step(&mut metered, &mut self.scratch) {
-                Ok(Step::Echoed(n)) => {
-                    if n < self.scratch.len() && drained == Drained::OnShortRead {
-                        // The read took less than it could: the socket was
-                        // empty then, and new bytes raise a new event. Saves
-                        // a `read` that would fail with EAGAIN, a third of
-                        // the system calls of a small message.
-                        break None;
-                    }
-                    turn -= 1;
-                    if turn == 0 {
-                        self.again.push(index);
-                        break None;
-                    }
+        let (ended, again) = match &mut served.impair {
+            None => turn(&mut served.echo, &mut metered, &mut self.scratch, drained),
+            Some(plan) => {
+                let counters = &self.ctx.counters;
+                let mut stream = Impaired {
+                    inner: &mut metered,
+                    plan,
+                    pieces: &counters.impaired_pieces,
+                    stalls: &counters.impaired_stalls,
+                    blocking: false,
+                    wake_at: None,
+                };
+                let done = turn(&mut served.echo, &mut stream, &mut self.scratch, drained);
+                if let Some(at) = stream.wake_at {
+                    // Waiting for its own deadline (a delay, the pacing),
+                    // not for the client: not idle.
+                    self.timers.push(Reverse((at, index)));
+                    served.since = now;
                 }
-                // An echo finished writing; the readable edge that came
-                // while it waited may be spent, so read until EAGAIN.
-                Ok(Step::CaughtUp) => {}
-                Ok(Step::Blocked) => break None,
-                Ok(Step::Finished) => break Some(Outcome::Finished(served.echo.echoed())),
-                Err(e) => break Some(Outcome::Failed(e)),
+                done
             }
         };
+        if again {
+            self.again.push(index);
+        }
         if (served.echo.echoed(), served.echo.is_writing()) != before {
             served.since = now;
         }
@@ -414,6 +442,41 @@ impl EventLoop {
     }
 }
 
+/// One turn of a connection's echo over `stream`: at most
+/// `CHUNKS_PER_TURN` chunks. Returns how it ended, if it did, and whether
+/// it used its turn up while still readable (to be served again soon).
+fn turn<S: std::io::Read + std::io::Write>(
+    echo: &mut Echo,
+    stream: &mut S,
+    scratch: &mut [u8],
+    drained: Drained,
+) -> (Option<Outcome>, bool) {
+    let mut turn = CHUNKS_PER_TURN;
+    loop {
+        match echo.step(stream, scratch) {
+            Ok(Step::Echoed(n)) => {
+                if n < scratch.len() && drained == Drained::OnShortRead {
+                    // The read took less than it could: the socket was
+                    // empty then, and new bytes raise a new event. Saves
+                    // a `read` that would fail with EAGAIN, a third of
+                    // the system calls of a small message.
+                    return (None, false);
+                }
+                turn -= 1;
+                if turn == 0 {
+                    return (None, true);
+                }
+            }
+            // An echo finished writing; the readable edge that came
+            // while it waited may be spent, so read until EAGAIN.
+            Ok(Step::CaughtUp) => {}
+            Ok(Step::Blocked) => return (None, false),
+            Ok(Step::Finished) => return (Some(Outcome::Finished(echo.echoed())), false),
+            Err(e) => return (Some(Outcome::Failed(e)), false),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -438,6 +501,7 @@ mod tests {
             served: Vec::new(),
             free: Vec::new(),
             again: Vec::new(),
+            timers: BinaryHeap::new(),
             // Small chunks, so that a turn fits in the socket buffers.
             scratch: vec![0; 16],
         };

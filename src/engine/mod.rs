@@ -49,9 +49,17 @@ impl Engines {
         let tls = ctx.settings.tls.is_some();
         #[cfg(not(feature = "tls"))]
         let tls = false;
+        // Impaired connections are not put on uring loops either (their
+        // pieces and deadlines are the event loops'): under `Uring`, event
+        // loops serve them.
+        let impaired = ctx
+            .settings
+            .impair
+            .as_ref()
+            .is_some_and(|imp| imp.affects_streams());
         let loops = match engine {
             Engine::Threads => None,
-            Engine::Uring if !tls => None,
+            Engine::Uring if !tls && !impaired => None,
             _ => Some(events::EventLoops::start(
                 crate::settings::per_core(ctx.settings.event_loops),
                 ctx,
@@ -103,7 +111,7 @@ impl Engines {
     #[cfg(unix)]
     fn serve_on_event_loop(&self, conn: Connection) -> Result<(), Refused> {
         #[cfg(all(target_os = "linux", feature = "uring"))]
-        if let (Some(uring), false) = (&self.uring, conn.is_tls()) {
+        if let (Some(uring), false) = (&self.uring, conn.is_tls() || conn.impair.is_some()) {
             return uring
                 .serve(conn)
                 .map_err(|conn| refuse(conn, io::Error::other("no uring loop is running")));

@@ -6,10 +6,12 @@
 use crate::connection::{Connection, Outcome};
 use crate::context::Context;
 use crate::echo::{self, Echo, Progress};
+use crate::impairment::{Ending, Impaired, Plan};
 use crate::stats::Counters;
 use crate::stream::{is_timeout, Metered, Op};
 use std::io::{self, ErrorKind};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
 
 /// Stack size of connection threads. `echo` keeps 1 KiB on the stack and its
 /// bulk buffer on the heap, so a connection needs little: the TCP, Unix and
@@ -87,12 +89,18 @@ fn serve(mut conn: Connection) {
         return;
     }
     log::debug!("{}: connected", conn.peer);
+    // Looked at once per connection: an unimpaired one runs exactly as
+    // before (and may splice); an impaired one never splices.
+    let impair = conn.impair.take();
     let mut metered = conn.metered();
     let mut state = state;
-    let result = match echo::echo_until_bulk(&mut state, &mut metered) {
-        Ok(Progress::Done) => Ok(state.echoed()),
-        Ok(Progress::Bulk) => bulk(&mut metered, &ctx).map(|m| state.echoed() + m),
-        Err(e) => Err(e),
+    let result = match impair {
+        Some(mut plan) => impaired(&mut state, &mut metered, &mut plan, &ctx),
+        None => match echo::echo_until_bulk(&mut state, &mut metered) {
+            Ok(Progress::Done) => Ok(state.echoed()),
+            Ok(Progress::Bulk) => bulk(&mut metered, &ctx).map(|m| state.echoed() + m),
+            Err(e) => Err(e),
+        },
     };
     let outcome = match result {
         Ok(n) => Outcome::Finished(n),
@@ -101,6 +109,49 @@ fn serve(mut conn: Connection) {
     };
     conn.close(outcome);
 }
+
+/// An impaired connection's echo: the blocking echo over a stream that
+/// sleeps until each piece's time. A stall holds the connection, reading
+/// and writing nothing, until its idle (else write) timeout or shutdown.
+fn impaired(
+    state: &mut Echo,
+    metered: &mut Metered<'_>,
+    plan: &mut Plan,
+    ctx: &Context,
+) -> io::Result<u64> {
+    let mut stream = Impaired {
+        inner: &mut *metered,
+        plan,
+        pieces: &ctx.counters.impaired_pieces,
+        stalls: &ctx.counters.impaired_stalls,
+        blocking: true,
+        wake_at: None,
+    };
+    let result = match echo::echo_until_bulk(state, &mut stream) {
+        Ok(Progress::Done) => Ok(state.echoed()),
+        Ok(Progress::Bulk) => {
+            echo::echo_with_buffer(&mut stream, &mut vec![0u8; echo::DEFAULT_BUFFER_SIZE])
+                .map(|m| state.echoed() + m)
+        }
+        Err(e) => Err(e),
+    };
+    match result {
+        Err(e) if crate::impairment::ending(&e) == Some(Ending::Stall) => {
+            log::debug!("{}: stalled (--stall-after)", metered.peer);
+            let hold = ctx.settings.idle_timeout.or(ctx.settings.write_timeout);
+            let until = hold.map(crate::shutdown::deadline);
+            while !ctx.shutdown.is_requested() && until.is_none_or(|u| Instant::now() < u) {
+                std::thread::sleep(STALL_POLL);
+            }
+            metered.last_op = Op::Read;
+            Err(ErrorKind::TimedOut.into())
+        }
+        other => other,
+    }
+}
+
+/// How often a stalled connection's thread looks at the shutdown flag.
+const STALL_POLL: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// The PROXY protocol header a balancer's connection owes, read before
 /// the echo within its deadline. Returns the echo to start with.

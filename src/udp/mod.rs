@@ -17,16 +17,19 @@ use crate::address::ListenAddr;
 use crate::context::Context;
 use crate::datagram_filter::is_own_address;
 pub use crate::datagram_filter::{check_source, Refusal};
+use crate::impairment::SourcePlans;
 use crate::settings::UdpSettings;
 use crate::shutdown::POLL;
 use crate::stats::Counters;
 use batch::{Batch, Replies};
 use socket2::{Domain, Protocol, Socket, Type};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::PoisonError;
+use std::sync::{Mutex, PoisonError};
 use std::thread;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// The largest UDP payload: 65,535 minus the 8-byte UDP header (IPv6 without
 /// jumbograms; IPv4 allows 65,507). Larger datagrams cannot exist.
@@ -243,7 +246,25 @@ fn serve_socket(socket: &Socket, addr: &ListenAddr, reply_from_arrival: bool, ct
         ListenAddr::Udp(local) => Some(*local),
         _ => None,
     };
+    // Impaired replies go out one at a time from a queue of their own (a
+    // delay is a due time), not through the batch send: looked at once,
+    // here, so that an unimpaired socket runs as before.
+    let mut impaired = ctx
+        .udp_impair
+        .as_ref()
+        .filter(|_| {
+            ctx.settings
+                .impair
+                .as_ref()
+                .is_some_and(|imp| imp.applies_to(own.map(|a| a.port())))
+        })
+        .map(Delayed::new);
     while !ctx.shutdown.is_requested() {
+        if let Some(delayed) = &mut impaired {
+            delayed.send_due(socket, counters, addr);
+            // Woken for the next due reply, else as usual.
+            let _ = socket.set_read_timeout(Some(delayed.wait()));
+        }
         let received = match batch.recv(socket) {
             Ok(n) => n,
             Err(e) if crate::stream::is_timeout(&e) => continue,
@@ -342,11 +363,111 @@ fn serve_socket(socket: &Socket, addr: &ListenAddr, reply_from_arrival: bool, ct
                 echoed
             });
         }
+        if let Some(delayed) = &mut impaired {
+            delayed.schedule(&replies, &verdicts, counters);
+            delayed.send_due(socket, counters, addr);
+            continue;
+        }
         let (sent, bytes) = batch.send(socket, &replies, |_, e| {
             log::debug!("{addr}: reply: {e}");
         });
         Counters::add(&counters.datagrams_echoed, sent);
         Counters::add(&counters.bytes_echoed, bytes);
+    }
+}
+
+/// An impaired socket's replies: each source's fate drawn from its plan
+/// (dropped, sent twice, held back behind its next reply, delayed), and the
+/// replies due later, in due order. Sent one at a time, from the socket's
+/// own address (not the arrival address of a wildcard bind).
+/// A reply due later: when, its order of scheduling, where to, its bytes.
+type Due = (Instant, u64, SocketAddr, Vec<u8>);
+
+struct Delayed<'a> {
+    plans: &'a Mutex<SourcePlans>,
+    /// Due time, then order of scheduling (a held reply goes after the one
+    /// it was held behind).
+    queue: BinaryHeap<Reverse<Due>>,
+    scheduled: u64,
+    /// A reply held back per source; lost if that source sends no more.
+    held: HashMap<SocketAddr, Vec<u8>>,
+}
+
+impl<'a> Delayed<'a> {
+    fn new(plans: &'a Mutex<SourcePlans>) -> Delayed<'a> {
+        Delayed {
+            plans,
+            queue: BinaryHeap::new(),
+            scheduled: 0,
+            held: HashMap::new(),
+        }
+    }
+
+    fn push(&mut self, at: Instant, to: SocketAddr, bytes: Vec<u8>) {
+        self.scheduled += 1;
+        self.queue.push(Reverse((at, self.scheduled, to, bytes)));
+    }
+
+    /// Decides the fate of a batch's replies and queues them.
+    fn schedule(&mut self, replies: &Replies, verdicts: &[Judged], counters: &Counters) {
+        let now = Instant::now();
+        let mut plans = self.plans.lock().unwrap_or_else(PoisonError::into_inner);
+        for i in 0..replies.len() {
+            let (index, reply) = replies.get(i);
+            let Some(Some((source, _, _))) = verdicts.get(index) else {
+                continue;
+            };
+            let (fate, _) = plans.decide(*source);
+            if fate.drop {
+                Counters::add(&counters.impaired_dropped, 1);
+                continue;
+            }
+            if fate.hold && !self.held.contains_key(source) {
+                Counters::add(&counters.impaired_reordered, 1);
+                self.held.insert(*source, reply.to_vec());
+                continue;
+            }
+            let at = now + fate.delay;
+            self.push(at, *source, reply.to_vec());
+            if fate.duplicate {
+                Counters::add(&counters.impaired_duplicated, 1);
+                self.push(at, *source, reply.to_vec());
+            }
+            if let Some(held) = self.held.remove(source) {
+                self.push(at, *source, held);
+            }
+        }
+    }
+
+    /// Sends every reply that is due.
+    fn send_due(&mut self, socket: &Socket, counters: &Counters, addr: &ListenAddr) {
+        let now = Instant::now();
+        while let Some(Reverse((at, ..))) = self.queue.peek() {
+            if *at > now {
+                break;
+            }
+            let Some(Reverse((_, _, to, bytes))) = self.queue.pop() else {
+                break;
+            };
+            match socket.send_to(&bytes, &to.into()) {
+                Ok(n) => {
+                    Counters::add(&counters.datagrams_echoed, 1);
+                    Counters::add(&counters.bytes_echoed, n as u64);
+                }
+                Err(e) => log::debug!("{addr}: reply: {e}"),
+            }
+        }
+    }
+
+    /// How long the next receive may wait: until the next reply is due
+    /// (at least a millisecond: a zero timeout would block for ever).
+    fn wait(&self) -> Duration {
+        match self.queue.peek() {
+            Some(Reverse((at, ..))) => at
+                .saturating_duration_since(Instant::now())
+                .clamp(Duration::from_millis(1), POLL),
+            None => POLL,
+        }
     }
 }
 

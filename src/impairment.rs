@@ -11,6 +11,7 @@
 //! socket is touched here (std only), so the decisions are unit-tested
 //! without one.
 
+use crate::shutdown::Shutdown;
 use std::collections::HashMap;
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::SocketAddr;
@@ -431,6 +432,16 @@ impl Plan {
         began
     }
 
+    /// Drops the delays and the pacing from now on (shutdown: what is left
+    /// of the echo goes at once); pieces and the ending stay.
+    pub(crate) fn hurry(&mut self) {
+        self.delay = None;
+        self.rate = None;
+        // Due now (still counted as a piece when it goes).
+        self.piece_at = self.piece_at.map(|_| Instant::now());
+        self.paced_until = None;
+    }
+
     /// Whether it has reached its stall (the first time only: counted once).
     pub(crate) fn first_stall(&mut self) -> bool {
         !std::mem::replace(&mut self.stalled, true)
@@ -459,9 +470,11 @@ impl Plan {
 /// write before its time, an error standing for the ending
 /// ([`ending`] tells which) once the budget is spent.
 ///
-/// `blocking`: wait by sleeping (a thread of its own); otherwise a write
-/// that must wait says `WouldBlock` and leaves the instant in `wake_at`, for
-/// an event loop's timer.
+/// `blocking`: wait by sleeping (a thread of its own), cut short by a
+/// shutdown request, after which the plan's delays and pacing are dropped
+/// so the drain is not held up by a delay of an hour; otherwise (`None`) a
+/// write that must wait says `WouldBlock` and leaves the instant in
+/// `wake_at`, for an event loop's timer (which shutdown already reaches).
 #[derive(Debug)]
 pub(crate) struct Impaired<'a, S> {
     pub(crate) inner: S,
@@ -470,7 +483,7 @@ pub(crate) struct Impaired<'a, S> {
     pub(crate) pieces: &'a AtomicU64,
     /// Counts the connections stalled.
     pub(crate) stalls: &'a AtomicU64,
-    pub(crate) blocking: bool,
+    pub(crate) blocking: Option<&'a Shutdown>,
     pub(crate) wake_at: Option<Instant>,
 }
 
@@ -491,7 +504,7 @@ impl<S: Read + Write> Impaired<'_, S> {
             if self.plan.first_stall() {
                 self.stalls.fetch_add(1, Relaxed);
             }
-            if !self.blocking {
+            if self.blocking.is_none() {
                 // Nothing more happens: the event loop's sweep ends it at
                 // its timeout.
                 return ErrorKind::WouldBlock.into();
@@ -510,8 +523,13 @@ impl<S: Read + Write> Write for Impaired<'_, S> {
             let now = Instant::now();
             match self.plan.next(buf.len(), now) {
                 Next::End(ending) => return Err(self.end(ending)),
-                Next::Wait(at) if self.blocking => std::thread::sleep(at - now),
                 Next::Wait(at) => {
+                    if let Some(shutdown) = self.blocking {
+                        if shutdown.sleep(at - now) {
+                            self.plan.hurry();
+                        }
+                        continue;
+                    }
                     self.wake_at = Some(at);
                     return Err(ErrorKind::WouldBlock.into());
                 }

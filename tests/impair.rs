@@ -187,7 +187,32 @@ fn impair_port_leaves_the_other_port_clean(engine: echo_server::Engine) {
     server.stop();
 }
 
+/// Shutdown with an echo waiting out a 10-minute `--delay`: the delay is
+/// dropped, the echo goes at once and the server exits, instead of the
+/// drain waiting its whole grace period for a timer (event loops) or a
+/// sleeping thread that never looks up.
+fn a_long_delay_does_not_hold_up_shutdown(engine: echo_server::Engine) {
+    let (mut server, addr) = impaired(engine, &["--delay", "600000"]);
+    let mut client = connect(addr);
+    client.write_all(b"hello").unwrap();
+    server.wait_for_stats("5 bytes received");
+    let start = Instant::now();
+    server.stop();
+    let took = start.elapsed();
+    let (_, bytes, _) = read_all(&mut client);
+    assert_eq!(bytes, b"hello", "the echo went before the end");
+    assert!(
+        server.summary().contains("5 bytes received, 5 echoed"),
+        "{}",
+        server.summary()
+    );
+    assert!(!server.logged("did not stop"), "{:#?}", server.seen);
+    // Far below the drain's grace period (10 s), which a stuck drain waits out.
+    assert!(took < Duration::from_secs(8), "took {took:?}");
+}
+
 engine_tests! {
+    a_long_delay_does_not_hold_up_shutdown,
     one_byte_chunks_arrive_as_separate_reads,
     reset_after_gives_the_first_bytes_then_a_reset,
     close_after_gives_the_first_bytes_then_eof,
@@ -234,7 +259,10 @@ fn bad_values_are_usage_errors() {
         &["--reset-after", "9-3", "0"],
         &["--reset-after", "5", "--close-after", "5", "0"],
         &["--close-after", "5", "--stall-after", "5", "0"],
-        &["--seed", "-1", "0"],
+        &["--seed", "-1", "--chunk", "1-2", "0"],
+        // Which ports, which seed: with nothing to impair, a mistake.
+        &["--impair-port", "7", "0"],
+        &["--seed", "5", "0"],
     ] {
         let (status, stderr) = run_binary(args);
         assert_eq!(status.code(), Some(2), "{args:?}: {stderr}");

@@ -50,7 +50,13 @@ use std::time::Duration;
     // (not a port: a usage error).
     args_conflicts_with_subcommands = true,
     subcommand_negates_reqs = true,
-    disable_help_subcommand = true
+    disable_help_subcommand = true,
+    // --impair-port and --seed say which listeners and which choices: with
+    // no impairment to apply they would do nothing, silently.
+    group = clap::ArgGroup::new("impairment").multiple(true).args([
+        "chunk", "delay", "rate", "reset_after", "close_after", "stall_after", "drop",
+        "duplicate", "reorder",
+    ])
 )]
 pub struct Args {
     /// A command other than serving (`probe`); none: serve.
@@ -324,6 +330,7 @@ pub struct Args {
     #[arg(
         long = "impair-port",
         value_name = "PORT",
+        requires = "impairment",
         help_heading = "Impairments"
     )]
     pub impair_port: Vec<u16>,
@@ -331,7 +338,12 @@ pub struct Args {
     /// The seed of every impairment's choices; without it one is drawn and
     /// logged at start-up. Connection (and UDP source) number I draws from
     /// (seed, I); -v logs I.
-    #[arg(long, value_name = "N", help_heading = "Impairments")]
+    #[arg(
+        long,
+        value_name = "N",
+        requires = "impairment",
+        help_heading = "Impairments"
+    )]
     pub seed: Option<u64>,
 
     /// Log the counters every SECS seconds, when they changed (SIGUSR1 logs

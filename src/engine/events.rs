@@ -286,6 +286,13 @@ impl EventLoop {
                 Ok(Command::Serve(conn)) => self.add(conn, now),
                 Ok(Command::Nudge) => {
                     for index in 0..self.served.len() {
+                        // Shutdown: an impaired echo's delays and pacing
+                        // no longer hold up the drain (as on threads).
+                        if let Some(Some(served)) = self.served.get_mut(index) {
+                            if let Some(plan) = &mut served.impair {
+                                plan.hurry();
+                            }
+                        }
                         self.serve(index, now, Drained::Unknown);
                     }
                 }
@@ -369,7 +376,7 @@ impl EventLoop {
                     plan,
                     pieces: &counters.impaired_pieces,
                     stalls: &counters.impaired_stalls,
-                    blocking: false,
+                    blocking: None,
                     wake_at: None,
                 };
                 let done = turn(&mut served.echo, &mut stream, &mut self.scratch, drained);

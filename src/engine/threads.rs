@@ -124,7 +124,7 @@ fn impaired(
         plan,
         pieces: &ctx.counters.impaired_pieces,
         stalls: &ctx.counters.impaired_stalls,
-        blocking: true,
+        blocking: Some(&ctx.shutdown),
         wake_at: None,
     };
     let result = match echo::echo_until_bulk(state, &mut stream) {

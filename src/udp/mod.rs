@@ -380,18 +380,38 @@ fn serve_socket(socket: &Socket, addr: &ListenAddr, reply_from_arrival: bool, ct
 /// (dropped, sent twice, held back behind its next reply, delayed), and the
 /// replies due later, in due order. Sent one at a time, from the socket's
 /// own address (not the arrival address of a wildcard bind).
-/// A reply due later: when, its order of scheduling, where to, its bytes.
-type Due = (Instant, u64, SocketAddr, Vec<u8>);
-
+///
+/// Bounded: at most [`MAX_QUEUED`] bytes wait (in the queue and held back
+/// together); a reply beyond that is dropped and counted as dropped, as a
+/// full router queue would, so a flood under `--delay` or from many sources
+/// under `--reorder` cannot grow the server. A held reply goes after the
+/// source's next one, or after [`MAX_HOLD`] if none comes.
 struct Delayed<'a> {
     plans: &'a Mutex<SourcePlans>,
     /// Due time, then order of scheduling (a held reply goes after the one
     /// it was held behind).
     queue: BinaryHeap<Reverse<Due>>,
     scheduled: u64,
-    /// A reply held back per source; lost if that source sends no more.
-    held: HashMap<SocketAddr, Vec<u8>>,
+    /// A reply held back per source, and when it was.
+    held: HashMap<SocketAddr, (Instant, Vec<u8>)>,
+    /// Bytes in `queue` and `held`.
+    queued: usize,
 }
+
+/// A reply due later: when, its order of scheduling, where to, its bytes.
+type Due = (Instant, u64, SocketAddr, Vec<u8>);
+
+/// The most reply bytes an impaired receive thread keeps waiting, each
+/// reply counted with [`OVERHEAD`] more for its entry (so that a flood of
+/// 1-byte datagrams is bounded too).
+const MAX_QUEUED: usize = 16 << 20;
+
+/// What a waiting reply costs besides its bytes: its entry in the queue or
+/// the held map, and its allocation.
+const OVERHEAD: usize = 128;
+
+/// How long a reply is held back waiting for its source's next one.
+const MAX_HOLD: Duration = Duration::from_secs(1);
 
 impl<'a> Delayed<'a> {
     fn new(plans: &'a Mutex<SourcePlans>) -> Delayed<'a> {
@@ -400,12 +420,30 @@ impl<'a> Delayed<'a> {
             queue: BinaryHeap::new(),
             scheduled: 0,
             held: HashMap::new(),
+            queued: 0,
         }
     }
 
-    fn push(&mut self, at: Instant, to: SocketAddr, bytes: Vec<u8>) {
+    /// Room for a reply of `len` bytes, else it is dropped (counted).
+    fn room(&self, len: usize, counters: &Counters) -> bool {
+        if self.queued.saturating_add(len + OVERHEAD) > MAX_QUEUED {
+            Counters::add(&counters.impaired_dropped, 1);
+            return false;
+        }
+        true
+    }
+
+    /// Queues bytes already counted in `queued` (a held reply released).
+    fn requeue(&mut self, at: Instant, to: SocketAddr, bytes: Vec<u8>) {
         self.scheduled += 1;
         self.queue.push(Reverse((at, self.scheduled, to, bytes)));
+    }
+
+    fn push(&mut self, at: Instant, to: SocketAddr, bytes: &[u8], counters: &Counters) {
+        if self.room(bytes.len(), counters) {
+            self.queued += bytes.len() + OVERHEAD;
+            self.requeue(at, to, bytes.to_vec());
+        }
     }
 
     /// Decides the fate of a batch's replies and queues them.
@@ -423,25 +461,46 @@ impl<'a> Delayed<'a> {
                 continue;
             }
             if fate.hold && !self.held.contains_key(source) {
-                Counters::add(&counters.impaired_reordered, 1);
-                self.held.insert(*source, reply.to_vec());
+                if self.room(reply.len(), counters) {
+                    Counters::add(&counters.impaired_reordered, 1);
+                    self.queued += reply.len() + OVERHEAD;
+                    self.held.insert(*source, (now, reply.to_vec()));
+                }
                 continue;
             }
             let at = now + fate.delay;
-            self.push(at, *source, reply.to_vec());
+            self.push(at, *source, reply, counters);
             if fate.duplicate {
                 Counters::add(&counters.impaired_duplicated, 1);
-                self.push(at, *source, reply.to_vec());
+                self.push(at, *source, reply, counters);
             }
-            if let Some(held) = self.held.remove(source) {
-                self.push(at, *source, held);
+            if let Some((_, held)) = self.held.remove(source) {
+                self.requeue(at, *source, held);
             }
         }
     }
 
-    /// Sends every reply that is due.
+    /// Sends every reply that is due, releasing first the held ones whose
+    /// source sent nothing more within [`MAX_HOLD`].
     fn send_due(&mut self, socket: &Socket, counters: &Counters, addr: &ListenAddr) {
         let now = Instant::now();
+        if self
+            .held
+            .values()
+            .any(|(since, _)| now.duration_since(*since) >= MAX_HOLD)
+        {
+            let expired: Vec<SocketAddr> = self
+                .held
+                .iter()
+                .filter(|(_, (since, _))| now.duration_since(*since) >= MAX_HOLD)
+                .map(|(source, _)| *source)
+                .collect();
+            for source in expired {
+                if let Some((_, bytes)) = self.held.remove(&source) {
+                    self.requeue(now, source, bytes);
+                }
+            }
+        }
         while let Some(Reverse((at, ..))) = self.queue.peek() {
             if *at > now {
                 break;
@@ -449,6 +508,7 @@ impl<'a> Delayed<'a> {
             let Some(Reverse((_, _, to, bytes))) = self.queue.pop() else {
                 break;
             };
+            self.queued -= bytes.len() + OVERHEAD;
             match socket.send_to(&bytes, &to.into()) {
                 Ok(n) => {
                     Counters::add(&counters.datagrams_echoed, 1);
@@ -459,12 +519,16 @@ impl<'a> Delayed<'a> {
         }
     }
 
-    /// How long the next receive may wait: until the next reply is due
-    /// (at least a millisecond: a zero timeout would block for ever).
+    /// How long the next receive may wait: until the next reply is due or
+    /// the oldest held one is released (at least a millisecond: a zero
+    /// timeout would block for ever).
     fn wait(&self) -> Duration {
-        match self.queue.peek() {
-            Some(Reverse((at, ..))) => at
-                .saturating_duration_since(Instant::now())
+        let now = Instant::now();
+        let next_due = self.queue.peek().map(|Reverse((at, ..))| *at);
+        let next_release = self.held.values().map(|(since, _)| *since + MAX_HOLD).min();
+        match next_due.into_iter().chain(next_release).min() {
+            Some(at) => at
+                .saturating_duration_since(now)
                 .clamp(Duration::from_millis(1), POLL),
             None => POLL,
         }

@@ -522,7 +522,14 @@ impl<S: Read + Write> Write for Impaired<'_, S> {
         loop {
             let now = Instant::now();
             match self.plan.next(buf.len(), now) {
-                Next::End(ending) => return Err(self.end(ending)),
+                Next::End(ending) => {
+                    // What was echoed goes out before the reset or close:
+                    // over TLS it may still be records in the session.
+                    // Best effort: an error here is the connection's end
+                    // anyway, and the ending follows.
+                    let _ = self.inner.flush();
+                    return Err(self.end(ending));
+                }
                 Next::Wait(at) => {
                     if let Some(shutdown) = self.blocking {
                         if shutdown.sleep(at - now) {
@@ -538,6 +545,13 @@ impl<S: Read + Write> Write for Impaired<'_, S> {
                     if self.plan.wrote(written, Instant::now()) {
                         self.pieces.fetch_add(1, Relaxed);
                     }
+                    // Each piece leaves now, at its time, not at the echo
+                    // core's flush after the whole chunk: over TLS a piece
+                    // is a record held in the session until flushed. The
+                    // bytes are taken either way, so a flush that cannot
+                    // finish (a full socket) is not this write's error;
+                    // the records go with the next write or flush.
+                    let _ = self.inner.flush();
                     return Ok(written);
                 }
             }

@@ -211,7 +211,53 @@ fn a_long_delay_does_not_hold_up_shutdown(engine: echo_server::Engine) {
     assert!(took < Duration::from_secs(8), "took {took:?}");
 }
 
+/// Over TLS the impairments apply to the plaintext echo: each piece its
+/// own record, and a reset after N bytes of plaintext. Checked with the
+/// built-in probe (`--tls`).
+fn tls_echoes_are_impaired_too(engine: echo_server::Engine) {
+    let Some(pki) = support::pki::Pki::make(&[]) else {
+        return;
+    };
+    let (cert, key) = (pki.arg("server.pem"), pki.arg("server.key"));
+    let tls = |extra: &[&str]| {
+        let mut args = vec!["--tls", "0", "--tls-cert", &cert, "--tls-key", &key];
+        args.extend_from_slice(extra);
+        let mut server = Binary::spawn(&on_engine(engine, &args));
+        let addr = server.listening("tls");
+        (server, addr)
+    };
+    let probe = |addr: &str| {
+        let out = Binary::command()
+            .args(["probe", "--tls", "--size", "64", "--timeout", "20", addr])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (mut server, addr) = tls(&["--chunk", "1-3"]);
+    let (code, stderr) = probe(&addr);
+    assert_eq!(code, Some(0), "{stderr}");
+    server.stop();
+    let summary = server.summary();
+    let pieces: u64 = summary
+        .split(" pieces sent")
+        .next()
+        .and_then(|s| s.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{summary}"));
+    assert!(pieces >= 22, "64 bytes in pieces of at most 3: {summary}");
+
+    let (mut server, addr) = tls(&["--reset-after", "10"]);
+    let (code, stderr) = probe(&addr);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("after 10 of 64 bytes echoed"), "{stderr}");
+    server.stop();
+}
+
 engine_tests! {
+    tls_echoes_are_impaired_too,
     a_long_delay_does_not_hold_up_shutdown,
     one_byte_chunks_arrive_as_separate_reads,
     reset_after_gives_the_first_bytes_then_a_reset,

@@ -468,3 +468,13 @@ fn delayed_udp_replies_are_bounded_in_memory() {
     server.stop();
     assert!(grown < 128 << 10, "grew by {grown} KiB");
 }
+
+/// `--impair-port 0` would listen on a port the kernel picks, and that
+/// listener would not be impaired (its port is not 0): a client's test
+/// against it passes without the impairments it asked for. A usage error.
+#[test]
+fn impair_port_0_is_a_usage_error() {
+    let (status, stderr) = run_binary(&["--impair-port", "0", "--close-after", "3", "0"]);
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--impair-port"), "{stderr}");
+}

@@ -589,3 +589,46 @@ fn measure_delay() {
         assert!((40..=60).contains(&added.as_millis()), "{added:?}");
     }
 }
+
+/// UDP with a long `--delay` and `--duplicate 1`: every reply waits in the
+/// socket's queue, twice, for an hour. A few seconds of datagrams from a
+/// handful of source networks (within the default rate limits: the copies
+/// cost no tokens) must not grow the server without bound: what waits is
+/// capped at 16 MiB a receive thread, well within 128 MiB. (It grew by
+/// about 275 MB in 4 s before the cap.)
+#[cfg(target_os = "linux")]
+#[test]
+fn delayed_udp_replies_are_bounded_in_memory() {
+    let (mut server, addr) = impaired(
+        echo_server::Engine::Auto,
+        &["--udp", "--delay", "3600000", "--duplicate", "1"],
+    );
+    let before = rss_kib(server.child.id());
+    let sockets: Vec<std::net::UdpSocket> = (1..=16)
+        .map(|net| std::net::UdpSocket::bind(format!("127.0.{net}.1:0")).unwrap())
+        .collect();
+    for s in &sockets {
+        s.set_nonblocking(true).unwrap();
+    }
+    let datagram = vec![b'y'; 60_000];
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(3) {
+        for s in &sockets {
+            let _ = s.send_to(&datagram, addr);
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let grown = rss_kib(server.child.id()).saturating_sub(before);
+    server.stop();
+    assert!(grown < 128 << 10, "grew by {grown} KiB");
+}
+
+/// `--impair-port 0` would listen on a port the kernel picks, and that
+/// listener would not be impaired (its port is not 0): a client's test
+/// against it passes without the impairments it asked for. A usage error.
+#[test]
+fn impair_port_0_is_a_usage_error() {
+    let (status, stderr) = run_binary(&["--impair-port", "0", "--close-after", "3", "0"]);
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--impair-port"), "{stderr}");
+}

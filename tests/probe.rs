@@ -488,3 +488,27 @@ fn the_server_command_line_is_unchanged() {
     assert_echoed(&probe(&[&addr.to_string()]), 32, &format!("tcp {addr}"));
     server.stop();
 }
+
+/// A server that drips its handshake: a record header that promises 16 KiB,
+/// then a byte every 100 ms. Each byte comes well within the socket
+/// timeout, so only a deadline looked at on every read ends the probe
+/// (rustls's `complete_io` reads on until the handshake is done).
+#[test]
+fn a_server_dripping_the_handshake_times_out_within_the_timeout() {
+    let (addr, server) = one_connection(|mut stream| {
+        let mut hello = [0u8; 4096];
+        let _ = stream.read(&mut hello);
+        let _ = stream.write_all(&[0x16, 0x03, 0x03, 0x40, 0x00]);
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(15) {
+            if stream.write_all(&[0x02]).is_err() {
+                break;
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    });
+    let run = probe(&["--tls", "--timeout", "0.5", &addr]);
+    assert_fails(&run, "timed out after 0.5 s in the TLS handshake");
+    assert!(run.took < Duration::from_secs(5), "took {:?}", run.took);
+    server.join().unwrap();
+}

@@ -8,7 +8,9 @@ use super::values::{
     parse_max_connections, parse_metrics_addr, parse_mode, parse_prefix, parse_secs,
     parse_secs_or_off, parse_secs_or_zero, parse_udp_buffer, unless_off,
 };
-use super::values::{parse_byte_range, parse_chunk, parse_delay, parse_probability, parse_rate};
+use super::values::{
+    parse_byte_range, parse_chunk, parse_delay, parse_impair_port, parse_probability, parse_rate,
+};
 use super::values::{parse_proxy_source, ProxySource};
 use super::Generated;
 use crate::builder::{
@@ -331,6 +333,7 @@ pub struct Args {
         long = "impair-port",
         value_name = "PORT",
         requires = "impairment",
+        value_parser = parse_impair_port,
         help_heading = "Impairments"
     )]
     pub impair_port: Vec<u16>,

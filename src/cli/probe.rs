@@ -504,10 +504,50 @@ mod tls {
     use crate::tls_config::{client_config, ClientFiles};
     use rustls::pki_types::ServerName;
     use rustls::{ClientConfig, ClientConnection, StreamOwned};
+    use std::cell::Cell;
     use std::io;
+    use std::io::{Read, Write};
     use std::net::TcpStream;
     use std::sync::Arc;
-    use std::time::Duration;
+    use std::time::{Duration, Instant};
+
+    /// The TCP stream under a TLS session, each read and write bounded by
+    /// what is left until `until`: rustls's `complete_io` reads on until a
+    /// record (or the handshake) is complete, so a server dripping a byte
+    /// within each socket timeout would otherwise outlast the deadline.
+    pub(super) struct Bounded {
+        sock: TcpStream,
+        until: Cell<Instant>,
+    }
+
+    impl Bounded {
+        fn left(&self) -> io::Result<Duration> {
+            let left = self.until.get().saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                Err(io::ErrorKind::TimedOut.into())
+            } else {
+                Ok(left)
+            }
+        }
+    }
+
+    impl Read for Bounded {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            self.sock.set_read_timeout(Some(self.left()?))?;
+            self.sock.read(buf)
+        }
+    }
+
+    impl Write for Bounded {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.sock.set_write_timeout(Some(self.left()?))?;
+            self.sock.write(buf)
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            self.sock.flush()
+        }
+    }
 
     /// What every connection attempt of one probe shares.
     pub(super) struct Client {
@@ -538,9 +578,13 @@ mod tls {
             &self,
             sock: TcpStream,
             deadline: &Deadline,
-        ) -> Result<StreamOwned<ClientConnection, TcpStream>, Failure> {
+        ) -> Result<StreamOwned<ClientConnection, Bounded>, Failure> {
             let session = ClientConnection::new(Arc::clone(&self.config), self.name.clone())
                 .map_err(|e| Failure::TlsSetup(io::Error::other(e)))?;
+            let sock = Bounded {
+                sock,
+                until: Cell::new(deadline.at),
+            };
             let mut tls = StreamOwned::new(session, sock);
             while tls.conn.is_handshaking() {
                 let left = deadline.left("in the TLS handshake", 0, 0)?;
@@ -576,9 +620,15 @@ mod tls {
         }
     }
 
-    impl Stream for StreamOwned<ClientConnection, TcpStream> {
+    impl Stream for StreamOwned<ClientConnection, Bounded> {
+        /// Every read and write from now on ends within `timeout`, however
+        /// many the session makes.
         fn set_timeouts(&self, timeout: Duration) -> io::Result<()> {
-            self.sock.set_timeouts(timeout)
+            let now = Instant::now();
+            self.sock
+                .until
+                .set(now.checked_add(timeout).unwrap_or(self.sock.until.get()));
+            self.sock.sock.set_timeouts(timeout)
         }
     }
 }

@@ -235,6 +235,16 @@ pub(super) fn parse_byte_range(s: &str) -> Result<(u64, u64), String> {
     parse_range(s, parse_bytes)
 }
 
+/// `--impair-port PORT`: 1 to 65535. Port 0 would listen on a port the
+/// kernel picks, which no impairment would apply to.
+pub(super) fn parse_impair_port(s: &str) -> Result<u16, String> {
+    match s.trim().parse::<u16>() {
+        Ok(0) => Err("port 0 cannot be impaired (the kernel would pick another)".to_owned()),
+        Ok(port) => Ok(port),
+        Err(_) => Err(format!("`{s}` is not a port (1 to 65535)")),
+    }
+}
+
 /// A probability, 0 to 1.
 pub(super) fn parse_probability(s: &str) -> Result<f64, String> {
     s.trim()

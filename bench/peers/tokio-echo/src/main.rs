@@ -143,6 +143,12 @@ async fn serve(opts: Options) -> io::Result<()> {
             Ok((socket, _)) => match &acceptor {
                 None => drop(tokio::spawn(echo_tcp(socket, opts.buf))),
                 Some(acceptor) => {
+                    // A TLS server writes several records in a row (its
+                    // handshake flight, then session tickets, then the
+                    // echo): without this, Nagle holds the echo back for a
+                    // delayed ACK, and the comparison would measure that.
+                    // echo-server sets it on every connection.
+                    let _ = socket.set_nodelay(true);
                     let accept = acceptor.accept(socket);
                     let buf = opts.buf;
                     // A failed handshake ends that connection only.

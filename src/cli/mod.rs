@@ -82,7 +82,7 @@ where
 /// Why the command stops with an error: a usage error (exit 2) or a
 /// server that cannot run (exit 1).
 enum Failure {
-    Usage(&'static str),
+    Usage(std::borrow::Cow<'static, str>),
     Runtime(std::io::Error),
 }
 

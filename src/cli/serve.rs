@@ -7,16 +7,19 @@ use crate::address::ListenAddr;
 use std::sync::Arc;
 
 pub(super) fn serve(args: &Args) -> Result<(), Failure> {
+    if let Some(message) = port_given_twice(args) {
+        return Err(Failure::Usage(message.into()));
+    }
     if !args.tls.is_empty() {
         if !cfg!(feature = "tls") {
-            return Err(Failure::Usage(
+            return Err(Failure::Usage(std::borrow::Cow::Borrowed(
                 "--tls: this echo-server was built without TLS (the `tls` feature)",
-            ));
+            )));
         }
         if args.tls_cert.is_none() || args.tls_key.is_none() {
-            return Err(Failure::Usage(
+            return Err(Failure::Usage(std::borrow::Cow::Borrowed(
                 "--tls needs --tls-cert FILE and --tls-key FILE",
-            ));
+            )));
         }
     }
     // Before anything is bound: see `SignalTarget`. With TLS listeners,
@@ -29,10 +32,10 @@ pub(super) fn serve(args: &Args) -> Result<(), Failure> {
     let inherited: Vec<std::convert::Infallible> = Vec::new();
     if args.ports.is_empty() && args.tls.is_empty() && args.unix.is_empty() && inherited.is_empty()
     {
-        return Err(Failure::Usage(
+        return Err(Failure::Usage(std::borrow::Cow::Borrowed(
             "a PORT is required, unless --tls PORT or --unix PATH is given or systemd passes \
              sockets",
-        ));
+        )));
     }
     raise_fd_limit();
     #[allow(unused_mut)]
@@ -118,3 +121,27 @@ fn raise_fd_limit() {
 
 #[cfg(not(unix))]
 fn raise_fd_limit() {}
+
+/// A port given twice, as a PORT or with `--tls` (or both), would be bound
+/// twice and fail with the OS's "address in use" as if another program
+/// held it: a usage error instead, naming the port. Port 0 (a free port,
+/// chosen for each) may come any number of times.
+fn port_given_twice(args: &Args) -> Option<String> {
+    let given = args
+        .ports
+        .iter()
+        .map(|&p| (p, "PORT"))
+        .chain(args.tls.iter().map(|&p| (p, "--tls")));
+    let mut seen: Vec<(u16, &str)> = Vec::new();
+    for (port, how) in given.filter(|&(p, _)| p != 0) {
+        if let Some(&(_, first)) = seen.iter().find(|&&(p, _)| p == port) {
+            return Some(if first == how {
+                format!("port {port} is given twice ({how})")
+            } else {
+                format!("port {port} is given both as {first} and with {how}: one port serves either plain TCP or TLS")
+            });
+        }
+        seen.push((port, how));
+    }
+    None
+}

@@ -83,6 +83,43 @@ fn render(args: &Args) -> Vec<String> {
             line.push(flag.to_owned());
         }
     }
+    // The impairments, each value as its parser reads it back exactly.
+    if let Some((min, max)) = args.chunk {
+        line.push(format!("--chunk={min}-{max}"));
+    }
+    if let Some((min, max)) = args.delay {
+        line.push(format!("--delay={}-{}", min.as_millis(), max.as_millis()));
+    }
+    if let Some(rate) = args.rate {
+        line.push(format!("--rate={rate}"));
+    }
+    if let Some((min, max)) = args.reset_after {
+        line.push(format!("--reset-after={min}-{max}"));
+    }
+    if let Some(n) = args.close_after {
+        line.push(format!("--close-after={n}"));
+    }
+    if let Some(n) = args.stall_after {
+        line.push(format!("--stall-after={n}"));
+    }
+    for (name, p) in [
+        ("drop", args.drop),
+        ("duplicate", args.duplicate),
+        ("reorder", args.reorder),
+    ] {
+        if let Some(p) = p {
+            // f64's Display is the shortest text that parses back to it.
+            line.push(format!("--{name}={p}"));
+        }
+    }
+    line.extend(
+        args.impair_port
+            .iter()
+            .map(|p| format!("--impair-port={p}")),
+    );
+    if let Some(seed) = args.seed {
+        line.push(format!("--seed={seed}"));
+    }
     line.extend((0..args.verbose).map(|_| "--verbose".to_owned()));
     line.extend(args.bind.iter().map(|b| format!("--bind={b}")));
     if !args.ports.is_empty() {
@@ -171,6 +208,28 @@ fuzz_target!(|data: &[u8]| {
         (a, b) => assert_eq!(a, b),
     }
     assert_eq!(again.ports, args.ports);
+    assert_eq!(
+        (again.chunk, again.delay, again.rate, again.reset_after),
+        (args.chunk, args.delay, args.rate, args.reset_after)
+    );
+    assert_eq!(
+        (
+            again.close_after,
+            again.stall_after,
+            &again.impair_port,
+            again.seed
+        ),
+        (
+            args.close_after,
+            args.stall_after,
+            &args.impair_port,
+            args.seed
+        )
+    );
+    assert_eq!(
+        (again.drop, again.duplicate, again.reorder),
+        (args.drop, args.duplicate, args.reorder)
+    );
     assert_eq!(again.bind, args.bind);
     assert_eq!(again.udp, args.udp);
     assert_eq!((&again.unix, again.unix_mode), (&args.unix, args.unix_mode));

@@ -128,8 +128,14 @@ fn usage_errors_exit_2_and_say_what_is_wrong() {
         (&["--idle-timeout", "soon", "7"], "not a number of seconds"),
         // Not "address in use", as if another program held the port.
         (&["7", "7"], "port 7 is given twice"),
-        (&["--tls", "7", "--tls", "7"], "port 7 is given twice (--tls)"),
-        (&["7", "--tls", "7"], "port 7 is given both as PORT and with --tls"),
+        (
+            &["--tls", "7", "--tls", "7"],
+            "port 7 is given twice (--tls)",
+        ),
+        (
+            &["7", "--tls", "7"],
+            "port 7 is given both as PORT and with --tls",
+        ),
     ] {
         let (status, stderr) = run_binary(args);
         assert_eq!(status.code(), Some(2), "{args:?}: {stderr}");

@@ -354,6 +354,90 @@ fn a_stalled_reader_holds_bounded_memory_until_the_write_timeout(engine: Engine)
     assert!(line.contains("closed early: 1 write timeouts"), "{line}");
 }
 
+/// Readers that stall hold back only themselves: `hogs` clients on one loop
+/// send until their echo backs up and never read, and another client's
+/// echo still comes back at once, long before the write timeout (60 s here)
+/// frees anything. On the uring engine a stalled send keeps its provided
+/// buffer (64 a loop), so 64 such clients starved every other connection
+/// of the loop until the write timeout, and during a shutdown's grace.
+fn stalled_readers_cannot_starve_the_other_clients(engine: Engine) {
+    let engine_flag = match engine {
+        Engine::Threads => "threads",
+        Engine::Events => "events",
+        Engine::Uring => "uring",
+        _ => "auto",
+    };
+    let mut server = Binary::spawn(&[
+        "--engine",
+        engine_flag,
+        "--event-loops",
+        "1",
+        "--write-timeout",
+        "60",
+        "0",
+    ]);
+    let addr = server.tcp_addr();
+    let chunk = vec![0x5au8; 64 * 1024];
+    let start = Instant::now();
+    let mut hogs = Vec::new();
+    for _ in 0..72 {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        // A small window: the echo backs up after little of it.
+        s.set_recv_buffer_size(4096).unwrap();
+        s.connect_timeout(&addr.into(), DEADLINE).unwrap();
+        s.set_nonblocking(true).unwrap();
+        let mut s = TcpStream::from(s);
+        // Until the socket buffers of both sides are full.
+        while start.elapsed() < DEADLINE {
+            match s.write(&chunk) {
+                Ok(_) => continue,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) => panic!("a stalled reader's write failed: {e}"),
+            }
+        }
+        hogs.push(s);
+    }
+    let mut victim = connect(addr);
+    victim
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    victim.write_all(b"hello").unwrap();
+    let mut back = [0u8; 5];
+    let echoed = victim.read_exact(&mut back);
+    drop(hogs);
+    server.stop();
+    echoed.unwrap_or_else(|e| {
+        panic!("no echo for a client beside 72 stalled readers: {e}");
+    });
+    assert_eq!(&back, b"hello");
+}
+
+mod stalled_readers {
+    use echo_server::Engine;
+
+    #[test]
+    fn threads() {
+        super::stalled_readers_cannot_starve_the_other_clients(Engine::Threads);
+    }
+
+    #[test]
+    fn events() {
+        super::stalled_readers_cannot_starve_the_other_clients(Engine::Events);
+    }
+
+    #[cfg(all(target_os = "linux", feature = "uring"))]
+    #[test]
+    #[ignore = "fails: 64 stalled readers hold every provided buffer of a uring loop; the loop's other connections get no echo until the write timeout"]
+    fn uring() {
+        super::stalled_readers_cannot_starve_the_other_clients(Engine::Uring);
+    }
+
+    #[test]
+    fn auto() {
+        super::stalled_readers_cannot_starve_the_other_clients(Engine::Auto);
+    }
+}
+
 fn is_closed_or_reset(s: &mut TcpStream) -> bool {
     s.set_read_timeout(Some(DEADLINE)).unwrap();
     let mut buf = vec![0u8; 1 << 20];

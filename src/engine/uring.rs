@@ -22,7 +22,7 @@ use crate::connection::{Connection, Outcome};
 use crate::context::Context;
 use crate::fault::Point;
 use crate::stream::Op;
-use crate::sys::uring::{Completion, Ring, Waker, WAKE};
+use crate::sys::uring::{Completion, Ring, Spill, Waker, WAKE};
 use std::collections::VecDeque;
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, RawFd};
@@ -200,8 +200,8 @@ struct Served {
     /// Its operations whose completion has not arrived (its receive or
     /// send, and a cancellation): the socket stays open until this is 0.
     in_flight: u32,
-    /// The buffer its echo is being sent from: (buffer, bytes sent, length).
-    sending: Option<(u16, u32, u32)>,
+    /// What its echo is being sent from: (where, bytes sent, length).
+    sending: Option<(SentFrom, u32, u32)>,
     /// Its receive failed for want of a buffer; it is in `starved`.
     starved: bool,
     /// Being closed: how, once its last completion arrives.
@@ -211,6 +211,15 @@ struct Served {
     echoed: u64,
     /// When it last made progress, for the timeouts.
     since: Instant,
+}
+
+/// Where an echo is sent from: the provided buffer it arrived in, or, once
+/// the socket would not take it all at once, a copy of the rest (so that a
+/// client that does not read holds no buffer the loop shares).
+#[derive(Debug, Clone, Copy)]
+enum SentFrom {
+    Buffer(u16),
+    Spilled(Spill),
 }
 
 struct UringLoop {
@@ -391,16 +400,23 @@ impl UringLoop {
         let Some(Some(served)) = self.served.get_mut(index) else {
             return;
         };
-        let Some((bid, sent, len)) = served.sending else {
+        let Some((from, sent, len)) = served.sending else {
             return;
         };
         if let Some(injected) = served.conn.ctx().faults.take(Point::Send) {
             return self.close(index, Outcome::Failed(injected));
         }
-        match self
-            .ring
-            .send(served.fd, bid, sent, len, user_data(index, SEND))
-        {
+        let submitted = match from {
+            SentFrom::Buffer(bid) => {
+                self.ring
+                    .send(served.fd, bid, sent, len, user_data(index, SEND))
+            }
+            SentFrom::Spilled(spill) => {
+                self.ring
+                    .send_spill(served.fd, spill, sent, user_data(index, SEND))
+            }
+        };
+        match submitted {
             Ok(()) => served.in_flight += 1,
             Err(e) => self.close(index, Outcome::Failed(e)),
         }
@@ -427,12 +443,15 @@ impl UringLoop {
         if served.closing.is_some() || served.dropping {
             // Cancelled (or finished anyway): only buffers to give back.
             let sent_from = if kind == SEND {
-                served.sending.take().map(|(bid, _, _)| bid)
+                served.sending.take().map(|(from, _, _)| from)
             } else {
                 None
             };
-            for bid in [c.buffer, sent_from].into_iter().flatten() {
+            if let Some(bid) = c.buffer {
                 self.give_back(bid);
+            }
+            if let Some(from) = sent_from {
+                self.release(from);
             }
             self.release_if_done(index);
             return;
@@ -472,7 +491,7 @@ impl UringLoop {
                 } else {
                     served.conn.metered().received(data);
                 }
-                served.sending = Some((bid, start, n as u32));
+                served.sending = Some((SentFrom::Buffer(bid), start, n as u32));
                 served.since = now;
                 self.send(index);
             }
@@ -493,11 +512,14 @@ impl UringLoop {
                 if kind == RECV {
                     self.ready.push(index);
                 } else {
+                    // The socket is full: the rest waits in a copy of its
+                    // own, not in the loop's shared buffer.
+                    self.spill(index);
                     self.send(index);
                 }
             }
             (SEND, n) if n > 0 => {
-                let Some((bid, sent, len)) = served.sending.as_mut() else {
+                let Some((from, sent, len)) = served.sending.as_mut() else {
                     return;
                 };
                 let mut metered = served.conn.metered();
@@ -506,13 +528,15 @@ impl UringLoop {
                 served.since = now;
                 *sent += n as u32;
                 if *sent < *len {
+                    // A short send: the socket is full, the client slow.
+                    self.spill(index);
                     return self.send(index);
                 }
-                let bid = *bid;
+                let from = *from;
                 served.sending = None;
                 // The flush the echo core owes: from here it is idle.
                 let _ = metered.flush();
-                self.give_back(bid);
+                self.release(from);
                 self.ready.push(index);
             }
             (SEND, 0) => {
@@ -533,6 +557,34 @@ impl UringLoop {
         self.recycled += 1;
     }
 
+    /// Frees what an echo was sent from, once no send from it is in flight.
+    fn release(&mut self, from: SentFrom) {
+        match from {
+            SentFrom::Buffer(bid) => self.give_back(bid),
+            SentFrom::Spilled(spill) => self.ring.drop_spill(spill),
+        }
+    }
+
+    /// Moves what is left of `index`'s echo out of its provided buffer into
+    /// a copy of its own, giving the buffer back (at a completion: no send
+    /// from it is in flight). Already spilled: nothing to do.
+    fn spill(&mut self, index: usize) {
+        let Some(Some(served)) = self.served.get_mut(index) else {
+            return;
+        };
+        let Some((SentFrom::Buffer(bid), sent, len)) = served.sending else {
+            return;
+        };
+        match self.ring.spill(bid, sent, len) {
+            Some(spill) => {
+                served.sending = Some((SentFrom::Spilled(spill), 0, len - sent));
+                // A buffer came back: the starved may have it.
+                self.recycled += 1;
+            }
+            None => self.close(index, Outcome::Failed(io::Error::other("bad buffer"))),
+        }
+    }
+
     /// Closes `index` now if the kernel has nothing of it in flight, else
     /// cancels what is and closes it on the last completion.
     fn close(&mut self, index: usize, outcome: Outcome) {
@@ -544,8 +596,8 @@ impl UringLoop {
         }
         if served.in_flight == 0 {
             served.closing = Some(outcome);
-            if let Some((bid, _, _)) = served.sending.take() {
-                self.give_back(bid);
+            if let Some((from, _, _)) = served.sending.take() {
+                self.release(from);
             }
             return self.release_if_done(index);
         }
@@ -778,6 +830,54 @@ mod tests {
         assert!(starved, "one receive found no buffer");
         assert!(lp.starved.is_empty());
         assert_eq!(ctx.counters.bytes_echoed.load(Relaxed), 45);
+    }
+
+    /// A client that sends and never reads: once the socket will not take
+    /// its echo, the rest is spilled into a copy and the provided buffer
+    /// given back, so the loop's shared buffers stay free for the others;
+    /// when the client reads again, every byte comes back and the copy is
+    /// freed.
+    #[test]
+    fn a_stalled_echo_holds_no_shared_buffer() {
+        let ctx = context();
+        let (mut lp, mut clients, _inbox) = a_loop(&ctx, 1);
+        let client = &mut clients[0];
+        client.set_nonblocking(true).unwrap();
+        let chunk = [7u8; 4096];
+        let mut sent = 0usize;
+        let mut turns = 0;
+        while lp.ring.spilled() == 0 {
+            match client.write(&chunk) {
+                Ok(n) => sent += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("{e}"),
+            }
+            lp.turn(Some(Duration::from_millis(10)));
+            turns += 1;
+            assert!(turns < 2000, "no echo was spilled ({sent} bytes sent)");
+        }
+        // Every provided buffer is back with the kernel.
+        assert_eq!(lp.ring.free_buffers(), 8);
+        // The client reads: everything it sent comes back, the copy goes.
+        client.set_nonblocking(false).unwrap();
+        let mut back = 0usize;
+        let mut buf = vec![0u8; 1 << 16];
+        while back < sent {
+            lp.turn(Some(Duration::from_millis(10)));
+            client.set_nonblocking(true).unwrap();
+            while let Ok(n) = client.read(&mut buf) {
+                assert!(buf[..n].iter().all(|&b| b == 7));
+                back += n;
+                if n == 0 {
+                    break;
+                }
+            }
+            turns += 1;
+            assert!(turns < 20_000, "{back} of {sent} bytes back");
+        }
+        assert_eq!(back, sent);
+        lp.turn(Some(Duration::from_millis(10)));
+        assert_eq!(lp.ring.spilled(), 0);
     }
 
     fn accepted(ctx: &Arc<Context>) -> (Connection, std::net::TcpStream) {

@@ -44,6 +44,10 @@ pub(crate) struct Completion {
     pub(crate) buffer: Option<u16>,
 }
 
+/// An echo copied out of a provided buffer ([`Ring::spill`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Spill(usize);
+
 /// Which setup flags the kernel took, for the debug log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Setup {
@@ -78,6 +82,10 @@ pub(crate) struct Ring {
     // (its descriptor) before the memory it used.
     ring: IoUring,
     buffers: Buffers,
+    /// Echoes copied out of a provided buffer, sent from here: see
+    /// [`Ring::spill`]. Freed only once no send from them is in flight.
+    spills: Vec<Option<Box<[u8]>>>,
+    free_spills: Vec<usize>,
     wake: Arc<File>,
     /// Where the wake-up read lands; never read by us.
     wake_pad: NonNull<u64>,
@@ -158,6 +166,8 @@ impl Ring {
         let mut ring = Ring {
             ring,
             buffers,
+            spills: Vec::new(),
+            free_spills: Vec::new(),
             wake,
             wake_pad,
             in_flight: 0,
@@ -230,14 +240,89 @@ impl Ring {
                 "not a held buffer, or past its end",
             ));
         };
+        // MSG_DONTWAIT: a socket that cannot take the bytes now fails the
+        // send with EAGAIN instead of parking it (and its buffer, one of a
+        // few shared by every connection of the loop) until the client
+        // reads; the engine then spills the rest (see `spill`).
         let entry = opcode::Send::new(types::Fd(fd), ptr, to - from)
-            .flags(libc::MSG_NOSIGNAL)
+            .flags(libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT)
             .build()
             .user_data(user_data);
         // SAFETY: the kernel reads `to - from` bytes inside one provided
         // buffer (checked by `range`), memory the ring owns and frees only
         // once no operation is in flight (or leaks).
         unsafe { self.push(&entry) }
+    }
+
+    /// Copies `from..to` of a held buffer into memory of its own and gives
+    /// the buffer back to the kernel: an echo whose client is not reading
+    /// must not keep one of the loop's few shared buffers (64 stalled
+    /// readers would starve every other connection of the loop). `None`
+    /// if the buffer is not held or the range is past its end. Only when
+    /// no send from the buffer is in flight.
+    pub(crate) fn spill(&mut self, bid: u16, from: u32, to: u32) -> Option<Spill> {
+        let ptr = self.buffers.range(bid, from, to)?;
+        // SAFETY: `range` checked that the buffer is held (the kernel does
+        // not write it until it is given back, below) and `from..to` inside.
+        let bytes = unsafe { std::slice::from_raw_parts(ptr, (to - from) as usize) };
+        let copy: Box<[u8]> = bytes.into();
+        self.recycle(bid);
+        let slot = match self.free_spills.pop() {
+            Some(slot) => {
+                self.spills[slot] = Some(copy);
+                slot
+            }
+            None => {
+                self.spills.push(Some(copy));
+                self.spills.len() - 1
+            }
+        };
+        Some(Spill(slot))
+    }
+
+    /// Submits the send of `from..` of a spill (waiting, in the kernel,
+    /// until the socket takes it: the memory is this connection's alone).
+    pub(crate) fn send_spill(
+        &mut self,
+        fd: RawFd,
+        spill: Spill,
+        from: u32,
+        user_data: u64,
+    ) -> io::Result<()> {
+        let Some(Some(bytes)) = self.spills.get(spill.0) else {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "no such spill"));
+        };
+        let Some(rest) = bytes.get(from as usize..) else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "past the spill's end",
+            ));
+        };
+        let len = u32::try_from(rest.len()).unwrap_or(u32::MAX);
+        let entry = opcode::Send::new(types::Fd(fd), rest.as_ptr(), len)
+            .flags(libc::MSG_NOSIGNAL)
+            .build()
+            .user_data(user_data);
+        // SAFETY: the kernel reads `len` bytes of a spill, memory the ring
+        // owns and frees only in `drop_spill` (which the engine calls once
+        // the send's completion is taken) or after every operation is
+        // done (or leaks it).
+        unsafe { self.push(&entry) }
+    }
+
+    /// Frees a spill. Only once no send from it is in flight.
+    pub(crate) fn drop_spill(&mut self, spill: Spill) {
+        if let Some(slot) = self.spills.get_mut(spill.0) {
+            if slot.take().is_some() {
+                self.free_spills.push(spill.0);
+            }
+        }
+    }
+
+    /// Bytes spilled and not yet freed (for tests).
+    #[cfg(test)]
+    pub(crate) fn spilled(&self) -> usize {
+        self.spills.iter().flatten().map(|b| b.len()).sum()
     }
 
     /// Cancels every operation on `fd`; completes itself too.
@@ -368,6 +453,10 @@ impl Drop for Ring {
                 self.in_flight
             );
             self.buffers.leak();
+            // A send may still read a spill: leak those too.
+            for spill in self.spills.drain(..).flatten() {
+                Box::leak(spill);
+            }
             return;
         }
         // SAFETY: allocated by `Box::new` in `new`, and no operation that

@@ -5,9 +5,14 @@
 //! A connection always has exactly one operation of its own in flight
 //! while it is served: a receive, which takes a buffer from the loop's ring
 //! of provided buffers only when data arrives (an idle connection holds
-//! none), or the send of that buffer's bytes back (no copy), which is
-//! resumed with the rest when short. The buffer goes back to the ring when
-//! the send completes, and only then is the next receive submitted: nothing
+//! none), or the send of that buffer's bytes back (no copy). The send
+//! does not wait (`MSG_DONTWAIT`): when the socket takes less than all of
+//! it (a client that reads slowly, or not at all), the rest is copied into
+//! memory of the connection's own and the buffer goes back to the ring at
+//! once, so that clients that do not read cannot hold the loop's few
+//! shared buffers and starve the others; that copy is sent, waiting in the
+//! kernel. The buffer (or copy) is freed when the send completes, and only
+//! then is the next receive submitted: nothing
 //! is received while an echo is unwritten, so the kernel's flow control
 //! holds back a client that does not read. The echo core's other rules are
 //! kept the same way: end of file after everything is written back closes

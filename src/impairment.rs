@@ -706,6 +706,95 @@ mod tests {
         assert_eq!(plans.decide(b).1, 0);
     }
 
+    /// The inverse of `mix` (each xor-shift and odd multiplication undone),
+    /// to make a generator whose next output is chosen.
+    fn unmix(mut z: u64) -> u64 {
+        // The inverse of an odd number modulo 2^64 (Newton's iteration).
+        let inverse = |c: u64| {
+            (0..6).fold(c, |x, _| {
+                x.wrapping_mul(2u64.wrapping_sub(c.wrapping_mul(x)))
+            })
+        };
+        z ^= (z >> 31) ^ (z >> 62);
+        z = z.wrapping_mul(inverse(0x94D0_49BB_1331_11EB));
+        z ^= (z >> 27) ^ (z >> 54);
+        z = z.wrapping_mul(inverse(0xBF58_476D_1CE4_E5B9));
+        z ^ (z >> 30) ^ (z >> 60)
+    }
+
+    /// A generator whose next output is `out`.
+    fn about_to_give(out: u64) -> Rng {
+        Rng(unmix(out).wrapping_sub(GOLDEN))
+    }
+
+    /// `chance(p)` is `true` for a draw u in [0, 1) exactly when u < p:
+    /// a draw of exactly 0.5 is not a chance of 0.5, one just below is.
+    #[test]
+    fn chance_is_below_p_not_at_it() {
+        assert_eq!(about_to_give(12345).next_u64(), 12345);
+        assert!(!about_to_give(1 << 63).chance(0.5));
+        assert!(about_to_give((1 << 63) - (1 << 11)).chance(0.5));
+        assert!(about_to_give(u64::MAX).chance(1.0));
+        assert!(!about_to_give(0).chance(0.0));
+    }
+
+    /// A probability of 0 draws nothing: with `--drop 0` (the default) a
+    /// source's other decisions are what they would be without the option,
+    /// here its holds exactly the draws of the reorder chance alone.
+    #[test]
+    fn a_zero_probability_draws_nothing() {
+        let source: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let holds = |imp: Impairments| {
+            let mut plans = SourcePlans::new(&imp.seed(3));
+            (0..16)
+                .map(|_| plans.decide(source).0.hold)
+                .collect::<Vec<_>>()
+        };
+        let with_zeros = holds(Impairments::new().reorder(0.5).unwrap().drop(0.0).unwrap());
+        let mut rng = Rng::new(3, 0);
+        let by_hand: Vec<bool> = (0..16).map(|_| rng.chance(0.5)).collect();
+        assert_eq!(with_zeros, by_hand);
+    }
+
+    /// When 65,536 sources are remembered, a new one starts the map afresh
+    /// (the indices go on); a source already known keeps its index.
+    #[test]
+    fn the_source_map_is_bounded_and_keeps_known_sources() {
+        let mut plans = SourcePlans::new(&Impairments::new().seed(1));
+        let addr =
+            |i: usize| SocketAddr::from(([127, 0, (i >> 8) as u8, i as u8], 1 + (i >> 16) as u16));
+        for i in 0..MAX_SOURCES {
+            assert_eq!(plans.decide(addr(i)).1, i as u64);
+        }
+        // Known: kept, nothing cleared.
+        assert_eq!(plans.decide(addr(7)).1, 7);
+        assert_eq!(plans.sources.len(), MAX_SOURCES);
+        // New: the map starts afresh, the index goes on.
+        assert_eq!(plans.decide(addr(MAX_SOURCES)).1, MAX_SOURCES as u64);
+        assert_eq!(plans.sources.len(), 1);
+    }
+
+    /// A plan knows its index; it counts its stall once; `hurry` (shutdown)
+    /// lets a piece waiting out its delay go at once.
+    #[test]
+    fn index_stall_and_hurry() {
+        let imp = Impairments::new()
+            .delay(Duration::from_secs(600), Duration::from_secs(600))
+            .unwrap()
+            .stall_after(100)
+            .unwrap();
+        let mut plan = Plan::new(&imp, 5);
+        assert_eq!(plan.index(), 5);
+        assert!(plan.first_stall());
+        assert!(!plan.first_stall());
+        let now = Instant::now();
+        assert!(
+            matches!(plan.next(10, now), Next::Wait(at) if at >= now + Duration::from_secs(599))
+        );
+        plan.hurry();
+        assert_eq!(plan.next(10, Instant::now()), Next::Write(10));
+    }
+
     #[test]
     fn the_budget_caps_writes_then_ends() {
         let imp = Impairments::new().reset_after(10, 10).unwrap();

@@ -795,6 +795,142 @@ mod tests {
         assert_eq!(plan.next(10, Instant::now()), Next::Write(10));
     }
 
+    /// An in-memory peer: what is written, and bytes to read.
+    struct Peer {
+        written: Vec<u8>,
+        writes: Vec<usize>,
+        flushes: usize,
+        to_read: &'static [u8],
+    }
+
+    impl Read for Peer {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = self.to_read.len().min(buf.len());
+            buf[..n].copy_from_slice(&self.to_read[..n]);
+            self.to_read = &self.to_read[n..];
+            Ok(n)
+        }
+    }
+
+    impl Write for Peer {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.written.extend_from_slice(buf);
+            self.writes.push(buf.len());
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            self.flushes += 1;
+            Ok(())
+        }
+    }
+
+    fn peer(to_read: &'static [u8]) -> Peer {
+        Peer {
+            written: Vec::new(),
+            writes: Vec::new(),
+            flushes: 0,
+            to_read,
+        }
+    }
+
+    /// Through `Impaired`: pieces of the plan's sizes, each flushed as it
+    /// goes; reads pass through; once the budget is spent, reads, writes
+    /// and the flush all say how the connection ends (a stall on an event
+    /// loop: `WouldBlock`, counted once).
+    #[test]
+    fn an_impaired_stream_writes_pieces_and_then_ends() {
+        let imp = Impairments::new()
+            .chunk(2, 2)
+            .unwrap()
+            .reset_after(5, 5)
+            .unwrap();
+        let mut plan = Plan::new(&imp, 0);
+        let (pieces, stalls) = (AtomicU64::new(0), AtomicU64::new(0));
+        let mut inner = peer(b"abc");
+        let mut stream = Impaired {
+            inner: &mut inner,
+            plan: &mut plan,
+            pieces: &pieces,
+            stalls: &stalls,
+            blocking: None,
+            wake_at: None,
+        };
+        let mut buf = [0u8; 8];
+        assert_eq!(stream.read(&mut buf).unwrap(), 3);
+        assert_eq!(&buf[..3], b"abc");
+        assert_eq!(stream.write(b"hello world").unwrap(), 2);
+        assert_eq!(stream.write(b"llo world").unwrap(), 2);
+        assert_eq!(stream.write(b"o world").unwrap(), 1);
+        let end = stream.write(b" world").unwrap_err();
+        assert_eq!(ending(&end), Some(Ending::Reset));
+        assert_eq!(ending(&stream.flush().unwrap_err()), Some(Ending::Reset));
+        assert_eq!(
+            ending(&stream.read(&mut buf).unwrap_err()),
+            Some(Ending::Reset)
+        );
+        assert_eq!(inner.written, b"hello");
+        assert_eq!(inner.writes, [2, 2, 1]);
+        // Each piece flushed as it went, and once more before the reset.
+        assert!(inner.flushes >= 4, "{} flushes", inner.flushes);
+        assert_eq!(pieces.load(Relaxed), 3);
+
+        let imp = Impairments::new().stall_after(1).unwrap();
+        let mut plan = Plan::new(&imp, 0);
+        let mut inner = peer(b"");
+        let mut stream = Impaired {
+            inner: &mut inner,
+            plan: &mut plan,
+            pieces: &pieces,
+            stalls: &stalls,
+            blocking: None,
+            wake_at: None,
+        };
+        assert_eq!(stream.write(b"xy").unwrap(), 1);
+        for _ in 0..3 {
+            let e = stream.flush().unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::WouldBlock);
+        }
+        assert_eq!(stalls.load(Relaxed), 1);
+        // On a thread of its own the stall is an ending, not a wait.
+        let shutdown = Shutdown::default();
+        stream.blocking = Some(&shutdown);
+        assert_eq!(ending(&stream.flush().unwrap_err()), Some(Ending::Stall));
+        assert_eq!(ending(&io::Error::other("other")), None);
+        assert_eq!(
+            Ending::Stall.to_string(),
+            "impairment: stalled (--stall-after)"
+        );
+    }
+
+    /// An event loop's stream says when to come back instead of sleeping;
+    /// a thread's sleeps (here 20 ms) and writes.
+    #[test]
+    fn a_wait_is_a_deadline_on_a_loop_and_a_sleep_on_a_thread() {
+        let d = Duration::from_millis(20);
+        let imp = Impairments::new().delay(d, d).unwrap();
+        let (pieces, stalls) = (AtomicU64::new(0), AtomicU64::new(0));
+        let mut plan = Plan::new(&imp, 0);
+        let mut inner = peer(b"");
+        let start = Instant::now();
+        let mut stream = Impaired {
+            inner: &mut inner,
+            plan: &mut plan,
+            pieces: &pieces,
+            stalls: &stalls,
+            blocking: None,
+            wake_at: None,
+        };
+        assert_eq!(
+            stream.write(b"x").unwrap_err().kind(),
+            ErrorKind::WouldBlock
+        );
+        assert!(stream.wake_at.is_some_and(|at| at >= start + d));
+        let shutdown = Shutdown::default();
+        stream.blocking = Some(&shutdown);
+        assert_eq!(stream.write(b"x").unwrap(), 1);
+        assert!(start.elapsed() >= d);
+    }
+
     #[test]
     fn the_budget_caps_writes_then_ends() {
         let imp = Impairments::new().reset_after(10, 10).unwrap();

@@ -175,6 +175,18 @@ def missing_peer(name, binary):
     log(f"note: {name} not found ({binary}); left out{hint}")
 
 
+def present(peers):
+    """The peers (name -> function (port, bulk) -> command line) whose
+    binary exists; each missing one is left out with a note."""
+    found = {}
+    for name, cmd in peers.items():
+        if shutil.which(cmd(0, False)[0]):
+            found[name] = cmd
+        else:
+            missing_peer(name, cmd(0, False)[0])
+    return found
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -212,12 +224,7 @@ def server_table(args):
         "seed-c": lambda p, _b: [str(PEERS / "seed-c"), str(p)],
         "socat": lambda p, _b: ["socat", f"TCP-LISTEN:{p},bind=127.0.0.1,fork,reuseaddr,backlog=1024", "PIPE"],
     }
-    for name, cmd in peers.items():
-        if shutil.which(cmd(0, False)[0]):
-            t[name] = cmd
-        else:
-            missing_peer(name, cmd(0, False)[0])
-    return t
+    return t | present(peers)
 
 
 TLS_DIR = OUT / "tls"
@@ -278,12 +285,7 @@ def tls_table(args, tls):
             f"OPENSSL-LISTEN:{p},bind=127.0.0.1,cert={cert},key={key},verify=0,fork,reuseaddr,backlog=1024",
             "PIPE"],
     }
-    for name, cmd in peers.items():
-        if shutil.which(cmd(0, False)[0]):
-            t[name] = cmd
-        else:
-            missing_peer(name, cmd(0, False)[0])
-    return t
+    return t | present(peers)
 
 
 def is_ours(name):

@@ -3,6 +3,8 @@
 //! 127.0.0.1:0. Every run is short (`--duration 0.5`), every socket read in
 //! the server has a timeout, and nothing talks to anything but 127.0.0.1.
 
+mod support;
+
 use serde_json::Value;
 use std::collections::HashSet;
 use std::io::{ErrorKind, Read, Write};
@@ -12,6 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
+use support::{bench, num};
 
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -102,33 +105,6 @@ fn serve(mut stream: TcpStream, behaviour: Behaviour) {
             return;
         }
     }
-}
-
-/// Runs echo-bench against `addr` for 0.5 s with --json; returns the exit
-/// code and the parsed JSON line.
-fn bench(addr: SocketAddr, args: &[&str]) -> (i32, Value) {
-    let out = Command::new(env!("CARGO_BIN_EXE_echo-bench"))
-        .args(args)
-        .args(["--addr", &addr.to_string(), "--duration", "0.5", "--json"])
-        .output()
-        .expect("run echo-bench");
-    let stdout = String::from_utf8(out.stdout).expect("utf-8 stdout");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let lines: Vec<&str> = stdout.lines().collect();
-    assert_eq!(
-        lines.len(),
-        1,
-        "one JSON line expected, got {stdout:?} (stderr {stderr})"
-    );
-    let json: Value = serde_json::from_str(lines[0]).expect("valid JSON");
-    let code = out.status.code().expect("exit code");
-    (code, json)
-}
-
-fn num(json: &Value, key: &str) -> u64 {
-    json[key]
-        .as_u64()
-        .unwrap_or_else(|| panic!("{key} is not a count in {json}"))
 }
 
 fn assert_clean(code: i32, json: &Value, mode: &str) {

@@ -3,10 +3,11 @@
 //! every read and write with a timeout), with the certificates of
 //! `tests/data` (see its README).
 
+mod support;
+
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{ServerConfig, ServerConnection, StreamOwned};
-use serde_json::Value;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -15,6 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
+use support::{bench, num};
 
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -108,30 +110,6 @@ fn serve(sock: TcpStream, config: Arc<ServerConfig>, handshakes: &AtomicU64) {
             return;
         }
     }
-}
-
-/// Runs echo-bench for 0.5 s with --json; the exit code and the JSON line.
-fn bench(addr: SocketAddr, args: &[&str]) -> (i32, Value) {
-    let out = Command::new(env!("CARGO_BIN_EXE_echo-bench"))
-        .args(args)
-        .args(["--addr", &addr.to_string(), "--duration", "0.5", "--json"])
-        .output()
-        .expect("run echo-bench");
-    let stdout = String::from_utf8(out.stdout).expect("utf-8 stdout");
-    let line = stdout.lines().next().unwrap_or_else(|| {
-        panic!(
-            "no JSON line; stderr {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    let json: Value = serde_json::from_str(line).expect("valid JSON");
-    (out.status.code().expect("exit code"), json)
-}
-
-fn num(json: &Value, key: &str) -> u64 {
-    json[key]
-        .as_u64()
-        .unwrap_or_else(|| panic!("{key} is not a count in {json}"))
 }
 
 fn ca(name: &str) -> String {

@@ -119,7 +119,9 @@ try:
     if bytes(got) != data:
         print("ERR echo of", len(got), "bytes, not", n); sys.exit(1)
     print("OK", serial)
-except ssl.SSLError as e:
+except (ssl.SSLError, OSError) as e:
+    # A refused handshake shows as an alert (SSLError) or, when the server
+    # has already closed as the client writes, as a reset or broken pipe.
     print("ERR", e); sys.exit(1)
 "#;
 

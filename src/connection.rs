@@ -414,6 +414,10 @@ impl Connection {
             let socket = &self.stream.socket;
             match ending {
                 Ending::Reset => {
+                    // The echo must reach the client before the reset: an
+                    // RST discards what is still in our send queue, and a
+                    // busy machine can hold a few small pieces there.
+                    await_sent(socket);
                     // SO_LINGER 0: the close (when `self` is dropped) sends
                     // an RST, not a FIN.
                     let _ = socket.set_linger(Some(std::time::Duration::ZERO));
@@ -556,4 +560,26 @@ impl Drop for Slot {
         // `seat`, `source_slot` and `_permit` are dropped after this,
         // freeing the slots last.
     }
+}
+
+/// How long a reset waits for its echo to be acknowledged, at most: an
+/// event loop waits with it, and a client that reads nothing never
+/// acknowledges (its window is shut); then the reset goes anyway.
+const RESET_DRAIN: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Waits (at most [`RESET_DRAIN`]) until everything written on `socket` has
+/// been acknowledged by the peer (Linux; elsewhere nothing to wait for).
+fn await_sent(socket: &Socket) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsFd;
+        let start = std::time::Instant::now();
+        while matches!(crate::sys::sockopt::unacknowledged(socket.as_fd()), Ok(n) if n > 0)
+            && start.elapsed() < RESET_DRAIN
+        {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = socket;
 }

@@ -26,3 +26,17 @@ pub(crate) fn set_int(
         _ => Err(io::Error::last_os_error()),
     }
 }
+
+/// Bytes a TCP socket has sent but the peer has not acknowledged, plus
+/// those not sent yet (`SIOCOUTQ`, Linux): 0 once everything written has
+/// reached the peer's kernel.
+#[cfg(target_os = "linux")]
+pub(crate) fn unacknowledged(fd: BorrowedFd<'_>) -> io::Result<usize> {
+    let mut bytes: libc::c_int = 0;
+    // SAFETY: a valid fd and a pointer to a c_int, which SIOCOUTQ writes.
+    let result = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCOUTQ, &mut bytes) };
+    match result {
+        0 => Ok(usize::try_from(bytes).unwrap_or(0)),
+        _ => Err(io::Error::last_os_error()),
+    }
+}

@@ -26,7 +26,7 @@ use std::time::Duration;
 pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
 
 /// Under [`Engine::Auto`], connections served on threads before new ones go
-/// to the event loops.
+/// to the loops (io_uring, or event loops where io_uring is refused).
 ///
 /// One: the first connection of an idle server gets the lowest latency a
 /// blocking thread gives, and every further thread among busy connections
@@ -440,8 +440,9 @@ impl ServerBuilder {
         self
     }
 
-    /// How connections are served: a thread each, event loops, or threads
-    /// first and event loops for the rest (the default). See [`Engine`].
+    /// How connections are served: a thread each, event loops, io_uring
+    /// loops, or threads first and loops for the rest (the default). See
+    /// [`Engine`].
     /// [`Engine::Events`] needs a Unix system; elsewhere `Auto` serves
     /// every connection on a thread. [`Engine::Uring`] needs Linux, the
     /// `uring` feature and a kernel that lets this process use io_uring:
@@ -458,7 +459,7 @@ impl ServerBuilder {
     }
 
     /// Under [`Engine::Auto`]: how many connections are served on threads
-    /// before new ones go to the event loops. Default
+    /// before new ones go to the loops. Default
     /// [`DEFAULT_THREAD_CONNECTIONS`]; 0 puts every connection on a loop.
     pub fn thread_connections(mut self, n: usize) -> Self {
         self.settings.thread_connections = n;
@@ -685,22 +686,7 @@ fn uring_available() -> io::Result<()> {
     #[cfg(all(target_os = "linux", feature = "uring"))]
     {
         crate::sys::uring::probe().map_err(|e| {
-            let why = match e.raw_os_error() {
-                Some(libc::ENOSYS) => "this kernel has no io_uring".to_owned(),
-                Some(libc::EPERM) => {
-                    let sysctl = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
-                        .ok()
-                        .and_then(|v| v.trim().parse::<u8>().ok())
-                        .filter(|&v| v > 0);
-                    match sysctl {
-                        Some(v) => format!("io_uring is disabled (kernel.io_uring_disabled = {v})"),
-                        None => "io_uring is not permitted to this process (a seccomp filter, \
-                                 such as a container runtime's, or kernel.io_uring_disabled)"
-                            .to_owned(),
-                    }
-                }
-                _ => "io_uring could not be set up".to_owned(),
-            };
+            let why = crate::sys::uring::refusal(&e);
             io::Error::new(
                 e.kind(),
                 format!("the uring engine cannot run: {why} ({e}); use --engine events"),
@@ -740,11 +726,16 @@ fn descriptor_plan(max_connections: usize, settings: &Settings) -> usize {
 /// Descriptors the server opens after binding, besides connections: each
 /// event loop's poll and wake-up descriptors, and what the program reserved.
 fn descriptors_reserved(settings: &Settings) -> u64 {
-    let loops = match settings.engine {
+    // Each loop holds two: an epoll instance and its waker, or a ring and
+    // its eventfd. Under `uring` and `auto` both kinds may run (TLS and
+    // impaired connections are served by event loops).
+    let per_loop = match settings.engine {
         Engine::Threads => 0,
-        _ => crate::settings::per_core(settings.event_loops),
+        Engine::Events => 2,
+        _ => 4,
     };
-    (2 * loops + settings.reserved_descriptors) as u64
+    (per_loop * crate::settings::per_core(settings.event_loops) + settings.reserved_descriptors)
+        as u64
 }
 
 /// One line at start-up when a UDP burst is below what the largest datagram
@@ -872,7 +863,11 @@ mod tests {
             descriptors_reserved(&settings(Engine::Events, 3)),
             2 * 3 + 18
         );
-        assert_eq!(descriptors_reserved(&settings(Engine::Auto, 5)), 2 * 5 + 18);
+        assert_eq!(descriptors_reserved(&settings(Engine::Auto, 5)), 4 * 5 + 18);
+        assert_eq!(
+            descriptors_reserved(&settings(Engine::Uring, 5)),
+            4 * 5 + 18
+        );
     }
 }
 

@@ -28,11 +28,12 @@ pub enum Engine {
     /// feature, on by default); the server fails to build where io_uring is
     /// refused (an old kernel, `kernel.io_uring_disabled`, seccomp).
     Uring,
-    /// Threads for the first connections, event loops for the rest: a new
+    /// Threads for the first connections, loops for the rest: a new
     /// connection gets its own thread while fewer than the threshold are on
-    /// threads, otherwise it goes to the least busy event loop. A connection
-    /// never moves. The default (threads only where there are no event
-    /// loops).
+    /// threads, otherwise it goes to the least busy io_uring loop (Linux,
+    /// the `uring` feature), or event loop where io_uring is refused (one
+    /// log line says why). A connection never moves. The default (threads
+    /// only where there are no event loops).
     #[default]
     Auto,
 }

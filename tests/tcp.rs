@@ -336,6 +336,13 @@ fn connections_are_served_on_their_engine_and_shutdown_drains_all(engine: Engine
         Engine::Threads => (5, 0, 0),
         Engine::Events => (0, 5, 0),
         Engine::Uring => (0, 0, 5),
+        // Under auto, what threads do not serve goes to io_uring loops
+        // where there are any.
+        _ if cfg!(all(target_os = "linux", feature = "uring")) => (
+            AUTO_THREAD_CONNECTIONS as u64,
+            0,
+            5 - AUTO_THREAD_CONNECTIONS as u64,
+        ),
         _ => (
             AUTO_THREAD_CONNECTIONS as u64,
             5 - AUTO_THREAD_CONNECTIONS as u64,

@@ -122,7 +122,7 @@ pub struct Args {
     pub engine: Engine,
 
     /// Under --engine auto: connections served on threads before new ones
-    /// go to the event loops.
+    /// go to the io_uring loops (the event loops where io_uring is refused).
     #[arg(long, value_name = "N", default_value_t = DEFAULT_THREAD_CONNECTIONS)]
     pub thread_connections: usize,
 

@@ -27,7 +27,8 @@ pub(crate) struct Engines {
     seats: Arc<ThreadSeats>,
     #[cfg(unix)]
     loops: Option<events::EventLoops>,
-    /// The io_uring loops, under `Uring` only.
+    /// The io_uring loops: under `Uring`, and under `Auto` where the
+    /// kernel lets this process use io_uring.
     #[cfg(all(target_os = "linux", feature = "uring"))]
     uring: Option<uring::UringLoops>,
 }
@@ -57,23 +58,34 @@ impl Engines {
             .impair
             .as_ref()
             .is_some_and(|imp| imp.affects_streams());
+        // `--event-loops` counts the uring loops too. (The builder refused
+        // `Uring` where this module is not compiled.)
+        #[cfg(all(target_os = "linux", feature = "uring"))]
+        let uring = match engine {
+            Engine::Uring => Some(
+                uring::UringLoops::start(crate::settings::per_core(ctx.settings.event_loops), ctx)
+                    .map_err(|e| {
+                        let why = crate::sys::uring::refusal(&e);
+                        io::Error::new(
+                            e.kind(),
+                            format!("the uring engine cannot run: {why} ({e})"),
+                        )
+                    })?,
+            ),
+            Engine::Auto => auto_uring(ctx),
+            _ => None,
+        };
+        #[cfg(all(target_os = "linux", feature = "uring"))]
+        let on_uring = uring.is_some();
+        #[cfg(not(all(target_os = "linux", feature = "uring")))]
+        let on_uring = false;
         let loops = match engine {
             Engine::Threads => None,
-            Engine::Uring if !tls && !impaired => None,
+            _ if on_uring && !tls && !impaired => None,
             _ => Some(events::EventLoops::start(
                 crate::settings::per_core(ctx.settings.event_loops),
                 ctx,
             )?),
-        };
-        // `--event-loops` counts these loops too. (The builder refused
-        // `Uring` where this module is not compiled.)
-        #[cfg(all(target_os = "linux", feature = "uring"))]
-        let uring = match engine {
-            Engine::Uring => Some(uring::UringLoops::start(
-                crate::settings::per_core(ctx.settings.event_loops),
-                ctx,
-            )?),
-            _ => None,
         };
         Ok(Engines {
             engine,
@@ -139,6 +151,25 @@ impl Engines {
         #[cfg(all(target_os = "linux", feature = "uring"))]
         if let Some(uring) = &self.uring {
             uring.nudge();
+        }
+    }
+}
+
+/// Under `Auto`, the uring loops that serve what threads do not, where
+/// this process may use io_uring; else `None`, and one line says why the
+/// event loops serve them instead (io_uring disabled by the sysctl or a
+/// container's seccomp profile, or a kernel without it or without the
+/// buffer rings the engine needs).
+#[cfg(all(target_os = "linux", feature = "uring"))]
+fn auto_uring(ctx: &Arc<Context>) -> Option<uring::UringLoops> {
+    match uring::UringLoops::start(crate::settings::per_core(ctx.settings.event_loops), ctx) {
+        Ok(loops) => Some(loops),
+        Err(e) => {
+            log::info!(
+                "engine auto: event loops instead of io_uring: {} ({e})",
+                crate::sys::uring::refusal(&e)
+            );
+            None
         }
     }
 }

@@ -116,6 +116,31 @@ pub(crate) fn probe() -> io::Result<()> {
     IoUring::new(2).map(drop)
 }
 
+/// Why this process cannot use io_uring, from the error `io_uring_setup`
+/// (or a ring's set-up) failed with, in words for an operator.
+pub(crate) fn refusal(e: &io::Error) -> String {
+    match e.raw_os_error() {
+        Some(libc::ENOSYS) => "this kernel has no io_uring".to_owned(),
+        Some(libc::EPERM) => {
+            let sysctl = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
+                .ok()
+                .and_then(|v| v.trim().parse::<u8>().ok())
+                .filter(|&v| v > 0);
+            match sysctl {
+                Some(v) => format!("io_uring is disabled (kernel.io_uring_disabled = {v})"),
+                None => "io_uring is not permitted to this process (a seccomp filter, such as \
+                         a container runtime's, or kernel.io_uring_disabled)"
+                    .to_owned(),
+            }
+        }
+        // Rings of provided buffers came with 5.19.
+        Some(libc::EINVAL) => {
+            "this kernel's io_uring lacks what the engine needs (5.19 or later)".to_owned()
+        }
+        _ => "io_uring could not be set up".to_owned(),
+    }
+}
+
 impl Ring {
     /// A ring of `entries` submission entries and `count` provided buffers
     /// of `size` bytes (`count` a power of two, at most 32768). Tries the

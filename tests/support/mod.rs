@@ -555,3 +555,66 @@ pub fn skip_unless_root(why: &str) -> bool {
     }
     !root
 }
+
+/// Makes `command`'s process unable to use io_uring, as a container
+/// runtime's default seccomp profile does: a filter installed between fork
+/// and exec fails `io_uring_setup` with `EPERM` and allows every other
+/// system call.
+#[cfg(target_os = "linux")]
+pub fn refusing_io_uring(command: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // A classic BPF program over `struct seccomp_data`, whose first field
+    // is the system call's number (the same, 425, on every architecture).
+    const LD_W_ABS: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
+    const JEQ_K: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
+    const RET_K: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
+    const SECCOMP_RET_ERRNO: u32 = libc::SECCOMP_RET_ERRNO;
+    const SECCOMP_RET_ALLOW: u32 = libc::SECCOMP_RET_ALLOW;
+    let filter = [
+        libc::sock_filter {
+            code: LD_W_ABS,
+            jt: 0,
+            jf: 0,
+            k: 0,
+        },
+        libc::sock_filter {
+            code: JEQ_K,
+            jt: 0,
+            jf: 1,
+            k: libc::SYS_io_uring_setup as u32,
+        },
+        libc::sock_filter {
+            code: RET_K,
+            jt: 0,
+            jf: 0,
+            k: SECCOMP_RET_ERRNO | libc::EPERM as u32,
+        },
+        libc::sock_filter {
+            code: RET_K,
+            jt: 0,
+            jf: 0,
+            k: SECCOMP_RET_ALLOW,
+        },
+    ];
+    // SAFETY: the closure runs in the child between fork and exec and only
+    // makes two prctl calls (async-signal-safe) over memory that the fork
+    // copied and nothing frees before the exec.
+    unsafe {
+        command.pre_exec(move || {
+            let program = libc::sock_fprog {
+                len: filter.len() as u16,
+                filter: filter.as_ptr().cast_mut(),
+            };
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+                || libc::prctl(
+                    libc::PR_SET_SECCOMP,
+                    libc::SECCOMP_MODE_FILTER,
+                    &program as *const libc::sock_fprog,
+                ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}

@@ -88,7 +88,7 @@ pub(crate) struct Settings {
     /// Event loops to run (0: one per available core).
     pub(crate) event_loops: usize,
     /// Under [`Engine::Auto`]: connections served on threads before new
-    /// ones go to the event loops.
+    /// ones go to the loops.
     pub(crate) thread_connections: usize,
     /// At most this many connection threads, below what the OS allows.
     pub(crate) max_threads: Option<usize>,

@@ -1,6 +1,6 @@
 //! The engines: three ways to wait for a connection's next bytes, one echo
 //! core. [`Engines::serve`] places each admitted connection on a thread of
-//! its own, on an event loop or (`Uring`) on an io_uring loop, by the
+//! its own, on an event loop or on an io_uring loop, by the
 //! configured [`Engine`], and never moves it afterwards.
 
 #[cfg(unix)]
@@ -38,14 +38,15 @@ pub(crate) struct Engines {
 pub(crate) struct Refused(pub(crate) io::Error);
 
 impl Engines {
-    /// Starts the event loops the engine needs. `thread_seats` is how many
+    /// Starts the loops the engine needs. `thread_seats` is how many
     /// connections may have their own thread.
     pub(crate) fn start(ctx: &Arc<Context>, thread_seats: usize) -> io::Result<Engines> {
         let engine = ctx.settings.engine;
         #[cfg(unix)]
         // TLS connections are never put on uring loops (they receive into
         // the ring's buffers, with no `read` for rustls to decrypt through):
-        // under `Uring`, event loops serve the TLS listeners' connections.
+        // under `Uring` and `Auto`, event loops serve the TLS listeners'
+        // connections.
         #[cfg(feature = "tls")]
         let tls = ctx.settings.tls.is_some();
         #[cfg(not(feature = "tls"))]
@@ -98,8 +99,8 @@ impl Engines {
     }
 
     /// Serves `conn` on a thread if it may have one, else on the least busy
-    /// event loop. Under `Auto`, a connection the OS refuses a thread goes
-    /// to an event loop; under `Threads` it is closed.
+    /// loop. Under `Auto`, a connection the OS refuses a thread goes to a
+    /// loop; under `Threads` it is closed.
     pub(crate) fn serve(&self, mut conn: Connection) -> Result<(), Refused> {
         if let Some(seat) = self.seats.try_take() {
             conn.place_on_thread(seat);
@@ -109,10 +110,7 @@ impl Engines {
                     if self.engine == Engine::Threads {
                         return spawn_retried(back, e);
                     }
-                    log::debug!(
-                        "{}: no thread ({e}), serving it on an event loop",
-                        back.peer
-                    );
+                    log::debug!("{}: no thread ({e}), serving it on a loop", back.peer);
                     conn = back.unplaced();
                 }
             }

@@ -9,6 +9,7 @@
 //! control holds back a client that does not read. Idle and write timeouts
 //! are deadlines each loop checks on a tick.
 
+use super::loops::{Command, Loops, Wake};
 use crate::connection::{Connection, Outcome};
 use crate::context::Context;
 use crate::echo::{Echo, Step, DEFAULT_BUFFER_SIZE};
@@ -21,9 +22,9 @@ use std::collections::BinaryHeap;
 use std::io::{self, ErrorKind};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
-use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
+use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::Arc;
-use std::thread::{self, JoinHandle};
+use std::thread;
 use std::time::{Duration, Instant};
 
 /// The loop's own token: its inbox has something.
@@ -33,120 +34,56 @@ const INBOX: Token = Token(usize::MAX);
 /// client that keeps its socket full must not starve the rest.
 const CHUNKS_PER_TURN: u32 = 16;
 
-/// What an event loop is asked to do.
-enum Command {
-    /// Serve this connection from now on.
-    Serve(Connection),
-    /// Try every connection once now: shutdown has shut down their read
-    /// sides and each must see its end of file.
-    Nudge,
-    /// Close every connection left and end.
-    Stop,
-}
-
 /// The running event loops and how to reach them.
 #[derive(Debug)]
-pub(crate) struct EventLoops {
-    loops: Vec<LoopHandle>,
-}
+pub(crate) struct EventLoops(Loops<Arc<Waker>>);
 
-#[derive(Debug)]
-struct LoopHandle {
-    inbox: Sender<Command>,
-    waker: Arc<Waker>,
-    /// Connections this loop serves (or has been handed), to balance.
-    load: Arc<AtomicUsize>,
-    thread: Option<JoinHandle<()>>,
+impl Wake for Arc<Waker> {
+    fn wake(&self) -> io::Result<()> {
+        Waker::wake(self)
+    }
 }
 
 impl EventLoops {
     /// Starts `count` event loops (at least one).
     pub(crate) fn start(count: usize, ctx: &Arc<Context>) -> io::Result<EventLoops> {
-        let mut loops = EventLoops { loops: Vec::new() };
+        let mut loops = Loops::new("an event loop");
         for _ in 0..count.max(1) {
-            let poll = Poll::new()?;
-            let waker = Arc::new(Waker::new(poll.registry(), INBOX)?);
-            let (inbox, commands) = mpsc::channel();
-            let load = Arc::new(AtomicUsize::new(0));
-            let mut event_loop = EventLoop {
-                poll,
-                commands,
-                load: Arc::clone(&load),
-                ctx: Arc::clone(ctx),
-                served: Vec::new(),
-                free: Vec::new(),
-                again: Vec::new(),
-                timers: BinaryHeap::new(),
-                scratch: vec![0; DEFAULT_BUFFER_SIZE],
-            };
             // A failure here drops the loops started so far, which stops them.
-            let thread = thread::Builder::new()
-                .name("echo-events".to_owned())
-                .spawn(move || event_loop.run())?;
-            loops.loops.push(LoopHandle {
-                inbox,
-                waker,
-                load,
-                thread: Some(thread),
-            });
+            loops.add(|end| {
+                let poll = Poll::new()?;
+                let waker = Arc::new(Waker::new(poll.registry(), INBOX)?);
+                let mut event_loop = EventLoop {
+                    poll,
+                    commands: end.commands,
+                    load: end.load,
+                    ctx: Arc::clone(ctx),
+                    served: Vec::new(),
+                    free: Vec::new(),
+                    again: Vec::new(),
+                    timers: BinaryHeap::new(),
+                    scratch: vec![0; DEFAULT_BUFFER_SIZE],
+                };
+                let thread = thread::Builder::new()
+                    .name("echo-events".to_owned())
+                    .spawn(move || event_loop.run())?;
+                Ok((waker, thread))
+            })?;
         }
-        Ok(loops)
+        Ok(EventLoops(loops))
     }
 
     /// Hands `conn` to the loop with the fewest connections. Gives it back
     /// if no loop can take it.
-    // The connection comes back by value only when no loop can take it, a
-    // rare path (the TLS session pointer took `Connection` past the lint's
-    // size): not worth a box on every hand-over.
     #[allow(clippy::result_large_err)]
     pub(crate) fn serve(&self, mut conn: Connection) -> Result<(), Connection> {
-        let Some(target) = self.loops.iter().min_by_key(|l| l.load.load(Relaxed)) else {
-            return Err(conn);
-        };
         conn.place_on_event_loop();
-        target.load.fetch_add(1, Relaxed);
-        match target.inbox.send(Command::Serve(conn)) {
-            Ok(()) => {
-                // A failed wake-up leaves the connection waiting for the next
-                // event of that loop; the loop's tick bounds the wait.
-                let _ = target.waker.wake();
-                Ok(())
-            }
-            Err(mpsc::SendError(command)) => {
-                target.load.fetch_sub(1, Relaxed);
-                match command {
-                    Command::Serve(conn) => Err(conn),
-                    _ => Ok(()),
-                }
-            }
-        }
+        self.0.serve(conn)
     }
 
     /// Makes every loop try each of its connections once.
     pub(crate) fn nudge(&self) {
-        for l in &self.loops {
-            if l.inbox.send(Command::Nudge).is_ok() {
-                let _ = l.waker.wake();
-            }
-        }
-    }
-}
-
-impl Drop for EventLoops {
-    /// Stops every loop (closing what connections are left) and joins it.
-    fn drop(&mut self) {
-        for l in &self.loops {
-            if l.inbox.send(Command::Stop).is_ok() {
-                let _ = l.waker.wake();
-            }
-        }
-        for l in &mut self.loops {
-            if let Some(thread) = l.thread.take() {
-                if thread.join().is_err() {
-                    log::error!("an event loop panicked");
-                }
-            }
-        }
+        self.0.nudge();
     }
 }
 
@@ -498,7 +435,7 @@ mod tests {
         use std::io::{Read, Write};
         let settings = crate::server::Server::builder().settings().clone();
         let ctx = Arc::new(Context::new(settings, 4));
-        let (commands_in, commands) = mpsc::channel();
+        let (commands_in, commands) = std::sync::mpsc::channel();
         let poll = Poll::new().unwrap();
         let mut event_loop = EventLoop {
             poll,
@@ -542,11 +479,7 @@ mod tests {
         let settings = crate::server::Server::builder().settings().clone();
         let ctx = Arc::new(Context::new(settings, 4));
         let mut loops = EventLoops::start(1, &ctx).unwrap();
-        for l in &mut loops.loops {
-            l.inbox.send(Command::Stop).unwrap();
-            let _ = l.waker.wake();
-            l.thread.take().unwrap().join().unwrap();
-        }
+        loops.0.stop();
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (socket, peer) = listener.accept().unwrap();
@@ -555,7 +488,7 @@ mod tests {
         let Err(back) = loops.serve(conn) else {
             panic!("a stopped loop took a connection");
         };
-        assert_eq!(loops.loops[0].load.load(Relaxed), 0);
+        assert_eq!(loops.0.loads(), [0]);
         drop(back);
         assert_eq!(ctx.limit.in_use(), 0, "the slot is freed");
     }

@@ -5,6 +5,8 @@
 
 #[cfg(unix)]
 mod events;
+#[cfg(unix)]
+mod loops;
 pub(crate) mod threads;
 #[cfg(all(target_os = "linux", feature = "uring"))]
 mod uring;

@@ -23,6 +23,7 @@
 //! closed with an operation in flight is cancelled and kept (socket open,
 //! still in the table) until its last completion arrives.
 
+use super::loops::{Command, Loops, Wake};
 use crate::connection::{Connection, Outcome};
 use crate::context::Context;
 use crate::fault::Point;
@@ -32,9 +33,9 @@ use std::collections::VecDeque;
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
-use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
+use std::sync::mpsc::{self, Receiver, TryRecvError};
 use std::sync::Arc;
-use std::thread::{self, JoinHandle};
+use std::thread;
 use std::time::{Duration, Instant};
 
 /// Submission entries per ring: a connection has at most two entries at a
@@ -66,30 +67,14 @@ fn user_data(index: usize, kind: u64) -> u64 {
     ((index as u64) << KIND_BITS) | kind
 }
 
-/// What a uring loop is asked to do.
-enum Command {
-    /// Serve this connection from now on.
-    Serve(Connection),
-    /// Shutdown has shut down every read side: give each connection that
-    /// waits for a buffer its receive now, so it sees its end of file.
-    Nudge,
-    /// Close every connection left and end.
-    Stop,
-}
-
 /// The running uring loops and how to reach them.
 #[derive(Debug)]
-pub(crate) struct UringLoops {
-    loops: Vec<LoopHandle>,
-}
+pub(crate) struct UringLoops(Loops<Waker>);
 
-#[derive(Debug)]
-struct LoopHandle {
-    inbox: Sender<Command>,
-    waker: Waker,
-    /// Connections this loop serves (or has been handed), to balance.
-    load: Arc<AtomicUsize>,
-    thread: Option<JoinHandle<()>>,
+impl Wake for Waker {
+    fn wake(&self) -> io::Result<()> {
+        Waker::wake(self)
+    }
 }
 
 impl UringLoops {
@@ -97,104 +82,54 @@ impl UringLoops {
     /// thread (a single-issuer ring belongs to the thread that made it); a
     /// ring the kernel refuses fails the start with its error.
     pub(crate) fn start(count: usize, ctx: &Arc<Context>) -> io::Result<UringLoops> {
-        let mut loops = UringLoops { loops: Vec::new() };
+        let mut loops = Loops::new("a uring loop");
         for _ in 0..count.max(1) {
-            let (inbox, commands) = mpsc::channel();
-            let load = Arc::new(AtomicUsize::new(0));
-            let (started, start_result) = mpsc::sync_channel(1);
-            let loop_load = Arc::clone(&load);
-            let loop_ctx = Arc::clone(ctx);
             // A failure here drops the loops started so far, which stops them.
-            let thread = thread::Builder::new()
-                .name("echo-uring".to_owned())
-                .spawn(move || {
-                    let ring = match Ring::new(ENTRIES, BUFFERS, BUFFER_SIZE) {
-                        Ok(ring) => ring,
-                        Err(e) => {
-                            let _ = started.send(Err(e));
-                            return;
-                        }
-                    };
-                    log::debug!("uring loop: ring set up ({:?})", ring.setup());
-                    let _ = started.send(Ok(ring.waker()));
-                    UringLoop::new(ring, commands, loop_load, loop_ctx).run();
-                })?;
-            let waker = match start_result.recv() {
-                Ok(Ok(waker)) => waker,
-                Ok(Err(e)) => {
-                    let _ = thread.join();
-                    return Err(e);
+            loops.add(|end| {
+                let (started, start_result) = mpsc::sync_channel(1);
+                let loop_ctx = Arc::clone(ctx);
+                let thread =
+                    thread::Builder::new()
+                        .name("echo-uring".to_owned())
+                        .spawn(move || {
+                            let ring = match Ring::new(ENTRIES, BUFFERS, BUFFER_SIZE) {
+                                Ok(ring) => ring,
+                                Err(e) => {
+                                    let _ = started.send(Err(e));
+                                    return;
+                                }
+                            };
+                            log::debug!("uring loop: ring set up ({:?})", ring.setup());
+                            let _ = started.send(Ok(ring.waker()));
+                            UringLoop::new(ring, end.commands, end.load, loop_ctx).run();
+                        })?;
+                match start_result.recv() {
+                    Ok(Ok(waker)) => Ok((waker, thread)),
+                    Ok(Err(e)) => {
+                        let _ = thread.join();
+                        Err(e)
+                    }
+                    Err(_) => {
+                        let _ = thread.join();
+                        Err(io::Error::other("a uring loop ended while starting"))
+                    }
                 }
-                Err(_) => {
-                    let _ = thread.join();
-                    return Err(io::Error::other("a uring loop ended while starting"));
-                }
-            };
-            loops.loops.push(LoopHandle {
-                inbox,
-                waker,
-                load,
-                thread: Some(thread),
-            });
+            })?;
         }
-        Ok(loops)
+        Ok(UringLoops(loops))
     }
 
     /// Hands `conn` to the loop with the fewest connections. Gives it back
     /// if no loop can take it.
-    // The connection comes back by value only when no loop can take it, a
-    // rare path (the TLS session pointer took `Connection` past the lint's
-    // size): not worth a box on every hand-over.
     #[allow(clippy::result_large_err)]
     pub(crate) fn serve(&self, mut conn: Connection) -> Result<(), Connection> {
-        let Some(target) = self.loops.iter().min_by_key(|l| l.load.load(Relaxed)) else {
-            return Err(conn);
-        };
         conn.place_on_uring();
-        target.load.fetch_add(1, Relaxed);
-        match target.inbox.send(Command::Serve(conn)) {
-            Ok(()) => {
-                // A failed wake-up leaves the connection waiting for the
-                // loop's next completion or tick.
-                let _ = target.waker.wake();
-                Ok(())
-            }
-            Err(mpsc::SendError(command)) => {
-                target.load.fetch_sub(1, Relaxed);
-                match command {
-                    Command::Serve(conn) => Err(conn),
-                    _ => Ok(()),
-                }
-            }
-        }
+        self.0.serve(conn)
     }
 
     /// Makes every loop give its waiting connections their receive.
     pub(crate) fn nudge(&self) {
-        for l in &self.loops {
-            if l.inbox.send(Command::Nudge).is_ok() {
-                let _ = l.waker.wake();
-            }
-        }
-    }
-}
-
-impl Drop for UringLoops {
-    /// Stops every loop (cancelling and closing what connections are left)
-    /// and joins it.
-    fn drop(&mut self) {
-        for l in &self.loops {
-            if l.inbox.send(Command::Stop).is_ok() {
-                let _ = l.waker.wake();
-            }
-        }
-        for l in &mut self.loops {
-            if let Some(thread) = l.thread.take() {
-                if thread.join().is_err() {
-                    log::error!("a uring loop panicked");
-                }
-            }
-        }
+        self.0.nudge();
     }
 }
 
@@ -709,7 +644,7 @@ mod tests {
 
     /// A loop driven by the test, one turn at a time, and the client ends
     /// of `n` connections on it.
-    fn a_loop(ctx: &Arc<Context>, n: usize) -> (UringLoop, Vec<UnixStream>, Sender<Command>) {
+    fn a_loop(ctx: &Arc<Context>, n: usize) -> (UringLoop, Vec<UnixStream>, mpsc::Sender<Command>) {
         let ring = Ring::new(64, 8, 64).unwrap();
         let (inbox, commands) = mpsc::channel();
         let mut lp = UringLoop::new(
@@ -926,16 +861,12 @@ mod tests {
     fn a_loop_that_has_stopped_gives_the_connection_back() {
         let ctx = context();
         let mut loops = UringLoops::start(1, &ctx).unwrap();
-        for l in &mut loops.loops {
-            l.inbox.send(Command::Stop).unwrap();
-            let _ = l.waker.wake();
-            l.thread.take().unwrap().join().unwrap();
-        }
+        loops.0.stop();
         let (conn, _client) = accepted(&ctx);
         let Err(back) = loops.serve(conn) else {
             panic!("a stopped loop took a connection");
         };
-        assert_eq!(loops.loops[0].load.load(Relaxed), 0);
+        assert_eq!(loops.0.loads(), [0]);
         drop(back);
         assert_eq!(ctx.limit.in_use(), 0, "the slot is freed");
     }

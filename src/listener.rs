@@ -542,36 +542,49 @@ mod tests {
 
     /// A TCP connection accepted from a listener gets `TCP_NODELAY` and
     /// the keepalive setting, set on the listener once (Linux) or on each
-    /// connection (elsewhere); a keepalive turned off stays off.
+    /// connection (elsewhere, or where the listener's failed); a keepalive
+    /// turned off stays off.
     #[test]
     fn an_accepted_connection_has_nodelay_and_the_keepalive_setting() {
-        for idle in [Some(42), None] {
-            let settings = crate::server::Server::builder()
-                .keepalive(idle.map(Duration::from_secs))
-                .settings()
-                .clone();
-            let ctx = Context::new(settings, 4);
-            let listener = bind_tcp("127.0.0.1:0".parse().unwrap(), 8).unwrap();
-            let inherited = listener.options_inherited(&ctx);
-            assert_eq!(
-                inherited,
-                cfg!(any(target_os = "linux", target_os = "android"))
-            );
+        let accept = |listener: &StreamListener| {
             let ListenAddr::Tcp(addr) = listener.addr else {
                 panic!("a TCP listener");
             };
-            let _client = std::net::TcpStream::connect(addr).unwrap();
+            let client = std::net::TcpStream::connect(addr).unwrap();
             listener.socket.set_nonblocking(false).unwrap();
-            let (socket, _) = listener.socket.accept().unwrap();
-            if !inherited {
-                set_connection_options(&socket, &ctx);
-            }
+            (listener.socket.accept().unwrap().0, client)
+        };
+        let check = |socket: &Socket, idle: Option<u64>| {
             assert!(socket.tcp_nodelay().unwrap());
             assert_eq!(socket.keepalive().unwrap(), idle.is_some());
             #[cfg(target_os = "linux")]
             if let Some(idle) = idle {
                 assert_eq!(socket.tcp_keepalive_time().unwrap().as_secs(), idle);
             }
+        };
+        for idle in [Some(42), None] {
+            let settings = crate::server::Server::builder()
+                .keepalive(idle.map(Duration::from_secs))
+                .settings()
+                .clone();
+            let ctx = Context::new(settings, 4);
+            // Handed on by the listener.
+            let listener = bind_tcp("127.0.0.1:0".parse().unwrap(), 8).unwrap();
+            let inherited = listener.options_inherited(&ctx);
+            assert_eq!(
+                inherited,
+                cfg!(any(target_os = "linux", target_os = "android"))
+            );
+            let (socket, _client) = accept(&listener);
+            if !inherited {
+                set_connection_options(&socket, &ctx);
+            }
+            check(&socket, idle);
+            // Set on the connection itself.
+            let listener = bind_tcp("127.0.0.1:0".parse().unwrap(), 8).unwrap();
+            let (socket, _client) = accept(&listener);
+            set_connection_options(&socket, &ctx);
+            check(&socket, idle);
         }
     }
 

@@ -686,16 +686,23 @@ fn generate_into_a_full_disk_says_what_it_could_not_write() {
 /// runtime's default profile refuses it), `auto` says so, and why, in one
 /// line, and serves what threads do not on event loops; `--engine uring`
 /// exits 1 with the reason. Where it is not refused, `auto` serves them on
-/// io_uring loops.
+/// io_uring loops. Refusing only `io_uring_enter` (setting a ring up still
+/// allowed) counts as refused too: an outside attack found the loops
+/// started then, and every connection handed to them hung.
 #[cfg(all(target_os = "linux", feature = "uring"))]
 #[test]
 fn auto_serves_on_io_uring_and_falls_back_to_event_loops_where_it_is_refused() {
     let fallback = "engine auto: event loops instead of io_uring: io_uring is not permitted";
-    for refused in [false, true] {
+    let refusals = [
+        None,
+        Some(libc::SYS_io_uring_setup),
+        Some(libc::SYS_io_uring_enter),
+    ];
+    for refused in refusals {
         let mut command = Binary::command();
         command.args(["--thread-connections", "0", "0"]);
-        if refused {
-            refusing_io_uring(&mut command);
+        if let Some(nr) = refused {
+            refusing_syscall(&mut command, nr);
         }
         let mut server = Binary::spawn_command(command);
         let addr = server.tcp_addr();
@@ -703,24 +710,25 @@ fn auto_serves_on_io_uring_and_falls_back_to_event_loops_where_it_is_refused() {
         let mut client = connect(addr);
         client.write_all(b"held").unwrap();
         assert_eq!(read_n(&mut client, 4), b"held");
-        let placed = if refused {
-            "1 on event loops"
-        } else {
-            "1 on io_uring loops"
+        let placed = match refused {
+            Some(_) => "1 on event loops",
+            None => "1 on io_uring loops",
         };
         server.wait_for_stats(placed);
         server.stop();
         let lines = server.count_lines("engine auto: event loops instead of io_uring");
-        assert_eq!(lines, usize::from(refused), "{:#?}", server.seen);
-        if refused {
+        assert_eq!(lines, usize::from(refused.is_some()), "{:#?}", server.seen);
+        if refused.is_some() {
             assert!(server.logged(fallback), "{:#?}", server.seen);
         }
     }
-    let mut command = Binary::command();
-    command.args(["--engine", "uring", "0"]);
-    refusing_io_uring(&mut command);
-    let mut server = Binary::spawn_command(command);
-    assert_eq!(server.wait_exit().code(), Some(1));
-    let why = "the uring engine cannot run: io_uring is not permitted to this process";
-    assert!(server.logged(why), "{:#?}", server.seen);
+    for nr in [libc::SYS_io_uring_setup, libc::SYS_io_uring_enter] {
+        let mut command = Binary::command();
+        command.args(["--engine", "uring", "0"]);
+        refusing_syscall(&mut command, nr);
+        let mut server = Binary::spawn_command(command);
+        assert_eq!(server.wait_exit().code(), Some(1));
+        let why = "the uring engine cannot run: io_uring is not permitted to this process";
+        assert!(server.logged(why), "{:#?}", server.seen);
+    }
 }

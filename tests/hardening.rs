@@ -852,3 +852,71 @@ fn a_live_unix_socket_it_cannot_reach_is_left_alone() {
     live.set_nonblocking(true).unwrap();
     assert!(live.accept().is_ok(), "the live socket was replaced");
 }
+
+/// A burst while connections are still arriving: half of 1,000 new
+/// connections each send 100 KB at once without reading yet, the other half
+/// stay silent, all on one loop. Every sender gets every byte back. (An
+/// outside attack broke the uring loops so: receives that found every
+/// buffer taken, the silent connections' among them, waited for buffers
+/// rationed in order; the silent ones used up the ration and some senders
+/// were never read again, later closed as idle with their bytes unechoed.)
+#[test]
+fn a_burst_among_arriving_connections_is_echoed_to_every_sender() {
+    let mut engines = vec![("events", Engine::Events)];
+    #[cfg(feature = "uring")]
+    engines.extend([("uring", Engine::Uring), ("auto", Engine::Auto)]);
+    for (name, _) in engines {
+        let mut server = Binary::spawn(&[
+            "--engine",
+            name,
+            "--event-loops",
+            "1",
+            "--thread-connections",
+            "0",
+            "--max-connections",
+            "2000",
+            "--backlog",
+            "2048",
+            "0",
+        ]);
+        let addr = server.tcp_addr();
+        let n = 1000;
+        let size = 100_000;
+        let clients: Vec<TcpStream> = (0..n).map(|_| connect(addr)).collect();
+        let mut sent = vec![0usize; n / 2];
+        for (c, sent) in clients.iter().zip(&mut sent) {
+            c.set_nonblocking(true).unwrap();
+            *sent = match (&*c).write(&vec![b'w'; size]) {
+                Ok(k) => k,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => 0,
+                Err(e) => panic!("{e}"),
+            };
+        }
+        // Not reading for a while: the echoes fill the sockets' buffers.
+        thread::sleep(Duration::from_secs(3));
+        let mut got = vec![0usize; n / 2];
+        let mut buf = vec![0u8; 1 << 16];
+        let start = Instant::now();
+        while got != sent {
+            assert!(
+                start.elapsed() < DEADLINE,
+                "{name}: {} of {} senders still wait for their echo",
+                got.iter().zip(&sent).filter(|(g, s)| g < s).count(),
+                n / 2
+            );
+            for (c, got) in clients.iter().zip(&mut got) {
+                loop {
+                    match (&*c).read(&mut buf) {
+                        Ok(0) => panic!("{name}: closed"),
+                        Ok(k) => *got += k,
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                        Err(e) => panic!("{name}: {e}"),
+                    }
+                }
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        drop(clients);
+        server.stop();
+    }
+}

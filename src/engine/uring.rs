@@ -182,6 +182,8 @@ struct UringLoop {
     recycled: usize,
     completions: Vec<Completion>,
     woken: bool,
+    /// The last wait failed (logged once until one succeeds).
+    wait_failing: bool,
 }
 
 impl UringLoop {
@@ -203,6 +205,7 @@ impl UringLoop {
             recycled: 0,
             completions: Vec::new(),
             woken: false,
+            wait_failing: false,
         }
     }
 
@@ -249,9 +252,16 @@ impl UringLoop {
     /// handles them, then submits the next receive of each connection
     /// whose echo went out and of the starved, as far as buffers came back.
     fn turn(&mut self, timeout: Option<Duration>) {
-        if let Err(e) = self.ring.wait(timeout) {
-            log::error!("uring loop: waiting failed: {e}");
-            thread::sleep(Duration::from_millis(10));
+        match self.ring.wait(timeout) {
+            Ok(()) => self.wait_failing = false,
+            Err(e) => {
+                // Once per run of failures, not a line per try.
+                if !self.wait_failing {
+                    log::error!("uring loop: waiting failed: {e}");
+                    self.wait_failing = true;
+                }
+                thread::sleep(Duration::from_millis(10));
+            }
         }
         let now = Instant::now();
         let mut completions = std::mem::take(&mut self.completions);
@@ -261,21 +271,20 @@ impl UringLoop {
         }
         self.completions = completions;
         for index in std::mem::take(&mut self.ready) {
-            self.receive(index);
+            self.receive(index, false);
         }
-        while self.recycled > 0 {
-            let Some(index) = self.starved.pop_front() else {
-                break;
-            };
-            self.recycled -= 1;
-            if let Some(Some(served)) = self.served.get_mut(index) {
-                if served.starved {
-                    served.starved = false;
-                    self.receive(index);
-                }
-            }
+        if self.recycled > 0 {
+            // Buffers came back: every connection that found none tries
+            // again, polling first. Not rationed one buffer each: a receive
+            // fails with ENOBUFS when it is tried with no buffer free, data
+            // or not, so the waiting include idle connections, which would
+            // use up a ration without taking a buffer while one with data
+            // waited behind them for good. Polling first, an idle one
+            // waits for data and takes no buffer until it has some; one
+            // that loses the race for a buffer waits here again.
+            self.recycled = 0;
+            self.retry_starved();
         }
-        self.recycled = 0;
     }
 
     /// Takes the commands waiting in the inbox. Returns `false` on `Stop`.
@@ -283,14 +292,7 @@ impl UringLoop {
         loop {
             match self.commands.try_recv() {
                 Ok(Command::Serve(conn)) => self.add(conn, now),
-                Ok(Command::Nudge) => {
-                    for index in std::mem::take(&mut self.starved) {
-                        if let Some(Some(served)) = self.served.get_mut(index) {
-                            served.starved = false;
-                            self.receive(index);
-                        }
-                    }
-                }
+                Ok(Command::Nudge) => self.retry_starved(),
                 Ok(Command::Stop) | Err(TryRecvError::Disconnected) => return false,
                 Err(TryRecvError::Empty) => return true,
             }
@@ -318,18 +320,33 @@ impl UringLoop {
             echoed: 0,
             since: now,
         });
-        self.receive(index);
+        self.receive(index, false);
     }
 
-    /// Submits `index`'s next receive.
-    fn receive(&mut self, index: usize) {
+    /// Gives every connection that found no buffer its receive again.
+    fn retry_starved(&mut self) {
+        for index in std::mem::take(&mut self.starved) {
+            if let Some(Some(served)) = self.served.get_mut(index) {
+                if served.starved {
+                    served.starved = false;
+                    self.receive(index, true);
+                }
+            }
+        }
+    }
+
+    /// Submits `index`'s next receive (see `Ring::recv` for `poll_first`).
+    fn receive(&mut self, index: usize, poll_first: bool) {
         let Some(Some(served)) = self.served.get_mut(index) else {
             return;
         };
         if served.closing.is_some() || served.dropping {
             return;
         }
-        match self.ring.recv(served.fd, user_data(index, RECV)) {
+        match self
+            .ring
+            .recv(served.fd, poll_first, user_data(index, RECV))
+        {
             Ok(()) => served.in_flight += 1,
             Err(e) => self.close(index, Outcome::Failed(e)),
         }
@@ -639,7 +656,7 @@ mod tests {
 
     fn context() -> Arc<Context> {
         let settings = crate::server::Server::builder().settings().clone();
-        Arc::new(Context::new(settings, 16))
+        Arc::new(Context::new(settings, 32))
     }
 
     /// A loop driven by the test, one turn at a time, and the client ends
@@ -770,6 +787,69 @@ mod tests {
         assert!(starved, "one receive found no buffer");
         assert!(lp.starved.is_empty());
         assert_eq!(ctx.counters.bytes_echoed.load(Relaxed), 45);
+    }
+
+    /// A receive submitted while every buffer is taken fails with
+    /// `ENOBUFS` at once, data or not, so idle connections wait among the
+    /// starved too. When buffers come back, each waiting connection is
+    /// given its receive again; an idle one takes no buffer, and one whose
+    /// data arrives later is still served (an outside attack found the
+    /// returned buffers rationed among the waiting, in order: idle ones
+    /// used up the ration, and a connection behind them waited forever).
+    #[test]
+    fn a_connection_that_waited_for_a_buffer_behind_idle_ones_is_served() {
+        let ctx = context();
+        // 8 buffers: 8 busy connections take them all in one turn.
+        let (mut lp, mut busy, _inbox) = a_loop(&ctx, 8);
+        for c in &mut busy {
+            c.write_all(b"ping").unwrap();
+        }
+        let mut turns = 0;
+        while lp.ring.free_buffers() > 0 {
+            lp.turn(Some(Duration::from_millis(50)));
+            turns += 1;
+            assert!(turns < 50, "the busy connections never took the buffers");
+        }
+        // Twelve quiet connections arrive while no buffer is free.
+        let mut quiet = Vec::new();
+        for _ in 0..12 {
+            let (ours, client) = UnixStream::pair().unwrap();
+            client
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            let permit = ctx.limit.acquire(&ctx.shutdown, || {}).unwrap();
+            let conn = Connection::admit(
+                Socket::from(std::os::fd::OwnedFd::from(ours)),
+                Peer::Local("test".to_owned()),
+                &ctx,
+                permit,
+                None,
+            );
+            lp.add(conn, Instant::now());
+            quiet.push(client);
+        }
+        for _ in 0..5 {
+            lp.turn(Some(Duration::from_millis(20)));
+        }
+        // The busy ones read their echoes; then the last quiet one speaks.
+        for c in &mut busy {
+            let mut back = [0u8; 4];
+            c.read_exact(&mut back).unwrap();
+        }
+        let last = quiet.last_mut().unwrap();
+        last.write_all(b"late").unwrap();
+        last.set_nonblocking(true).unwrap();
+        let mut back = [0u8; 4];
+        let mut turns = 0;
+        loop {
+            lp.turn(Some(Duration::from_millis(20)));
+            if let Ok(4) = last.read(&mut back) {
+                break;
+            }
+            turns += 1;
+            assert!(turns < 100, "the last connection was never served");
+        }
+        assert_eq!(&back, b"late");
     }
 
     /// A client that sends and never reads: once the socket will not take

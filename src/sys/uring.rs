@@ -26,6 +26,13 @@ pub(crate) const WAKE: u64 = u64::MAX;
 /// The `user_data` of the cancellations `Drop` submits.
 const DROP_CANCEL: u64 = u64::MAX - 1;
 
+/// The `user_data` of the no-op a new ring is tried with.
+const PROBE: u64 = u64::MAX - 2;
+
+/// `IORING_RECVSEND_POLL_FIRST` (linux/io_uring.h, 5.19): wait for the
+/// socket to be readable before trying the receive.
+const RECVSEND_POLL_FIRST: u16 = 1;
+
 /// The one buffer group of a ring.
 const GROUP: u16 = 0;
 
@@ -107,13 +114,28 @@ impl std::fmt::Debug for Ring {
 /// Whether this process may use io_uring at all: `io_uring_setup` of a
 /// tiny ring. Its error says why not (`EPERM`: disabled by the
 /// `kernel.io_uring_disabled` sysctl or a seccomp filter; `ENOSYS`: no
-/// io_uring in this kernel).
+/// io_uring in this kernel), and one no-op through it.
 pub(crate) fn probe() -> io::Result<()> {
     #[cfg(test)]
     if let Some(errno) = tests::FORCED_SETUP_ERROR.with(std::cell::Cell::get) {
         return Err(io::Error::from_raw_os_error(errno));
     }
-    IoUring::new(2).map(drop)
+    round_trip(&mut IoUring::new(2)?)
+}
+
+/// A no-op submitted and waited for: a filter may allow setting a ring up
+/// and still refuse `io_uring_enter` (an outside attack refused only that:
+/// the loops started, and every connection handed to them hung), so a ring
+/// counts as usable once something has gone through it.
+fn round_trip(ring: &mut IoUring) -> io::Result<()> {
+    let nop = opcode::Nop::new().build().user_data(PROBE);
+    // SAFETY: a no-op names no memory.
+    if unsafe { ring.submission().push(&nop) }.is_err() {
+        return Err(io::Error::other("a new ring's submission queue is full"));
+    }
+    ring.submit_and_wait(1)?;
+    ring.completion().for_each(drop);
+    Ok(())
 }
 
 /// Why this process cannot use io_uring, from the error `io_uring_setup`
@@ -169,9 +191,10 @@ impl Ring {
                 Err(e) => last = e,
             }
         }
-        let Some((ring, setup)) = built else {
+        let Some((mut ring, setup)) = built else {
             return Err(last);
         };
+        round_trip(&mut ring)?;
         // Everything that can fail is made before the buffers are
         // registered: once they are, only `Ring::drop` frees them.
         let wake = Arc::new(File::from(eventfd()?));
@@ -237,10 +260,15 @@ impl Ring {
     }
 
     /// Receives into a provided buffer (the kernel picks it when data
-    /// arrives: an idle connection holds none). `ENOBUFS` if none is free.
-    pub(crate) fn recv(&mut self, fd: RawFd, user_data: u64) -> io::Result<()> {
+    /// arrives: an idle connection holds none). `ENOBUFS` if none is free
+    /// when the receive is tried, which is at once, data or not, unless
+    /// `poll_first`: then the kernel waits for data before it tries (and
+    /// picks a buffer).
+    pub(crate) fn recv(&mut self, fd: RawFd, poll_first: bool, user_data: u64) -> io::Result<()> {
+        let ioprio = if poll_first { RECVSEND_POLL_FIRST } else { 0 };
         let entry = opcode::Recv::new(types::Fd(fd), std::ptr::null_mut(), self.buffers.size)
             .buf_group(GROUP)
+            .ioprio(ioprio)
             .build()
             .flags(squeue::Flags::BUFFER_SELECT)
             .user_data(user_data);
@@ -671,7 +699,7 @@ pub(crate) mod tests {
         assert!(ring.buffer(0, 1).is_none(), "the kernel has it");
         let (mut a, b) = std::os::unix::net::UnixStream::pair().unwrap();
         a.write_all(b"ping").unwrap();
-        ring.recv(b.as_raw_fd(), 7).unwrap();
+        ring.recv(b.as_raw_fd(), false, 7).unwrap();
         let mut out = Vec::new();
         while out.is_empty() {
             ring.wait(Some(Duration::from_secs(5))).unwrap();
@@ -692,7 +720,7 @@ pub(crate) mod tests {
     fn dropping_a_ring_cancels_what_is_in_flight() {
         let mut ring = Ring::new(8, 4, 64).unwrap();
         let (_a, b) = std::os::unix::net::UnixStream::pair().unwrap();
-        ring.recv(b.as_raw_fd(), 1).unwrap();
+        ring.recv(b.as_raw_fd(), false, 1).unwrap();
         ring.watch_wake().unwrap();
         ring.wait(Some(Duration::ZERO)).unwrap();
         assert_eq!(ring.in_flight(), 2);

@@ -562,9 +562,17 @@ pub fn skip_unless_root(why: &str) -> bool {
 /// system call.
 #[cfg(target_os = "linux")]
 pub fn refusing_io_uring(command: &mut Command) {
+    refusing_syscall(command, libc::SYS_io_uring_setup);
+}
+
+/// Makes the system call `nr` fail with `EPERM` in `command`'s process (a
+/// seccomp filter installed between fork and exec; every other call is
+/// allowed).
+#[cfg(target_os = "linux")]
+pub fn refusing_syscall(command: &mut Command, nr: libc::c_long) {
     use std::os::unix::process::CommandExt;
     // A classic BPF program over `struct seccomp_data`, whose first field
-    // is the system call's number (the same, 425, on every architecture).
+    // is the system call's number.
     const LD_W_ABS: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
     const JEQ_K: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
     const RET_K: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
@@ -581,7 +589,7 @@ pub fn refusing_io_uring(command: &mut Command) {
             code: JEQ_K,
             jt: 0,
             jf: 1,
-            k: libc::SYS_io_uring_setup as u32,
+            k: nr as u32,
         },
         libc::sock_filter {
             code: RET_K,

@@ -9,7 +9,8 @@ reversed every round; rounds outermost so slow drift of a shared machine
 hits every scenario alike), drives it with `echo-bench`, and takes medians
 over the rounds. Prints the ratio of each of our rows to each peer, writes
 bench-out/results.md and, with --update-readme, the same text between the
-bench markers in README.md; bench-out/results.json keeps every run (plain
+bench markers in README.md (and the chart to docs/comparison.svg, which the
+README shows); bench-out/results.json keeps every run (plain
 JSON), and bench-out/chart.svg draws each of our rows' throughput divided
 by the best peer's, per workload (--chart-from redraws it from a
 results.json without running anything). Only 127.0.0.0/8 is used; every
@@ -107,6 +108,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench-out"
+# The chart the README shows, committed; written with --update-readme.
+README_CHART = ROOT / "docs" / "comparison.svg"
 PEER_SRC = ROOT / "bench/peers"  # the peers' sources and their build.sh
 PEERS = OUT / "peers"            # where build.sh puts the binaries
 PEERS_STAMP = PEERS / ".built"   # written after a build.sh run that compiled everything it could
@@ -1095,6 +1098,8 @@ def main():
         if start in s and end in s:
             s = s[: s.index(start) + len(start)] + "\n" + text + s[s.index(end):]
             readme.write_text(s)
+        # The README shows this chart: drawn from the same run as its tables.
+        write_chart(doc, README_CHART)
 
 
 def render(scs, names_for, results, args):

@@ -594,7 +594,13 @@ impl ServerBuilder {
                     addr.set_port(tcp_port.unwrap_or(0));
                 }
             }
-            listeners.push(bind(binding, self.backlog, self.unix_mode, &udp_settings)?);
+            listeners.push(bind(
+                binding,
+                self.backlog,
+                self.unix_mode,
+                self.settings.keepalive,
+                &udp_settings,
+            )?);
         }
         if listeners.iter().any(|l| matches!(l, Listener::Datagram(_))) {
             warn_of_small_bursts(&self.settings.udp);
@@ -777,6 +783,7 @@ fn bind(
     binding: Binding,
     backlog: i32,
     unix_mode: Option<u32>,
+    keepalive: Option<Duration>,
     udp_settings: &UdpSettings,
 ) -> io::Result<Listener> {
     let context = |what: ListenAddr| {
@@ -784,11 +791,11 @@ fn bind(
     };
     Ok(match binding {
         Binding::Tcp(addr) => Listener::Stream(
-            listener::bind_tcp(addr, backlog).map_err(context(ListenAddr::Tcp(addr)))?,
+            listener::bind_tcp(addr, backlog, keepalive).map_err(context(ListenAddr::Tcp(addr)))?,
         ),
         #[cfg(feature = "tls")]
         Binding::Tls(addr) => Listener::Stream(
-            listener::bind_tcp(addr, backlog)
+            listener::bind_tcp(addr, backlog, keepalive)
                 .map_err(context(ListenAddr::Tls(addr)))?
                 .into_tls(),
         ),

@@ -735,7 +735,7 @@ fn keepalive_finds_a_vanished_peer_and_frees_its_slot() {
         return;
     }
     let script = r#"
-import socket, subprocess, sys, time
+import queue, socket, subprocess, sys, threading, time
 server_bin = sys.argv[1]
 subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
 srv = subprocess.Popen([server_bin, "-v", "--max-connections", "1", "--keepalive", "1", "0"],
@@ -746,20 +746,38 @@ host, port = line.split()[-1].rsplit(":", 1)
 c = socket.create_connection((host, int(port)), timeout=10)
 c.sendall(b"x"); assert c.recv(1) == b"x"
 subprocess.run(["ip", "link", "set", "lo", "down"], check=True)   # the peer vanishes
+# A thread reads the server's lines, so that waiting for one is bounded: a
+# server that says nothing fails the test instead of hanging it.
+lines = queue.Queue()
+threading.Thread(target=lambda: [lines.put(l) for l in srv.stderr], daemon=True).start()
 deadline = time.time() + 30
 seen = []
 while time.time() < deadline:
-    l = srv.stderr.readline()
+    try:
+        l = lines.get(timeout=max(0.01, deadline - time.time()))
+    except queue.Empty:
+        continue
     seen.append(l)
     if "vanished" in l:
         break
 else:
+    srv.kill()
     sys.exit("keepalive never closed the connection: %r" % seen)
 subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
 c2 = socket.create_connection((host, int(port)), timeout=10)   # the one slot is free
 c2.sendall(b"y"); assert c2.recv(1) == b"y", "not served after the slot was freed"
 srv.terminate()
-rest = srv.stderr.read()
+try:
+    srv.wait(timeout=15)
+except subprocess.TimeoutExpired:
+    srv.kill()
+    sys.exit("the server did not stop on SIGTERM")
+rest = ""
+while True:
+    try:
+        rest += lines.get(timeout=2)
+    except queue.Empty:
+        break
 assert "1 vanished (keepalive)" in rest, rest
 print("ok")
 "#;

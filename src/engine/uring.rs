@@ -670,24 +670,27 @@ mod tests {
             Arc::new(AtomicUsize::new(n)),
             Arc::clone(ctx),
         );
-        let mut clients = Vec::new();
-        for _ in 0..n {
-            let (ours, client) = UnixStream::pair().unwrap();
-            client
-                .set_read_timeout(Some(Duration::from_secs(10)))
-                .unwrap();
-            let permit = ctx.limit.acquire(&ctx.shutdown, || {}).unwrap();
-            let conn = Connection::admit(
-                Socket::from(std::os::fd::OwnedFd::from(ours)),
-                Peer::Local("test".to_owned()),
-                ctx,
-                permit,
-                None,
-            );
-            lp.add(conn, Instant::now());
-            clients.push(client);
-        }
+        let clients = (0..n).map(|_| connect_to(&mut lp, ctx)).collect();
         (lp, clients, inbox)
+    }
+
+    /// A new connection served by `lp`, and its client end (with a read
+    /// timeout).
+    fn connect_to(lp: &mut UringLoop, ctx: &Arc<Context>) -> UnixStream {
+        let (ours, client) = UnixStream::pair().unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let permit = ctx.limit.acquire(&ctx.shutdown, || {}).unwrap();
+        let conn = Connection::admit(
+            Socket::from(std::os::fd::OwnedFd::from(ours)),
+            Peer::Local("test".to_owned()),
+            ctx,
+            permit,
+            None,
+        );
+        lp.add(conn, Instant::now());
+        client
     }
 
     /// A connection whose client sends without pause (its socket always
@@ -811,23 +814,7 @@ mod tests {
             assert!(turns < 50, "the busy connections never took the buffers");
         }
         // Twelve quiet connections arrive while no buffer is free.
-        let mut quiet = Vec::new();
-        for _ in 0..12 {
-            let (ours, client) = UnixStream::pair().unwrap();
-            client
-                .set_read_timeout(Some(Duration::from_secs(10)))
-                .unwrap();
-            let permit = ctx.limit.acquire(&ctx.shutdown, || {}).unwrap();
-            let conn = Connection::admit(
-                Socket::from(std::os::fd::OwnedFd::from(ours)),
-                Peer::Local("test".to_owned()),
-                &ctx,
-                permit,
-                None,
-            );
-            lp.add(conn, Instant::now());
-            quiet.push(client);
-        }
+        let mut quiet: Vec<UnixStream> = (0..12).map(|_| connect_to(&mut lp, &ctx)).collect();
         for _ in 0..5 {
             lp.turn(Some(Duration::from_millis(20)));
         }

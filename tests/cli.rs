@@ -687,22 +687,26 @@ fn generate_into_a_full_disk_says_what_it_could_not_write() {
 /// line, and serves what threads do not on event loops; `--engine uring`
 /// exits 1 with the reason. Where it is not refused, `auto` serves them on
 /// io_uring loops. Refusing only `io_uring_enter` (setting a ring up still
-/// allowed) counts as refused too: an outside attack found the loops
+/// allowed), or only its form with a timeout (`IORING_ENTER_EXT_ARG`, the
+/// loops' wait), counts as refused too: outside attacks found the loops
 /// started then, and every connection handed to them hung.
 #[cfg(all(target_os = "linux", feature = "uring"))]
 #[test]
 fn auto_serves_on_io_uring_and_falls_back_to_event_loops_where_it_is_refused() {
     let fallback = "engine auto: event loops instead of io_uring: io_uring is not permitted";
+    // io_uring_enter's flags are its fourth argument.
+    const EXT_ARG: Option<(u32, u32)> = Some((3, 8));
     let refusals = [
         None,
-        Some(libc::SYS_io_uring_setup),
-        Some(libc::SYS_io_uring_enter),
+        Some((libc::SYS_io_uring_setup, None)),
+        Some((libc::SYS_io_uring_enter, None)),
+        Some((libc::SYS_io_uring_enter, EXT_ARG)),
     ];
     for refused in refusals {
         let mut command = Binary::command();
         command.args(["--thread-connections", "0", "0"]);
-        if let Some(nr) = refused {
-            refusing_syscall(&mut command, nr);
+        if let Some((nr, flag)) = refused {
+            refusing_syscall(&mut command, nr, flag);
         }
         let mut server = Binary::spawn_command(command);
         let addr = server.tcp_addr();
@@ -722,10 +726,10 @@ fn auto_serves_on_io_uring_and_falls_back_to_event_loops_where_it_is_refused() {
             assert!(server.logged(fallback), "{:#?}", server.seen);
         }
     }
-    for nr in [libc::SYS_io_uring_setup, libc::SYS_io_uring_enter] {
+    for (nr, flag) in refusals.into_iter().flatten() {
         let mut command = Binary::command();
         command.args(["--engine", "uring", "0"]);
-        refusing_syscall(&mut command, nr);
+        refusing_syscall(&mut command, nr, flag);
         let mut server = Binary::spawn_command(command);
         assert_eq!(server.wait_exit().code(), Some(1));
         let why = "the uring engine cannot run: io_uring is not permitted to this process";

@@ -123,17 +123,21 @@ pub(crate) fn probe() -> io::Result<()> {
     round_trip(&mut IoUring::new(2)?)
 }
 
-/// A no-op submitted and waited for: a filter may allow setting a ring up
-/// and still refuse `io_uring_enter` (an outside attack refused only that:
-/// the loops started, and every connection handed to them hung), so a ring
-/// counts as usable once something has gone through it.
+/// A no-op submitted and waited for, the way the loops wait (with a
+/// timeout: `IORING_ENTER_EXT_ARG`): a filter may allow setting a ring up
+/// and still refuse `io_uring_enter`, or only that form of it (outside
+/// attacks refused each: the loops started, and every connection handed
+/// to them hung), so a ring counts as usable once something has gone
+/// through it as the loops will send it.
 fn round_trip(ring: &mut IoUring) -> io::Result<()> {
     let nop = opcode::Nop::new().build().user_data(PROBE);
     // SAFETY: a no-op names no memory.
     if unsafe { ring.submission().push(&nop) }.is_err() {
         return Err(io::Error::other("a new ring's submission queue is full"));
     }
-    ring.submit_and_wait(1)?;
+    let ts = types::Timespec::from(Duration::from_secs(1));
+    let args = types::SubmitArgs::new().timespec(&ts);
+    ring.submitter().submit_with_args(1, &args)?;
     ring.completion().for_each(drop);
     Ok(())
 }

@@ -556,54 +556,39 @@ pub fn skip_unless_root(why: &str) -> bool {
     !root
 }
 
-/// Makes `command`'s process unable to use io_uring, as a container
-/// runtime's default seccomp profile does: a filter installed between fork
-/// and exec fails `io_uring_setup` with `EPERM` and allows every other
-/// system call.
+/// Makes the system call `nr` fail with `EPERM` in `command`'s process, as
+/// a container runtime's seccomp profile refuses io_uring (a filter
+/// installed between fork and exec; every other call is allowed); with
+/// `Some((index, mask))`, only when the call's `index`th argument has a bit
+/// of `mask` set (its low 32 bits, on a little endian machine).
 #[cfg(target_os = "linux")]
-pub fn refusing_io_uring(command: &mut Command) {
-    refusing_syscall(command, libc::SYS_io_uring_setup);
-}
-
-/// Makes the system call `nr` fail with `EPERM` in `command`'s process (a
-/// seccomp filter installed between fork and exec; every other call is
-/// allowed).
-#[cfg(target_os = "linux")]
-pub fn refusing_syscall(command: &mut Command, nr: libc::c_long) {
+pub fn refusing_syscall(command: &mut Command, nr: libc::c_long, flag: Option<(u32, u32)>) {
     use std::os::unix::process::CommandExt;
-    // A classic BPF program over `struct seccomp_data`, whose first field
-    // is the system call's number.
+    // A classic BPF program over `struct seccomp_data`: the system call's
+    // number at offset 0, its arguments (8 bytes each) from offset 16.
     const LD_W_ABS: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
     const JEQ_K: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
+    const JSET_K: u16 = (libc::BPF_JMP | libc::BPF_JSET | libc::BPF_K) as u16;
     const RET_K: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
-    const SECCOMP_RET_ERRNO: u32 = libc::SECCOMP_RET_ERRNO;
-    const SECCOMP_RET_ALLOW: u32 = libc::SECCOMP_RET_ALLOW;
-    let filter = [
-        libc::sock_filter {
-            code: LD_W_ABS,
-            jt: 0,
-            jf: 0,
-            k: 0,
-        },
-        libc::sock_filter {
-            code: JEQ_K,
-            jt: 0,
-            jf: 1,
-            k: nr as u32,
-        },
-        libc::sock_filter {
-            code: RET_K,
-            jt: 0,
-            jf: 0,
-            k: SECCOMP_RET_ERRNO | libc::EPERM as u32,
-        },
-        libc::sock_filter {
-            code: RET_K,
-            jt: 0,
-            jf: 0,
-            k: SECCOMP_RET_ALLOW,
-        },
-    ];
+    let op = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
+    let refuse = op(RET_K, 0, 0, libc::SECCOMP_RET_ERRNO | libc::EPERM as u32);
+    let allow = op(RET_K, 0, 0, libc::SECCOMP_RET_ALLOW);
+    let filter: Vec<libc::sock_filter> = match flag {
+        None => vec![
+            op(LD_W_ABS, 0, 0, 0),
+            op(JEQ_K, 0, 1, nr as u32),
+            refuse,
+            allow,
+        ],
+        Some((index, mask)) => vec![
+            op(LD_W_ABS, 0, 0, 0),
+            op(JEQ_K, 0, 3, nr as u32),
+            op(LD_W_ABS, 0, 0, 16 + 8 * index),
+            op(JSET_K, 0, 1, mask),
+            refuse,
+            allow,
+        ],
+    };
     // SAFETY: the closure runs in the child between fork and exec and only
     // makes two prctl calls (async-signal-safe) over memory that the fork
     // copied and nothing frees before the exec.
